@@ -1,0 +1,36 @@
+#ifndef KDCT_SHIMS_H
+#define KDCT_SHIMS_H
+/* What Glibc does not expose to Swift: _GNU_SOURCE constants and calls, variadic ioctl,
+   and two hot loops (zero detection, CRC-32C) that must run word-wise. */
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* lseek(fd, offset, SEEK_DATA / SEEK_HOLE); -1 with errno on failure (ENXIO past the last data). */
+off_t kdct_seek_data(int fd, off_t offset);
+off_t kdct_seek_hole(int fd, off_t offset);
+
+/* fallocate(2) with mode 0 (allocate) or FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE. */
+int kdct_fallocate(int fd, off_t offset, off_t length);
+int kdct_punch_hole(int fd, off_t offset, off_t length);
+
+/* sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE): start writeback early. */
+int kdct_start_writeback(int fd, off_t offset, off_t length);
+
+/* renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE): atomic rename that fails with EEXIST
+   instead of replacing; EINVAL/ENOSYS where the filesystem or kernel lacks it. */
+int kdct_rename_noreplace(const char *from, const char *to);
+
+/* posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL). */
+int kdct_advise_sequential(int fd);
+
+/* Terminal width of fd via TIOCGWINSZ, or 0 when it is not a terminal. */
+int kdct_terminal_columns(int fd);
+
+/* 1 when the buffer holds only zero bytes; word-wise, the tail handled bytewise. */
+int kdct_is_zero(const void *buffer, size_t length);
+
+/* CRC-32C (Castagnoli), as used by VHDX; `crc` is the running value (start with 0). */
+uint32_t kdct_crc32c(uint32_t crc, const void *buffer, size_t length);
+
+#endif

@@ -1,0 +1,84 @@
+#define _GNU_SOURCE
+#include "CKDCTShims.h"
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+#include <pthread.h>
+
+off_t kdct_seek_data(int fd, off_t offset) { return lseek(fd, offset, SEEK_DATA); }
+off_t kdct_seek_hole(int fd, off_t offset) { return lseek(fd, offset, SEEK_HOLE); }
+
+int kdct_fallocate(int fd, off_t offset, off_t length) { return fallocate(fd, 0, offset, length); }
+int kdct_punch_hole(int fd, off_t offset, off_t length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
+int kdct_start_writeback(int fd, off_t offset, off_t length) {
+    return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
+}
+
+int kdct_rename_noreplace(const char *from, const char *to) {
+    return renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE);
+}
+
+int kdct_advise_sequential(int fd) { return posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL); }
+
+int kdct_terminal_columns(int fd) {
+    struct winsize ws;
+    if (ioctl(fd, TIOCGWINSZ, &ws) != 0) return 0;
+    return ws.ws_col;
+}
+
+int kdct_is_zero(const void *buffer, size_t length) {
+    const unsigned char *p = buffer;
+    /* Check the first 16 bytes directly, then compare the buffer with itself shifted by
+       16: equal only if every byte equals the byte 16 before it, i.e. all zero. memcmp is
+       vectorised by glibc, so this runs at memory bandwidth. */
+    if (length <= 16) {
+        for (size_t i = 0; i < length; i++) if (p[i]) return 0;
+        return 1;
+    }
+    static const unsigned char zero16[16];
+    if (memcmp(p, zero16, 16) != 0) return 0;
+    return memcmp(p, p + 16, length - 16) == 0;
+}
+
+/* Slicing-by-8 CRC-32C, reflected polynomial 0x82F63B78. */
+static uint32_t crc32c_table[8][256];
+static pthread_once_t crc32c_once = PTHREAD_ONCE_INIT;
+
+static void crc32c_init(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc32c_table[0][n] = c;
+    }
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = crc32c_table[0][n];
+        for (int k = 1; k < 8; k++) {
+            c = crc32c_table[0][c & 0xff] ^ (c >> 8);
+            crc32c_table[k][n] = c;
+        }
+    }
+}
+
+uint32_t kdct_crc32c(uint32_t crc, const void *buffer, size_t length) {
+    pthread_once(&crc32c_once, crc32c_init);
+    const unsigned char *p = buffer;
+    crc = ~crc;
+    while (length >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        w ^= crc;
+        crc = crc32c_table[7][w & 0xff] ^ crc32c_table[6][(w >> 8) & 0xff] ^
+              crc32c_table[5][(w >> 16) & 0xff] ^ crc32c_table[4][(w >> 24) & 0xff] ^
+              crc32c_table[3][(w >> 32) & 0xff] ^ crc32c_table[2][(w >> 40) & 0xff] ^
+              crc32c_table[1][(w >> 48) & 0xff] ^ crc32c_table[0][w >> 56];
+        p += 8;
+        length -= 8;
+    }
+    while (length--) crc = crc32c_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}

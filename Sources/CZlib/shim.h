@@ -1,0 +1,13 @@
+#ifndef KDCT_CZLIB_SHIM_H
+#define KDCT_CZLIB_SHIM_H
+#include <zlib.h>
+
+/* deflateInit2 and inflateInit2 are macros that pass the library version and the
+   stream size; Swift cannot call macros, so wrap them. */
+static inline int kdct_deflateInit2(z_streamp strm, int level, int windowBits, int memLevel, int strategy) {
+    return deflateInit2(strm, level, Z_DEFLATED, windowBits, memLevel, strategy);
+}
+static inline int kdct_inflateInit2(z_streamp strm, int windowBits) {
+    return inflateInit2(strm, windowBits);
+}
+#endif

@@ -1,0 +1,65 @@
+/// A guest disk as a readable, mappable range of bytes: the one protocol every reader, chain and archive member
+/// meets at (see ARCHITECTURE.md).
+///
+/// Implementations decode their metadata at open and keep it immutable, so one instance serves many threads
+/// without locks on the data path; table caches, if any, are bounded and internally synchronised.
+public protocol BlockDevice: Sendable {
+    /// Guest-visible size in bytes.
+    var virtualSize: UInt64 { get }
+    /// What the image says about itself.
+    var info: ImageInfo { get }
+    /// The run that starts at `offset` (< `virtualSize`), at most `maxLength` (> 0) long, in which every byte has
+    /// one status. Metadata only: never reads guest data. Neighbouring clusters of the same status are merged.
+    func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent
+    /// Fills `buffer` with guest bytes at `offset`; `offset + buffer.count` must not exceed `virtualSize`.
+    /// Ranges not present read as zeros (or from the parent, in a chain).
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws
+}
+
+extension BlockDevice {
+    /// Throws `invalidArgument` unless `[offset, offset + length)` lies within the guest.
+    public func checkRange(_ offset: UInt64, _ length: Int) throws {
+        let (end, overflow) = offset.addingReportingOverflow(UInt64(length))
+        if overflow || end > virtualSize {
+            throw KDCTError(.invalidArgument,
+                            "read of \(length) bytes at guest offset \(offset) goes past the virtual size \(virtualSize)",
+                            file: info.filename)
+        }
+    }
+
+    /// Every extent of the guest in order, merged where neighbours share a status.
+    public func allExtents() throws -> [Extent] {
+        var result: [Extent] = []
+        try forEachExtent(from: 0, to: virtualSize) { result.append($0) }
+        return result
+    }
+
+    /// Calls `body` for each extent covering `[start, end)`, merging neighbours that `canMerge`.
+    public func forEachExtent(from start: UInt64 = 0, to end: UInt64, _ body: (Extent) throws -> Void) throws {
+        var offset = start
+        var pending: Extent?
+        while offset < end {
+            let extent = try self.extent(at: offset, maxLength: end - offset)
+            guard extent.length > 0, extent.offset == offset, extent.length <= end - offset else {
+                throw KDCTError(.corrupt, "reader returned an invalid extent \(extent) for offset \(offset)",
+                                file: info.filename)
+            }
+            if var current = pending, current.canMerge(with: extent) {
+                current.length += extent.length
+                pending = current
+            } else {
+                if let current = pending { try body(current) }
+                pending = extent
+            }
+            offset = extent.end
+        }
+        if let current = pending { try body(current) }
+    }
+
+    /// Reads `count` guest bytes at `offset` into a new array.
+    public func readBytes(at offset: UInt64, count: Int) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        try bytes.withUnsafeMutableBytes { try read(into: $0, at: offset) }
+        return bytes
+    }
+}

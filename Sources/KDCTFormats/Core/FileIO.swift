@@ -1,0 +1,274 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CKDCTShims
+
+/// A file opened read-only for positional reads: the only way readers touch an input image.
+///
+/// Thin wrapper over `open(O_RDONLY)`, `pread` and `lseek(SEEK_DATA/SEEK_HOLE)`: EINTR is retried, short reads are
+/// continued, and errors carry the errno and the path. Positional I/O only, so one instance serves many threads.
+public final class ReadOnlyFile: Sendable {
+    /// The path the file was opened with.
+    public let path: String
+    /// The file descriptor (owned; closed on deinit).
+    public let descriptor: Int32
+    /// Size in bytes at open time.
+    public let size: UInt64
+    /// Bytes allocated on disk at open time (`st_blocks * 512`).
+    public let allocatedSize: UInt64
+    /// Device and inode, to recognise the same file reached through two names (chain loops).
+    public let identity: FileIdentity
+
+    /// Opens `path` read-only. Fails with `notFound` when it does not exist and `invalidArgument` when it is
+    /// not a regular file or block device.
+    public init(path: String) throws {
+        var fd: Int32
+        repeat { fd = open(path, O_RDONLY | O_CLOEXEC) } while fd < 0 && errno == EINTR
+        guard fd >= 0 else {
+            let code = errno
+            if code == ENOENT { throw KDCTError(.notFound, "no such file", file: path, errno: code) }
+            throw KDCTError.io("open", errno: code, file: path)
+        }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            let code = errno
+            close(fd)
+            throw KDCTError.io("fstat", errno: code, file: path)
+        }
+        let type = st.st_mode & S_IFMT
+        if type == S_IFDIR {
+            close(fd)
+            throw KDCTError(.invalidArgument, "is a directory, not an image file", file: path)
+        }
+        var size = UInt64(max(0, st.st_size))
+        if type == S_IFBLK {
+            let end = lseek(fd, 0, SEEK_END)
+            size = end > 0 ? UInt64(end) : 0
+        }
+        self.path = path
+        self.descriptor = fd
+        self.size = size
+        self.allocatedSize = UInt64(max(0, st.st_blocks)) * 512
+        self.identity = FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+    }
+
+    deinit { close(descriptor) }
+
+    /// Reads exactly `buffer.count` bytes at `offset`; the file ending first is a `truncated` error naming `what`.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, what: @autoclosure () -> String = "data") throws {
+        let got = try readAvailable(into: buffer, at: offset)
+        if got < buffer.count {
+            throw KDCTError(.truncated,
+                            "\(what()) at file offset \(offset) needs \(buffer.count) bytes but the file is \(size) bytes long",
+                            file: path, field: what())
+        }
+    }
+
+    /// Reads up to `buffer.count` bytes at `offset`, stopping early only at end of file; returns the count read.
+    public func readAvailable(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
+        guard offset <= UInt64(Int64.max) else { return 0 }
+        var done = 0
+        while done < buffer.count {
+            let n = pread(descriptor, base + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw KDCTError.io("pread at offset \(offset + UInt64(done))", errno: errno, file: path)
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    /// Reads exactly `count` bytes at `offset` into a new array. `count` must already be checked against a limit.
+    public func readBytes(count: Int, at offset: UInt64, what: @autoclosure () -> String = "data") throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        try bytes.withUnsafeMutableBytes { try read(into: $0, at: offset, what: what()) }
+        return bytes
+    }
+
+    /// The first offset at or after `offset` holding data (SEEK_DATA), or nil when only a hole follows.
+    /// Filesystems without hole support report the whole file as data.
+    public func nextData(from offset: UInt64) throws -> UInt64? {
+        if offset >= size { return nil }
+        let r = kdct_seek_data(descriptor, off_t(offset))
+        if r < 0 {
+            if errno == ENXIO { return nil }
+            if errno == EINVAL || errno == EOPNOTSUPP { return offset }
+            throw KDCTError.io("lseek(SEEK_DATA) at \(offset)", errno: errno, file: path)
+        }
+        return UInt64(r)
+    }
+
+    /// The first offset at or after `offset` in a hole (SEEK_HOLE); the file size when data runs to the end.
+    public func nextHole(from offset: UInt64) throws -> UInt64 {
+        if offset >= size { return size }
+        let r = kdct_seek_hole(descriptor, off_t(offset))
+        if r < 0 {
+            if errno == ENXIO { return size }
+            if errno == EINVAL || errno == EOPNOTSUPP { return size }
+            throw KDCTError.io("lseek(SEEK_HOLE) at \(offset)", errno: errno, file: path)
+        }
+        return min(UInt64(r), size)
+    }
+}
+
+/// Device and inode number of a file.
+public struct FileIdentity: Hashable, Sendable {
+    /// `st_dev`.
+    public var device: UInt64
+    /// `st_ino`.
+    public var inode: UInt64
+}
+
+/// A file opened for writing with positional writes: the building block of output targets.
+public final class WritableFile: @unchecked Sendable {
+    /// The path the file was created at.
+    public let path: String
+    /// The owned file descriptor.
+    public let descriptor: Int32
+    private var closed = false
+
+    /// Creates `path` exclusively (`O_CREAT|O_EXCL`), mode 0644; fails with `alreadyExists` when it exists.
+    public init(creatingExclusively path: String) throws {
+        var fd: Int32
+        repeat { fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644) } while fd < 0 && errno == EINTR
+        guard fd >= 0 else {
+            let code = errno
+            if code == EEXIST { throw KDCTError(.alreadyExists, "file exists", file: path, errno: code) }
+            if code == ENOENT { throw KDCTError(.notFound, "directory does not exist", file: path, errno: code) }
+            throw KDCTError.io("create", errno: code, file: path)
+        }
+        self.path = path
+        self.descriptor = fd
+    }
+
+    /// Opens an existing file for reading and writing (never used on inputs).
+    public init(openingExisting path: String) throws {
+        var fd: Int32
+        repeat { fd = open(path, O_RDWR | O_CLOEXEC) } while fd < 0 && errno == EINTR
+        guard fd >= 0 else { throw KDCTError.io("open for writing", errno: errno, file: path) }
+        self.path = path
+        self.descriptor = fd
+    }
+
+    deinit { if !closed { Glibc.close(descriptor) } }
+
+    /// Writes all of `buffer` at `offset`, retrying EINTR and continuing short writes.
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        guard let base = buffer.baseAddress else { return }
+        var done = 0
+        while done < buffer.count {
+            let n = pwrite(descriptor, base + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw KDCTError.io("pwrite at offset \(offset + UInt64(done))", errno: errno, file: path)
+            }
+            done += n
+        }
+    }
+
+    /// Sets the file length (`ftruncate`).
+    public func truncate(to size: UInt64) throws {
+        var r: Int32
+        repeat { r = ftruncate(descriptor, off_t(size)) } while r < 0 && errno == EINTR
+        if r < 0 { throw KDCTError.io("ftruncate to \(size)", errno: errno, file: path) }
+    }
+
+    /// Allocates blocks for `[offset, offset+length)` without writing (`fallocate` mode 0).
+    public func allocate(offset: UInt64, length: UInt64) throws {
+        guard length > 0 else { return }
+        var r: Int32
+        repeat { r = kdct_fallocate(descriptor, off_t(offset), off_t(length)) } while r < 0 && errno == EINTR
+        if r < 0 { throw KDCTError.io("fallocate", errno: errno, file: path) }
+    }
+
+    /// Asks the kernel to start writing back `[offset, offset+length)` now; errors are ignored (a hint only).
+    public func startWriteback(offset: UInt64, length: UInt64) {
+        _ = kdct_start_writeback(descriptor, off_t(offset), off_t(length))
+    }
+
+    /// Flushes data and metadata to stable storage (`fsync`).
+    public func sync() throws {
+        var r: Int32
+        repeat { r = fsync(descriptor) } while r < 0 && errno == EINTR
+        if r < 0 { throw KDCTError.io("fsync", errno: errno, file: path) }
+    }
+
+    /// Closes the descriptor, reporting a deferred write error.
+    public func close() throws {
+        guard !closed else { return }
+        closed = true
+        if Glibc.close(descriptor) != 0 && errno != EINTR {
+            throw KDCTError.io("close", errno: errno, file: path)
+        }
+    }
+}
+
+/// Path helpers over the C library, so the core needs no Foundation on its I/O paths.
+public enum FilePaths {
+    /// The directory part of `path` (`.` when it has none).
+    public static func directory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        if slash == path.startIndex { return "/" }
+        return String(path[..<slash])
+    }
+
+    /// The last component of `path`.
+    public static func lastComponent(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return path }
+        return String(path[path.index(after: slash)...])
+    }
+
+    /// `directory/name`, or `name` when it is absolute.
+    public static func join(_ directory: String, _ name: String) -> String {
+        if name.hasPrefix("/") { return name }
+        if directory.hasSuffix("/") { return directory + name }
+        return directory + "/" + name
+    }
+
+    /// The canonical absolute path (symlinks resolved), or nil when it does not exist.
+    public static func canonical(_ path: String) -> String? {
+        guard let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+
+    /// True when `path` exists (following symlinks).
+    public static func exists(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0
+    }
+
+    /// True when `path` is a regular file (following symlinks).
+    public static func isRegularFile(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+    }
+
+    /// Removes `path`, ignoring a missing file.
+    public static func remove(_ path: String) {
+        _ = unlink(path)
+    }
+
+    /// Renames `from` to `to` atomically (`rename(2)`), replacing `to`.
+    public static func rename(_ from: String, to: String) throws {
+        if Glibc.rename(from, to) != 0 { throw KDCTError.io("rename to \(to)", errno: errno, file: from) }
+    }
+
+    /// Fsyncs the directory containing `path`, so a rename in it is durable.
+    public static func syncDirectory(of path: String) {
+        let fd = open(directory(of: path), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        _ = fsync(fd)
+        Glibc.close(fd)
+    }
+
+    /// The lower-cased extension of the last path component, or "".
+    public static func fileExtension(of path: String) -> String {
+        let name = lastComponent(of: path)
+        guard let dot = name.lastIndex(of: "."), dot != name.startIndex else { return "" }
+        return String(name[name.index(after: dot)...]).lowercased()
+    }
+}

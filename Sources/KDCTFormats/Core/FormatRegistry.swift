@@ -1,0 +1,18 @@
+/// Opens an image of one format from an open file.
+public typealias FormatReaderFunction = @Sendable (ReadOnlyFile, OpenContext) throws -> any BlockDevice
+
+/// The reader of each format. A format without one is recognised by probing and refused as "not supported yet".
+enum FormatRegistry {
+    static func reader(for format: ImageFormat) -> FormatReaderFunction? {
+        switch format {
+        case .raw: return RawImage.open
+        case .qcow2: return nil
+        case .qcow: return nil
+        case .qed: return nil
+        case .vdi: return nil
+        case .vmdk: return nil
+        case .vhd: return nil
+        case .vhdx: return nil
+        }
+    }
+}

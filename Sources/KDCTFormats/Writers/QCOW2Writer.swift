@@ -1,0 +1,281 @@
+/// Writes a QCOW2 version 3 image as a stream: data clusters are appended in guest order, each L2 table right
+/// after the guest range it maps is complete, and the L1 table, refcount blocks, refcount table and header at the
+/// end. Host writes therefore only ever move forward (which suits remote targets), and memory holds the L1 table,
+/// one L2 table and a 16-bit refcount per host cluster.
+///
+/// Layout rules are qemu's (docs/interop/qcow2.txt): 16-bit refcounts (`refcount_order` 4), the COPIED flag on
+/// every L1/L2 entry whose cluster has refcount 1, compressed clusters packed byte-contiguously with the
+/// sector-count descriptor, zero and absent guest ranges left unallocated.
+public final class QCOW2Writer: ImageWriter {
+    /// Options of a QCOW2 output (`-o cluster_size=`, `-c`, `-o compression_type=`).
+    public struct Options: Sendable {
+        /// Cluster size: a power of two from 512 B to 2 MiB (default 64 KiB).
+        public var clusterSize: Int = 65536
+        /// Compress each cluster.
+        public var compress = false
+        /// The header's compression type (used by `compress`; zstd sets the incompatible feature bit).
+        public var compressionType: CompressionType = .deflate
+
+        /// Default options.
+        public init(clusterSize: Int = 65536, compress: Bool = false, compressionType: CompressionType = .deflate) {
+            self.clusterSize = clusterSize
+            self.compress = compress
+            self.compressionType = compressionType
+        }
+    }
+
+    /// qemu's cap on the L1 table (QCOW_MAX_L1_SIZE).
+    public static let maxL1Bytes: UInt64 = 32 << 20
+    private static let copiedFlag: UInt64 = 1 << 63
+    private static let compressedFlag: UInt64 = 1 << 62
+    private static let stagingCapacity = 8 << 20
+
+    public let clusterSize: Int
+    public var compression: CompressionType? { options.compress ? options.compressionType : nil }
+    private let options: Options
+    private let target: any OutputTarget
+    private let virtualSize: UInt64
+    private let clusterBits: Int
+    private let l2Entries: Int
+    private var l1: [UInt64]
+    private var currentL2Index = -1
+    private var currentL2: [UInt64]
+    private var currentL2Used = false
+    /// Refcount of every host cluster so far, indexed by host cluster number.
+    private var refcounts: [UInt16] = [1]
+    /// The next free host byte (compressed data packs from here; other structures start at the next cluster).
+    private var nextHost: UInt64
+    private let staging: UnsafeMutableRawBufferPointer
+    private var stagingStart: UInt64 = 0
+    private var stagingCount = 0
+
+    /// Prepares to write an image of `virtualSize` bytes to `target`.
+    public init(target: any OutputTarget, virtualSize: UInt64, options: Options = Options()) throws {
+        let size = options.clusterSize
+        guard size >= 512, size <= 2 << 20, size & (size - 1) == 0 else {
+            throw KDCTError(.invalidArgument, "cluster_size must be a power of two between 512 and 2097152, not \(size)",
+                            field: "cluster_size")
+        }
+        self.options = options
+        self.target = target
+        self.virtualSize = virtualSize
+        self.clusterSize = size
+        self.clusterBits = size.trailingZeroBitCount
+        self.l2Entries = size / 8
+        let perL2 = UInt64(size) * UInt64(size / 8)
+        let l1Count = (virtualSize + perL2 - 1) / perL2
+        guard l1Count * 8 <= Self.maxL1Bytes else {
+            throw KDCTError(.invalidArgument,
+                            "a \(virtualSize)-byte image needs an L1 table of \(l1Count * 8) bytes with \(size)-byte clusters, above qemu's limit of \(Self.maxL1Bytes); use a larger cluster_size",
+                            field: "cluster_size")
+        }
+        l1 = [UInt64](repeating: 0, count: Int(l1Count))
+        currentL2 = [UInt64](repeating: 0, count: l2Entries)
+        nextHost = UInt64(size)
+        staging = .allocate(byteCount: Self.stagingCapacity, alignment: 4096)
+    }
+
+    deinit { staging.deallocate() }
+
+    // MARK: Host space
+
+    private func addReference(cluster: Int) {
+        if cluster >= refcounts.count {
+            refcounts.append(contentsOf: repeatElement(0, count: max(cluster + 1 - refcounts.count, refcounts.count / 2)))
+        }
+        refcounts[cluster] += 1
+    }
+
+    /// Allocates `count` whole clusters at the next cluster boundary.
+    private func allocateClusters(_ count: Int) -> UInt64 {
+        let cs = UInt64(clusterSize)
+        let host = (nextHost + cs - 1) / cs * cs
+        nextHost = host + UInt64(count) * cs
+        let first = Int(host / cs)
+        for cluster in first..<(first + count) { addReference(cluster: cluster) }
+        return host
+    }
+
+    /// Places `length` bytes of compressed data at the next free byte, packing clusters back to back.
+    private func allocateCompressed(_ length: Int) -> UInt64 {
+        let cs = UInt64(clusterSize)
+        var host = nextHost
+        // A refcount is 16 bits: never let one host cluster be shared by more compressed clusters than that.
+        if host % cs != 0, Int(host / cs) < refcounts.count, refcounts[Int(host / cs)] == UInt16.max {
+            host = (host + cs - 1) / cs * cs
+        }
+        nextHost = host + UInt64(length)
+        for cluster in Int(host / cs)...Int((host + UInt64(length) - 1) / cs) { addReference(cluster: cluster) }
+        return host
+    }
+
+    // MARK: Writing
+
+    private func flushStaging() throws {
+        guard stagingCount > 0 else { return }
+        try target.write(UnsafeRawBufferPointer(rebasing: staging[0..<stagingCount]), at: stagingStart)
+        stagingCount = 0
+    }
+
+    /// Queues `bytes` for host offset `host`, which is never below what was queued before.
+    private func stage(_ bytes: UnsafeRawBufferPointer, at host: UInt64) throws {
+        if stagingCount > 0 {
+            let end = stagingStart + UInt64(stagingCount)
+            let gap = host - end
+            if gap > UInt64(clusterSize) || stagingCount + Int(gap) + bytes.count > staging.count {
+                try flushStaging()
+            } else if gap > 0 {
+                UnsafeMutableRawBufferPointer(rebasing: staging[stagingCount..<(stagingCount + Int(gap))])
+                    .initializeMemory(as: UInt8.self, repeating: 0)
+                stagingCount += Int(gap)
+            }
+        }
+        if bytes.count > staging.count {
+            try target.write(bytes, at: host)
+            return
+        }
+        if stagingCount == 0 { stagingStart = host }
+        UnsafeMutableRawBufferPointer(rebasing: staging[stagingCount..<(stagingCount + bytes.count)])
+            .copyMemory(from: bytes)
+        stagingCount += bytes.count
+    }
+
+    private func setL2Entry(guestCluster: UInt64, _ entry: UInt64) throws {
+        let index = Int(guestCluster / UInt64(l2Entries))
+        if index != currentL2Index {
+            try flushL2Table()
+            currentL2Index = index
+        }
+        currentL2[Int(guestCluster % UInt64(l2Entries))] = entry
+        currentL2Used = true
+    }
+
+    /// Appends the current L2 table (if it maps anything) and points the L1 entry at it.
+    private func flushL2Table() throws {
+        guard currentL2Index >= 0, currentL2Used else { return }
+        let host = allocateClusters(1)
+        var encoded = [UInt8](repeating: 0, count: clusterSize)
+        encoded.withUnsafeMutableBytes { raw in
+            for (i, entry) in currentL2.enumerated() where entry != 0 {
+                raw.storeBytes(of: entry.bigEndian, toByteOffset: i * 8, as: UInt64.self)
+            }
+        }
+        try encoded.withUnsafeBytes { try stage($0, at: host) }
+        l1[currentL2Index] = host | Self.copiedFlag
+        for i in currentL2.indices { currentL2[i] = 0 }
+        currentL2Used = false
+    }
+
+    public func write(_ segment: SegmentBuffer) throws {
+        let cs = UInt64(clusterSize)
+        let firstCluster = segment.guestOffset / cs
+        let count = segment.clusters.count
+        var index = 0
+        while index < count {
+            switch segment.clusters[index] {
+            case .zero:
+                index += 1
+            case .data:
+                var end = index + 1
+                while end < count, segment.clusters[end] == .data { end += 1 }
+                let host = allocateClusters(end - index)
+                try flushStaging()
+                try target.write(UnsafeRawBufferPointer(rebasing: segment.data[(index * clusterSize)..<(end * clusterSize)]),
+                                 at: host)
+                for i in index..<end {
+                    try setL2Entry(guestCluster: firstCluster + UInt64(i), (host + UInt64(i - index) * cs) | Self.copiedFlag)
+                }
+                index = end
+            case let .compressed(offset, length):
+                guard let compressed = segment.compressed else { index += 1; continue }
+                let host = allocateCompressed(length)
+                try stage(UnsafeRawBufferPointer(rebasing: compressed[offset..<(offset + length)]), at: host)
+                try setL2Entry(guestCluster: firstCluster + UInt64(index), compressedDescriptor(host: host, length: length))
+                index += 1
+            }
+        }
+    }
+
+    /// The L2 entry of a compressed cluster (qcow2.txt, "Compressed Clusters Descriptor"): host byte offset in the
+    /// low bits, then the number of 512-byte sectors beyond the first that the data touches.
+    private func compressedDescriptor(host: UInt64, length: Int) -> UInt64 {
+        let shift = UInt64(62 - (clusterBits - 8))
+        let additionalSectors = (host + UInt64(length) - 1) / 512 - host / 512
+        return Self.compressedFlag | additionalSectors << shift | host
+    }
+
+    public func finish() throws {
+        try flushL2Table()
+        let cs = UInt64(clusterSize)
+        let l1Bytes = max(l1.count * 8, 1)
+        let l1Clusters = (l1Bytes + clusterSize - 1) / clusterSize
+        let l1Host = allocateClusters(l1Clusters)
+
+        // Refcount blocks must also count themselves and the refcount table: grow both until they cover all.
+        let usedClusters = Int((nextHost + cs - 1) / cs)
+        let entriesPerBlock = clusterSize / 2
+        var blocks = 0
+        var tableClusters = 0
+        while true {
+            let total = usedClusters + blocks + tableClusters
+            let neededBlocks = (total + entriesPerBlock - 1) / entriesPerBlock
+            let neededTable = (neededBlocks * 8 + clusterSize - 1) / clusterSize
+            if neededBlocks == blocks && neededTable == tableClusters { break }
+            blocks = neededBlocks
+            tableClusters = neededTable
+        }
+        let blocksHost = allocateClusters(blocks)
+        let tableHost = allocateClusters(tableClusters)
+
+        var l1Encoded = [UInt8](repeating: 0, count: l1Clusters * clusterSize)
+        l1Encoded.withUnsafeMutableBytes { raw in
+            for (i, entry) in l1.enumerated() { raw.storeBytes(of: entry.bigEndian, toByteOffset: i * 8, as: UInt64.self) }
+        }
+        try l1Encoded.withUnsafeBytes { try stage($0, at: l1Host) }
+        l1Encoded = []
+
+        var block = [UInt8](repeating: 0, count: clusterSize)
+        for b in 0..<blocks {
+            block.withUnsafeMutableBytes { raw in
+                for i in 0..<entriesPerBlock {
+                    let cluster = b * entriesPerBlock + i
+                    let value: UInt16 = cluster < refcounts.count ? refcounts[cluster] : 0
+                    raw.storeBytes(of: value.bigEndian, toByteOffset: i * 2, as: UInt16.self)
+                }
+            }
+            try block.withUnsafeBytes { try stage($0, at: blocksHost + UInt64(b) * cs) }
+        }
+        var table = [UInt8](repeating: 0, count: tableClusters * clusterSize)
+        table.withUnsafeMutableBytes { raw in
+            for b in 0..<blocks {
+                raw.storeBytes(of: (blocksHost + UInt64(b) * cs).bigEndian, toByteOffset: b * 8, as: UInt64.self)
+            }
+        }
+        try table.withUnsafeBytes { try stage($0, at: tableHost) }
+        try flushStaging()
+
+        let header = encodeHeader(l1Offset: l1Host, refcountTableOffset: tableHost, refcountTableClusters: tableClusters)
+        try header.withUnsafeBytes { try target.write($0, at: 0) }
+        try target.setLength(tableHost + UInt64(tableClusters) * cs)
+    }
+
+    /// The version 3 header (qcow2.txt, "Header"), 112 bytes plus the end-of-extensions marker, padded to a cluster.
+    private func encodeHeader(l1Offset: UInt64, refcountTableOffset: UInt64, refcountTableClusters: Int) -> [UInt8] {
+        var header = ByteWriter(count: clusterSize)
+        header.put([0x51, 0x46, 0x49, 0xFB], at: 0)               // magic "QFI\xfb"
+        header.u32be(3, at: 4)                                     // version
+        header.u32be(UInt32(clusterBits), at: 20)                  // cluster_bits
+        header.u64be(virtualSize, at: 24)                          // size
+        header.u32be(UInt32(l1.count), at: 36)                     // l1_size
+        header.u64be(l1Offset, at: 40)                             // l1_table_offset
+        header.u64be(refcountTableOffset, at: 48)                  // refcount_table_offset
+        header.u32be(UInt32(refcountTableClusters), at: 56)        // refcount_table_clusters
+        let zstd = options.compressionType == .zstd
+        header.u64be(zstd ? 1 << 3 : 0, at: 72)                    // incompatible_features: compression type
+        header.u32be(4, at: 96)                                    // refcount_order: 16-bit refcounts
+        header.u32be(112, at: 100)                                 // header_length
+        header.u8(zstd ? 1 : 0, at: 104)                           // compression_type
+        // Bytes 112..119 stay zero: the end-of-header-extensions marker.
+        return header.bytes
+    }
+}
