@@ -58,6 +58,8 @@ public final class QCOW2Writer: ImageWriter {
         }
         self.options = options
         self.target = target
+        // qcow2 sizes are whole 512-byte sectors (qemu reads `size / 512` sectors): round up, as qemu-img does.
+        let virtualSize = (virtualSize + 511) / 512 * 512
         self.virtualSize = virtualSize
         self.clusterSize = size
         self.clusterBits = size.trailingZeroBitCount
