@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// Hostile QCOW2 headers and tables: each must end in a clear error naming the field, never a crash or zeros.
 @Suite struct QCOW2HostileTests {

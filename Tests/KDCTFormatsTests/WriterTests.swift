@@ -2,6 +2,7 @@ import Foundation
 import PropertyBased
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// Writers and the pipeline: outputs checked by qemu-img, determinism across worker counts, atomic outputs.
 @Suite struct WriterTests {
