@@ -1,23 +1,12 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// The committed fixtures (Fixtures/images, made by Fixtures/make-fixtures.sh) read to the SHA-256 qemu-img gave,
 /// so the readers are checked even where qemu-img is absent.
 @Suite struct FixtureTests {
-    static let fixtureDirectory: String = {
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("Fixtures").path
-    }()
-
-    /// (file, expected guest SHA-256) from Fixtures/SHA256SUMS.
-    static let expected: [(String, String)] = {
-        guard let text = try? String(contentsOfFile: fixtureDirectory + "/SHA256SUMS", encoding: .utf8) else { return [] }
-        return text.split(separator: "\n").compactMap { line in
-            let parts = line.split(separator: " ", omittingEmptySubsequences: true)
-            return parts.count == 2 ? (String(parts[1]), String(parts[0])) : nil
-        }
-    }()
+    static let expected = Fixtures.expectedDigests
 
     @Test func manifestIsPresent() {
         #expect(Self.expected.count >= 15, "Fixtures/SHA256SUMS missing or short")
@@ -25,7 +14,7 @@ import Testing
 
     @Test(arguments: expected.map(\.0))
     func fixtureContentMatchesQemu(_ name: String) throws {
-        let path = Self.fixtureDirectory + "/images/" + name
+        let path = Fixtures.path(name)
         let format = try ImageOpener.detectFormat(ReadOnlyFile(path: path), options: OpenOptions())
         guard ImageOpener.canRead(format) else {
             // Recognition is still required of formats whose reader is not in this build.

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// The QCOW2 reader against images qemu-img makes at test time, in every variant the foundation issue lists.
 @Suite struct QCOW2ReaderTests {
