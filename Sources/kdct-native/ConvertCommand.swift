@@ -1,4 +1,5 @@
 import ArgumentParser
+import KDCTExport
 import KDCTFormats
 #if canImport(Glibc)
 import Glibc
@@ -35,8 +36,11 @@ struct Convert: ParsableCommand {
     @Argument(help: "Source image.")
     var sourceImage: String
 
-    @Argument(help: "Destination file.")
+    @Argument(help: "Destination file, or sftp://USER@HOST[:PORT]/path to stream the image to a host.")
     var destination: String
+
+    @OptionGroup(title: "Remote destination (sftp://)")
+    var ssh: SSHOptions
 
     func validate() throws {
         guard let format = ImageFormat(name: outputFormat), format.isWritable else {
@@ -96,6 +100,9 @@ struct Convert: ParsableCommand {
         options.pipeline.isCancelled = { Interruption.requested }
         Interruption.install()
         defer { reporter.finish() }
+        if RemoteLocation.isURL(destination) {
+            return try RemoteConvert.run(device, destination: destination, options: options, ssh: ssh)
+        }
         try DiskConverter.convert(device, toFile: destination, options: options)
     }
 }
