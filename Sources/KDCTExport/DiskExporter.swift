@@ -411,6 +411,8 @@ private struct SCPUpload {
                 }
             }
             sent = position
+            // The scp protocol ends a file with a status byte from the sender; `scp -t` waits for it.
+            try [UInt8(0)].withUnsafeBytes { try write($0, channel: channel) }
             try digest?.setLength(size)
             for (step, rc) in [("send_eof", libssh2_channel_send_eof(channel)), ("wait_eof", libssh2_channel_wait_eof(channel)),
                                ("wait_closed", libssh2_channel_wait_closed(channel))] where rc != 0 {
