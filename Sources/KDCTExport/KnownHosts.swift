@@ -74,16 +74,18 @@ public struct HostKey: Sendable, Equatable {
 }
 
 /// A known_hosts file read through libssh2's known-hosts API: plain and hashed (`|1|salt|hash`) host names,
-/// `[host]:port` entries for other ports, comma-separated name lists, `@revoked` keys. Lines libssh2 cannot parse
-/// (key types it does not know, `@cert-authority` lines, host patterns with wildcards, which libssh2 treats as
-/// literal names) are skipped; they never make a key acceptable.
+/// `[host]:port` entries for other ports, comma-separated name lists. `@revoked` lines are read here (libssh2
+/// ignores their usual `*` pattern): a key listed there is refused whatever host it names. Lines libssh2 cannot
+/// use (key types it does not know, `@cert-authority` lines, wildcard patterns) are skipped; they never make a
+/// key acceptable.
 final class KnownHostsFile {
     /// The file's path.
     let path: String
     /// Lines that were skipped.
     private(set) var skippedLines = 0
     private let hosts: OpaquePointer
-    private let revoked: OpaquePointer
+    /// (key type name, Base64 key) of every `@revoked` line.
+    private var revoked: [(type: String, key: String)] = []
 
     /// The result of looking a host key up.
     enum Lookup: Equatable {
@@ -97,12 +99,11 @@ final class KnownHostsFile {
 
     /// Reads `path` (a missing file is an empty list) with `session`'s allocator.
     init(session: OpaquePointer, path: String) throws {
-        guard let hosts = libssh2_knownhost_init(session), let revoked = libssh2_knownhost_init(session) else {
+        guard let hosts = libssh2_knownhost_init(session) else {
             throw KDCTError(.io, "libssh2_knownhost_init failed", file: path)
         }
         self.path = path
         self.hosts = hosts
-        self.revoked = revoked
         guard FilePaths.exists(path) else { return }
         let file = try ReadOnlyFile(path: path)
         guard file.size <= 64 << 20 else {
@@ -114,27 +115,28 @@ final class KnownHostsFile {
             if line.last == UInt8(ascii: "\r") { line.removeLast() }
             let trimmed = line.drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }
             if trimmed.isEmpty || trimmed.first == UInt8(ascii: "#") { continue }
-            var collection = hosts
-            var content = Array(trimmed)
+            let content = Array(trimmed)
             if content.first == UInt8(ascii: "@") {
-                let marker = content.prefix { $0 != UInt8(ascii: " ") && $0 != UInt8(ascii: "\t") }
-                guard String(decoding: marker, as: UTF8.self) == "@revoked" else { skippedLines += 1; continue }
-                content = Array(content.dropFirst(marker.count).drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") })
-                collection = revoked
+                // "@revoked HOSTS KEYTYPE BASE64 [comment]"
+                let fields = content.split(whereSeparator: { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") })
+                    .map { String(decoding: $0, as: UTF8.self) }
+                if fields.count >= 4 && fields[0] == "@revoked" {
+                    revoked.append((fields[2], fields[3]))
+                } else {
+                    skippedLines += 1
+                }
+                continue
             }
             let rc = content.withUnsafeBufferPointer { buffer in
                 buffer.withMemoryRebound(to: CChar.self) {
-                    libssh2_knownhost_readline(collection, $0.baseAddress, $0.count, LIBSSH2_KNOWNHOST_FILE_OPENSSH)
+                    libssh2_knownhost_readline(hosts, $0.baseAddress, $0.count, LIBSSH2_KNOWNHOST_FILE_OPENSSH)
                 }
             }
             if rc != 0 { skippedLines += 1 }
         }
     }
 
-    deinit {
-        libssh2_knownhost_free(hosts)
-        libssh2_knownhost_free(revoked)
-    }
+    deinit { libssh2_knownhost_free(hosts) }
 
     /// Looks up `key` for the known_hosts name `name` (`host` or `[host]:port`). Only that exact name is
     /// checked: a key recorded for port 22 does not vouch for another port, as with OpenSSH.
@@ -161,13 +163,7 @@ final class KnownHostsFile {
     /// True when `key` is listed in an `@revoked` line (whatever host pattern that line names).
     func isRevoked(_ key: HostKey) -> Bool {
         let encoded = TextEncoding.base64(key.blob)
-        var previous: UnsafeMutablePointer<libssh2_knownhost>?
-        var entry: UnsafeMutablePointer<libssh2_knownhost>?
-        while libssh2_knownhost_get(revoked, &entry, previous) == 0, let current = entry {
-            if let stored = current.pointee.key, String(cString: stored) == encoded { return true }
-            previous = current
-        }
-        return false
+        return revoked.contains { $0.type == key.type.name && $0.key == encoded }
     }
 
     /// Appends an entry for `name` and `key` to the file (creating it, and its directory, owner-only), hashed as

@@ -253,8 +253,20 @@ final class SpawnedProcess: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
+        // Test threads block signals, and a spawned program inherits the mask: ssh-agent would then never see
+        // SIGTERM. Start children with nothing blocked and default handlers.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        var defaults = sigset_t()
+        sigfillset(&defaults)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, arguments[0], &actions, nil, &argv, environ)
+        let rc = posix_spawn(&pid, arguments[0], &actions, &attributes, &argv, environ)
         guard rc == 0 else { throw KDCTError.io("posix_spawn \(arguments[0])", errno: rc) }
         self.pid = pid
     }
@@ -267,11 +279,16 @@ final class SpawnedProcess: @unchecked Sendable {
         return !reaped
     }
 
-    /// SIGTERM, then waits for it.
+    /// SIGTERM, then waits for it (SIGKILL after five seconds).
     func terminate() {
         guard !reaped else { return }
         kill(pid, SIGTERM)
         var status: Int32 = 0
+        for _ in 0..<500 {
+            if waitpid(pid, &status, WNOHANG) == pid { reaped = true; return }
+            usleep(10_000)
+        }
+        kill(pid, SIGKILL)
         _ = waitpid(pid, &status, 0)
         reaped = true
     }
