@@ -102,7 +102,9 @@ public final class SFTPSession {
             if exclusive, code == Int(LIBSSH2_ERROR_SFTP_PROTOCOL), (try? status(of: path, followLinks: false)) != nil {
                 throw KDCTError(.alreadyExists, "exists already", file: remoteName(path))
             }
-            throw error(exclusive ? "create" : "open for writing", path: path, code: code)
+            var failure = error(exclusive ? "create" : "open for writing", path: path, code: code)
+            if failure.kind == .notFound { failure.message += " (does the directory \(FilePaths.directory(of: path)) exist on the host?)" }
+            throw failure
         }
         return SFTPFile(session: self, handle: handle, path: path, window: window)
     }
