@@ -67,6 +67,14 @@ enum SSHLibrary {
         return String(cString: message)
     }
 
+    /// Why an RSA key may be refused: libssh2 before 1.11 signs with SHA-1 (`ssh-rsa`), which OpenSSH 8.8 and
+    /// later refuse by default.
+    static var rsaHint: String {
+        libssh2_version(0x010b00) == nil
+            ? " (an RSA key: this libssh2 signs with SHA-1, which OpenSSH 8.8+ refuses; use an Ed25519 or ECDSA key)"
+            : ""
+    }
+
     /// True for the errors that mean the connection itself is gone.
     static func isConnectionLost(_ code: Int) -> Bool {
         [LIBSSH2_ERROR_SOCKET_SEND, LIBSSH2_ERROR_SOCKET_RECV, LIBSSH2_ERROR_SOCKET_DISCONNECT,
@@ -447,7 +455,8 @@ struct Authenticator {
         case LIBSSH2_ERROR_FILE:
             attempts.append("identity file \(file): could not be loaded (\(passphrase == nil ? "" : "wrong passphrase, or ")a key format libssh2 does not read: \(SSHLibrary.lastErrorMessage(session)))")
         case LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED, LIBSSH2_ERROR_AUTHENTICATION_FAILED:
-            attempts.append("identity file \(file): key rejected by the server")
+            attempts.append("identity file \(file): key rejected by the server"
+                            + (IdentityFileInspector.keyType(path: file) == "ssh-rsa" ? SSHLibrary.rsaHint : ""))
         default:
             attempts.append("identity file \(file): \(SSHLibrary.lastErrorMessage(session)) (libssh2 error \(rc))")
         }
@@ -494,7 +503,12 @@ struct Authenticator {
             let comment = identity.pointee.comment.map { String(cString: $0) } ?? "?"
             let rc = libssh2_agent_userauth(agent, endpoint.user, identity)
             if rc == 0 { return "publickey (ssh-agent key \(comment))" }
-            rejected.append(comment)
+            let isRSA = identity.pointee.blob.map { blob in
+                let reader = ByteReader(Array(UnsafeBufferPointer(start: blob, count: min(identity.pointee.blob_len, 64))),
+                                        structure: "agent key")
+                return (try? reader.u32be(0)) == 7 && (try? reader.ascii(4, 7)) == "ssh-rsa"
+            } ?? false
+            rejected.append(comment + (isRSA ? SSHLibrary.rsaHint : ""))
             if SSHLibrary.isConnectionLost(Int(rc)) {
                 attempts.append("ssh-agent: keys rejected (\(rejected.joined(separator: ", ")))")
                 try checkStillConnected(rc)
@@ -535,6 +549,17 @@ struct Authenticator {
 
 /// Looks inside a private key file just enough to know whether it needs a passphrase.
 enum IdentityFileInspector {
+    /// The key type (`ssh-rsa`, `ssh-ed25519`...) named by the `.pub` file beside `path`, or by a PEM header.
+    static func keyType(path: String) -> String? {
+        if let file = try? ReadOnlyFile(path: path + ".pub"), file.size <= 1 << 16,
+           let bytes = try? file.readBytes(count: Int(file.size), at: 0) {
+            return String(decoding: bytes, as: UTF8.self).split(separator: " ").first.map(String.init)
+        }
+        guard let file = try? ReadOnlyFile(path: path), file.size <= 1 << 20,
+              let bytes = try? file.readBytes(count: min(Int(file.size), 64), at: 0) else { return nil }
+        return String(decoding: bytes, as: UTF8.self).hasPrefix("-----BEGIN RSA PRIVATE KEY-----") ? "ssh-rsa" : nil
+    }
+
     /// True for an OpenSSH-format key whose cipher is not `none`, or a PEM key marked `ENCRYPTED`.
     static func isEncrypted(path: String) -> Bool {
         guard let file = try? ReadOnlyFile(path: path), file.size <= 1 << 20,
