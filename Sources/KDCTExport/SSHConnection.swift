@@ -132,7 +132,10 @@ public final class SSHConnection {
             try Self.preferHostKeyTypes(recordedTypes, session: session)
             let rc = libssh2_session_handshake(session, socket)
             guard rc == 0 else {
-                throw KDCTError(.io, "SSH handshake failed: \(SSHLibrary.lastErrorMessage(session)) (libssh2 error \(rc))",
+                let hint = rc == LIBSSH2_ERROR_KEX_FAILURE
+                    ? "; no algorithm in common: libssh2 \(String(cString: libssh2_version(0))) needs an Ed25519 or ECDSA host key (its RSA host keys use SHA-1, which OpenSSH 8.8+ refuses)"
+                    : ""
+                throw KDCTError(.io, "SSH handshake failed: \(SSHLibrary.lastErrorMessage(session)) (libssh2 error \(rc))\(hint)",
                                 file: endpoint.displayName)
             }
             let key = try Self.presentedKey(session: session, endpoint: endpoint)
