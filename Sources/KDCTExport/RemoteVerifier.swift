@@ -33,15 +33,19 @@ struct RemoteHasher {
                  notes: inout [String]) throws -> ([String], VerificationMethod) {
         if preference == .automatic {
             let command = Self.command(path: path, ranges: ranges, fileSize: fileSize)
-            let result = try connection.run(command, outputLimit: 4096, waitIndefinitely: true)
-            let lines = String(decoding: result.output, as: UTF8.self).split(separator: "\n")
-            let digests = lines.compactMap { Self.digest(inLine: $0) }
-            if result.status == 0 && digests.count == ranges.count && lines.count == ranges.count {
-                return (digests, .remoteCommand)
+            do {
+                let result = try connection.run(command, outputLimit: 4096, waitIndefinitely: true)
+                let lines = String(decoding: result.output, as: UTF8.self).split(separator: "\n")
+                let digests = lines.compactMap { Self.digest(inLine: $0) }
+                if result.status == 0 && digests.count == ranges.count && lines.count == ranges.count {
+                    return (digests, .remoteCommand)
+                }
+                let reason = String(decoding: result.errorOutput.prefix(200), as: UTF8.self)
+                    .split(separator: "\n").first.map(String.init) ?? "exit status \(result.status), no digest printed"
+                notes.append("sha256sum could not run on the host (\(reason)); read the file back instead")
+            } catch {
+                notes.append("the host refused to run sha256sum (\(error)); read the file back instead")
             }
-            let reason = String(decoding: result.errorOutput.prefix(200), as: UTF8.self)
-                .split(separator: "\n").first.map(String.init) ?? "exit status \(result.status)"
-            notes.append("sha256sum could not run on the host (\(reason)); read the file back instead")
         }
         guard let sftp else {
             throw KDCTError(.unsupported, "cannot verify: sha256sum does not run on the host and there is no SFTP to read the file back (use --no-verify to skip)",

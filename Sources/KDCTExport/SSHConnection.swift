@@ -203,6 +203,9 @@ public final class SSHConnection {
         defer { libssh2_channel_free(channel) }
         let started = kdct_ssh2_channel_exec(channel, command)
         guard started == 0 else { throw error("starting a remote command", code: Int(started)) }
+        // Our commands read no input. Closing it also ends a server-side substitute that would wait for input
+        // forever (e.g. `ForceCommand internal-sftp` accounts run the SFTP server instead of the command).
+        _ = libssh2_channel_send_eof(channel)
         let output = try readAll(channel, limit: outputLimit, stream: 0)
         let errorOutput = try readAll(channel, limit: outputLimit, stream: SSH_EXTENDED_DATA_STDERR)
         _ = libssh2_channel_close(channel)

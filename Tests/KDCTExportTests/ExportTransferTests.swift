@@ -80,6 +80,22 @@ struct ExportTransferTests {
         #expect(try fileSHA256(server.remoteDirectory + "/vm-disk.qcow2") == fileSHA256(source))
     }
 
+    @Test("an SFTP-only account (ForceCommand internal-sftp) runs no sha256sum: verified by reading back, resume too")
+    func sftpOnlyAccount() throws {
+        let server = try TestSSHServer(extraConfig: "ForceCommand internal-sftp")
+        let work = try TemporaryDirectory("kdct-export")
+        let source = work.file("disk.raw")
+        try writeRandomFile(source, size: 4 << 20, seed: 17)
+        let remote = server.remoteDirectory + "/disk.raw"
+        let local = try Data(contentsOf: URL(fileURLWithPath: source))
+        try writePartial(local.prefix(1 << 20), to: DiskExporter.temporaryPath(for: remote))
+        let result = try export(source, to: server, as: "disk.raw") { $0.resume = true }
+        #expect(result.resumedFrom == 1 << 20)
+        #expect(result.verification == .readBack)
+        #expect(result.notes.contains { $0.contains("read the file back") }, "\(result.notes)")
+        #expect(try fileSHA256(remote) == fileSHA256(source))
+    }
+
     @Test("an existing destination is refused without --force and replaced with it")
     func existingDestination() throws {
         let server = try TestSSHServer()

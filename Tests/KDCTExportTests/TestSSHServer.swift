@@ -52,8 +52,9 @@ final class TestSSHServer: @unchecked Sendable {
     let password: String
     private let process: SpawnedProcess
 
-    /// Starts a server. `passwordAuthentication` enables passwords; `sftp` false leaves out the SFTP subsystem.
-    init(passwordAuthentication: Bool = false, sftp: Bool = true) throws {
+    /// Starts a server. `passwordAuthentication` enables passwords; `sftp` false leaves out the SFTP subsystem;
+    /// `extraConfig` is appended to sshd_config.
+    init(passwordAuthentication: Bool = false, sftp: Bool = true, extraConfig: String = "") throws {
         password = try Self.account.get()
         directory = try TemporaryDirectory("kdct-sshd")
         chmod(directory.path, 0o755)
@@ -92,6 +93,7 @@ final class TestSSHServer: @unchecked Sendable {
                 MaxAuthTries 10
                 LogLevel VERBOSE
                 \(sftp ? "Subsystem sftp /usr/lib/openssh/sftp-server" : "")
+                \(extraConfig)
 
                 """
             let configPath = directory.file("sshd_config")
