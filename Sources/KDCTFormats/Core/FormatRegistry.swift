@@ -11,8 +11,8 @@ enum FormatRegistry {
         case .qed: return nil
         case .vdi: return nil
         case .vmdk: return nil
-        case .vhd: return nil
-        case .vhdx: return nil
+        case .vhd: return VHDImage.open
+        case .vhdx: return VHDXImage.open
         }
     }
 }
