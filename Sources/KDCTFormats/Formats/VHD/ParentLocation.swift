@@ -22,15 +22,17 @@ public enum WindowsPath {
             windowsAbsolute = true
             break
         }
-        let components = name.split(omittingEmptySubsequences: true) { $0 == "\\" || $0 == "/" }.map(String.init)
-        let fileName = components.last ?? ""
         if name.hasPrefix("\\") || name.lowercased().hasPrefix("volume{") || name.hasPrefix("UNC\\") {
             windowsAbsolute = true
         }
+        var pathPart = Substring(name)
         if let first = name.unicodeScalars.first, name.unicodeScalars.count >= 2, first.isASCII,
            first.properties.isAlphabetic, name.unicodeScalars.dropFirst().first == ":" {
             windowsAbsolute = true  // C:\dir\file or C:file
+            pathPart = name.dropFirst(2)
         }
+        let components = pathPart.split(omittingEmptySubsequences: true) { $0 == "\\" || $0 == "/" }.map(String.init)
+        let fileName = components.last ?? ""
         if windowsAbsolute {
             return Converted(localPath: nil, isWindowsAbsolute: true, fileName: fileName)
         }
