@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Testing
 @testable import KDCTFormats
@@ -31,8 +32,10 @@ func qemuVirtualSize(_ path: String, format: String) throws -> UInt64 {
     return (json?["virtual-size"] as? NSNumber)?.uint64Value ?? 0
 }
 
-/// SHA-256 of a file's bytes (a raw image's guest content).
-func fileSHA256(_ path: String) throws -> String { try guestSHA256(path, format: .raw) }
+/// SHA-256 of a file's bytes (for a raw image, its guest content).
+func fileSHA256(_ path: String) throws -> String {
+    SHA256.hash(data: try Data(contentsOf: URL(fileURLWithPath: path))).map { String(format: "%02x", $0) }.joined()
+}
 
 @Suite struct VHDDecodingTests {
     @Test func footerDecodesFieldsAndChecksum() throws {

@@ -394,7 +394,11 @@ public final class VHDImage: BlockDevice {
     }
 
     public func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent {
-        let end = min(virtualSize, offset + maxLength)
+        guard offset < virtualSize, maxLength > 0 else {
+            throw KDCTError(.invalidArgument, "extent at guest offset \(offset) (length \(maxLength)) outside the virtual size \(virtualSize)",
+                            file: info.filename)
+        }
+        let end = maxLength >= virtualSize - offset ? virtualSize : offset + maxLength
         if isFixed {
             // Guest byte N is file byte N; holes in a sparse file read as zeros.
             guard let data = try file.nextData(from: offset), data < end else {

@@ -91,8 +91,9 @@ public struct VHDXBlockAllocationTable: Sendable {
         }
         let mib: UInt64 = 1 << 20
         var placed: [(start: UInt64, end: UInt64, index: Int)] = []
-        func place(_ index: Int, _ entry: VHDXBATEntry, length: UInt64, what: String) throws {
+        func place(_ index: Int, _ entry: VHDXBATEntry, length: UInt64, what block: String) throws {
             let field = "BAT entry \(index)"
+            let what = "\(block) (BAT entry \(index))"
             guard entry.reservedBits == 0 else {
                 throw KDCTError.corrupt("\(what): reserved bits 0x\(String(entry.reservedBits, radix: 16)) are set", file: file, field: field)
             }

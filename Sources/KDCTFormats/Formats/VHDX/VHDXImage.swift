@@ -301,7 +301,11 @@ public final class VHDXImage: BlockDevice {
     }
 
     public func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent {
-        let end = min(virtualSize, offset + maxLength)
+        guard offset < virtualSize, maxLength > 0 else {
+            throw KDCTError(.invalidArgument, "extent at guest offset \(offset) (length \(maxLength)) outside the virtual size \(virtualSize)",
+                            file: info.filename)
+        }
+        let end = maxLength >= virtualSize - offset ? virtualSize : offset + maxLength
         let first = try blockRun(at: offset, end: end)
         var cursor = first.end
         while cursor < end {
