@@ -166,6 +166,22 @@ func fileSHA256(_ path: String) throws -> String {
         }
     }
 
+    @Test func oldFixedDiskWithA511ByteFooter() throws {
+        let dir = try TemporaryDirectory()
+        var builder = VHDTestBuilder(virtualSize: 3 << 20)
+        builder.diskType = 2
+        builder.blocks[1] = .init(bitmap: [], data: VHDTestBuilder.noise(1 << 20, seed: 4))
+        let bytes = builder.build()
+        #expect(bytes.last == 0)
+        let path = dir.file("old.vhd")
+        try Data(bytes.dropLast()).write(to: URL(fileURLWithPath: path))
+        let device = try ImageOpener.open(path)
+        #expect(device.info.subformat == "fixed")
+        #expect(device.virtualSize == 3 << 20)
+        #expect(device.info.notes.contains { $0.contains("511-byte footer") })
+        #expect(try device.readBytes(at: 2 << 20, count: 1 << 20) == builder.blocks[1]?.data)
+    }
+
     @Test func sizeOverrideSwitchesBetweenGeometryAndCurrentSize() throws {
         let dir = try TemporaryDirectory()
         var builder = VHDTestBuilder(virtualSize: 10 << 20)
@@ -341,6 +357,22 @@ func fileSHA256(_ path: String) throws -> String {
         let device = try ImageOpener.open(child, options: wide)
         let expected = try Self.expectedRaw(parentRaw: dir.file("parent.raw"), child: builder, to: dir.file("expected.raw"))
         #expect(try GuestDigest.sha256(of: device) == (try fileSHA256(expected)))
+    }
+
+    @Test func posixAbsoluteLocatorNeedsTheWiderPolicy() throws {
+        // VirtualBox on Linux stores the parent's POSIX path in the W2ku locator.
+        let dir = try TemporaryDirectory()
+        let parent = try Self.makeParent(in: dir)
+        try FileManager.default.createDirectory(atPath: dir.file("child"), withIntermediateDirectories: false)
+        let absolute = try #require(FilePaths.canonical(parent.path))
+        let builder = Self.childBuilder(parentID: parent.uniqueID,
+                                        locators: [.init(code: "W2ku", data: VHDTestBuilder.utf16le(absolute))])
+        let child = try builder.write(to: dir.file("child/child.vhd"))
+        expectOpenError(child, .referenceRefused, mentions: [absolute])
+        var wide = OpenOptions()
+        wide.referencePolicy = .any
+        let device = try ImageOpener.open(child, options: wide)
+        #expect(device.info.references.contains { $0.opened && $0.resolvedPath == absolute })
     }
 
     @Test func absoluteLocatorFindsTheParentByFileName() throws {
