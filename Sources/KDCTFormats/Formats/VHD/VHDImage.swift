@@ -374,22 +374,23 @@ public final class VHDImage: BlockDevice {
 
     /// Status, file offset (for data) and end of the run starting at `offset` within its block.
     @inline(__always)
-    func blockRun(at offset: UInt64, end: UInt64) throws -> (status: Extent.Status, host: UInt64?, end: UInt64) {
+    func blockRun(at offset: UInt64, end: UInt64) throws -> BlockRun {
         let block = Int(offset >> blockShift)
         let blockStart = UInt64(block) << blockShift
         let blockEnd = min(end, blockStart + blockSize)
         let entry = bat[block]
-        if entry == VHDBlockAllocationTable.unallocated { return (.absent, nil, blockEnd) }
+        if entry == VHDBlockAllocationTable.unallocated { return BlockRun(status: .absent, end: blockEnd) }
         let inBlock = offset - blockStart
         let dataStart = UInt64(entry) * 512 + bitmapSize
         switch try presence(ofBlock: block, entry: entry) {
-        case .all: return (.data, dataStart + inBlock, blockEnd)
-        case .none: return (.absent, nil, blockEnd)
+        case .all: return BlockRun(status: .data, host: dataStart + inBlock, end: blockEnd)
+        case .none: return BlockRun(status: .absent, end: blockEnd)
         case let .some(bitmap):
             let sector = Int(inBlock / 512)
             let run = SectorBitmap.run(in: bitmap, from: sector, to: sectorsPerBlock, order: .mostSignificantFirst)
             let runEnd = min(blockEnd, blockStart + UInt64(sector + run.count) * 512)
-            return run.set ? (.data, dataStart + inBlock, runEnd) : (.absent, nil, runEnd)
+            return run.set ? BlockRun(status: .data, host: dataStart + inBlock, end: runEnd)
+                : BlockRun(status: .absent, end: runEnd)
         }
     }
 
@@ -400,25 +401,11 @@ public final class VHDImage: BlockDevice {
         }
         let end = maxLength >= virtualSize - offset ? virtualSize : offset + maxLength
         if isFixed {
-            // Guest byte N is file byte N; holes in a sparse file read as zeros.
-            guard let data = try file.nextData(from: offset), data < end else {
-                return Extent(offset: offset, length: end - offset, status: .zero)
-            }
-            if data > offset { return Extent(offset: offset, length: data - offset, status: .zero) }
-            let hole = try file.nextHole(from: offset)
-            return Extent(offset: offset, length: max(min(hole, end), offset + 1) - offset, status: .data, hostOffset: offset)
+            // Guest byte N is file byte N (the footer lies past the virtual size): holes in a sparse file are
+            // zero extents, exactly as for a raw file.
+            return try RawImage(file: file).extent(at: offset, maxLength: end - offset)
         }
-        let first = try blockRun(at: offset, end: end)
-        var cursor = first.end
-        while cursor < end {
-            let next = try blockRun(at: cursor, end: end)
-            guard next.status == first.status else { break }
-            if let host = first.host {
-                guard next.host == host + (cursor - offset) else { break }
-            }
-            cursor = next.end
-        }
-        return Extent(offset: offset, length: cursor - offset, status: first.status, hostOffset: first.host)
+        return try BlockRuns.extent(at: offset, to: end) { try blockRun(at: $0, end: end) }
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
@@ -427,42 +414,8 @@ public final class VHDImage: BlockDevice {
             try file.read(into: buffer, at: offset, what: "fixed disk data")
             return
         }
-        var done = 0
-        while done < buffer.count {
-            let guest = offset + UInt64(done)
-            let block = Int(guest >> blockShift)
-            let inBlock = guest - (UInt64(block) << blockShift)
-            let count = Int(min(UInt64(buffer.count - done), blockSize - inBlock))
-            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + count)])
-            let entry = bat[block]
-            if entry == VHDBlockAllocationTable.unallocated {
-                slice.initializeMemory(as: UInt8.self, repeating: 0)
-            } else {
-                let dataStart = UInt64(entry) * 512 + bitmapSize
-                switch try presence(ofBlock: block, entry: entry) {
-                case .all:
-                    try file.read(into: slice, at: dataStart + inBlock, what: "data of block \(block)")
-                case .none:
-                    slice.initializeMemory(as: UInt8.self, repeating: 0)
-                case let .some(bitmap):
-                    var position = inBlock
-                    let stop = inBlock + UInt64(count)
-                    while position < stop {
-                        let sector = Int(position / 512)
-                        let run = SectorBitmap.run(in: bitmap, from: sector, to: sectorsPerBlock, order: .mostSignificantFirst)
-                        let runEnd = min(stop, UInt64(sector + run.count) * 512)
-                        let start = Int(position - inBlock)
-                        let part = UnsafeMutableRawBufferPointer(rebasing: slice[start..<(start + Int(runEnd - position))])
-                        if run.set {
-                            try file.read(into: part, at: dataStart + position, what: "data of block \(block)")
-                        } else {
-                            part.initializeMemory(as: UInt8.self, repeating: 0)
-                        }
-                        position = runEnd
-                    }
-                }
-            }
-            done += count
+        try BlockRuns.read(into: buffer, at: offset, run: { try blockRun(at: $0, end: $1) }) { slice, host, guest in
+            try file.read(into: slice, at: host, what: "data of block \(guest >> blockShift)")
         }
     }
 }

@@ -270,7 +270,7 @@ public final class VHDXImage: BlockDevice {
 
     /// Status, file offset (for data) and end of the run starting at `offset` within its block.
     @inline(__always)
-    func blockRun(at offset: UInt64, end: UInt64) throws -> (status: Extent.Status, host: UInt64?, end: UInt64) {
+    func blockRun(at offset: UInt64, end: UInt64) throws -> BlockRun {
         let block = offset >> blockShift
         let blockStart = block << blockShift
         let blockEnd = min(end, blockStart + UInt64(parameters.blockSize))
@@ -278,21 +278,22 @@ public final class VHDXImage: BlockDevice {
         let inBlock = offset - blockStart
         switch VHDXPayloadState(rawValue: entry.state) {
         case .notPresent?, .undefined?:
-            return (.absent, nil, blockEnd)
+            return BlockRun(status: .absent, end: blockEnd)
         case .zero?, .unmapped?:
-            return (.zero, nil, blockEnd)
+            return BlockRun(status: .zero, end: blockEnd)
         case .fullyPresent?:
-            return (.data, entry.fileOffset + inBlock, blockEnd)
+            return BlockRun(status: .data, host: entry.fileOffset + inBlock, end: blockEnd)
         case .partiallyPresent?:
             switch try presence(ofBlock: block) {
-            case .all: return (.data, entry.fileOffset + inBlock, blockEnd)
-            case .none: return (.absent, nil, blockEnd)
+            case .all: return BlockRun(status: .data, host: entry.fileOffset + inBlock, end: blockEnd)
+            case .none: return BlockRun(status: .absent, end: blockEnd)
             case let .some(bitmap):
                 let sectorSize = geometry.logicalSectorSize
                 let sector = Int(inBlock / sectorSize)
                 let run = SectorBitmap.run(in: bitmap, from: sector, to: Int(geometry.sectorsPerBlock), order: .leastSignificantFirst)
                 let runEnd = min(blockEnd, blockStart + UInt64(sector + run.count) * sectorSize)
-                return run.set ? (.data, entry.fileOffset + inBlock, runEnd) : (.absent, nil, runEnd)
+                return run.set ? BlockRun(status: .data, host: entry.fileOffset + inBlock, end: runEnd)
+                    : BlockRun(status: .absent, end: runEnd)
             }
         case nil:
             throw KDCTError.corrupt("payload block \(block) has undefined state \(entry.state)", file: view.file.path,
@@ -306,33 +307,13 @@ public final class VHDXImage: BlockDevice {
                             file: info.filename)
         }
         let end = maxLength >= virtualSize - offset ? virtualSize : offset + maxLength
-        let first = try blockRun(at: offset, end: end)
-        var cursor = first.end
-        while cursor < end {
-            let next = try blockRun(at: cursor, end: end)
-            guard next.status == first.status else { break }
-            if let host = first.host {
-                guard next.host == host + (cursor - offset) else { break }
-            }
-            cursor = next.end
-        }
-        return Extent(offset: offset, length: cursor - offset, status: first.status, hostOffset: first.host)
+        return try BlockRuns.extent(at: offset, to: end) { try blockRun(at: $0, end: end) }
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
         try checkRange(offset, buffer.count)
-        let end = offset + UInt64(buffer.count)
-        var position = offset
-        while position < end {
-            let run = try blockRun(at: position, end: end)
-            let start = Int(position - offset)
-            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[start..<(start + Int(run.end - position))])
-            if let host = run.host {
-                try view.read(into: slice, at: host, what: "data of block \(position >> blockShift)")
-            } else {
-                slice.initializeMemory(as: UInt8.self, repeating: 0)
-            }
-            position = run.end
+        try BlockRuns.read(into: buffer, at: offset, run: { try blockRun(at: $0, end: $1) }) { slice, host, guest in
+            try view.read(into: slice, at: host, what: "data of block \(guest >> blockShift)")
         }
     }
 }
