@@ -323,7 +323,12 @@ func fileSHA256(_ path: String) throws -> String {
         #expect(info.backingFilename == "C:\\vms\\parent.vhd")
         #expect(Set(info.references.map(\.name)) == ["C:\\vms\\parent.vhd", ".\\parent.vhd"])
         #expect(info.references.allSatisfy { !$0.opened })
-        #expect(info.formatSpecific["parent-locators"] != nil)
+        guard case let .array(locators)? = info.formatSpecific["parent-locators"] else {
+            Issue.record("no parent-locators in \(info.formatSpecific)")
+            return
+        }
+        #expect(locators.map { $0["name"] } == [.string("C:\\vms\\parent.vhd"), .string(".\\parent.vhd")])
+        #expect(locators.map { $0["platform"] } == [.string("W2ku"), .string("W2ru")])
     }
 
     @Test func missingParentNamesEveryLocatorTried() throws {

@@ -146,7 +146,7 @@ public final class VHDImage: BlockDevice {
         }
 
         // Differencing: the parent, named by the locators and the parent name.
-        let (names, locatorNotes) = try parentNames(of: header, file: file, limits: limits)
+        let (names, locatorNotes, locatorNames) = try parentNames(of: header, file: file, limits: limits)
         notes += locatorNotes
         let candidates = ParentCandidate.list(names)
         let parentName = header.parentName.isEmpty ? (names.first?.stored ?? "") : header.parentName
@@ -156,7 +156,8 @@ public final class VHDImage: BlockDevice {
         }
         guard context.options.openReferences else {
             let info = makeInfo(file: file, footer: footer, header: header, virtualSize: virtualSize,
-                                sizeSource: sizeSource, notes: notes, references: references, backingName: parentName)
+                                sizeSource: sizeSource, notes: notes, references: references, backingName: parentName,
+                                locatorNames: locatorNames)
             return VHDImage(file: file, footer: footer, header: header, virtualSize: virtualSize, sizeSource: sizeSource,
                             bat: bat.entries, info: info, cacheBytes: limits.maxTableCacheBytes)
         }
@@ -182,7 +183,7 @@ public final class VHDImage: BlockDevice {
             references[index].opened = true
         }
         let info = makeInfo(file: file, footer: footer, header: header, virtualSize: virtualSize, sizeSource: sizeSource,
-                            notes: notes, references: references, backingName: parentName)
+                            notes: notes, references: references, backingName: parentName, locatorNames: locatorNames)
         let child = VHDImage(file: file, footer: footer, header: header, virtualSize: virtualSize, sizeSource: sizeSource,
                              bat: bat.entries, info: info, cacheBytes: limits.maxTableCacheBytes)
         return ChainedBlockDevice(top: child, base: found.device)
@@ -249,14 +250,15 @@ public final class VHDImage: BlockDevice {
     /// The parent names of a differencing disk: the locator entries in priority order, then the header's parent
     /// name; plus notes about locators that could not be read.
     static func parentNames(of header: VHDDynamicHeader, file: ReadOnlyFile, limits: ImageLimits) throws
-        -> (names: [(source: String, stored: String, isPOSIX: Bool)], notes: [String]) {
+        -> (names: [(source: String, stored: String, isPOSIX: Bool)], notes: [String], byIndex: [Int: String]) {
         var names: [(source: String, stored: String, isPOSIX: Bool)] = []
         var notes: [String] = []
+        var byIndex: [Int: String] = [:]
         let ordered = header.parentLocators.enumerated().sorted {
             (VHDParentLocator.priority(of: $0.element.platformCode), $0.offset)
                 < (VHDParentLocator.priority(of: $1.element.platformCode), $1.offset)
         }
-        for (_, entry) in ordered {
+        for (index, entry) in ordered {
             let label = "\(entry.platformText) locator"
             guard entry.dataLength > 0 else { continue }
             let maxLength = min(UInt64(VHDParentLocator.maxDataLength), limits.maxDescriptorBytes)
@@ -275,11 +277,12 @@ public final class VHDImage: BlockDevice {
                 continue
             }
             names.append((label, decoded.name, decoded.isPOSIX))
+            byIndex[index] = decoded.name
         }
         if !header.parentName.isEmpty {
             names.append(("parent name", header.parentName, false))
         }
-        return (names, notes)
+        return (names, notes, byIndex)
     }
 
     // MARK: Info
@@ -319,7 +322,7 @@ public final class VHDImage: BlockDevice {
 
     static func makeInfo(file: ReadOnlyFile, footer: VHDFooter, header: VHDDynamicHeader?, virtualSize: UInt64,
                          sizeSource: VHDSizeMode, notes: [String], references: [ImageReference],
-                         backingName: String?) -> ImageInfo {
+                         backingName: String?, locatorNames: [Int: String] = [:]) -> ImageInfo {
         let version = "\(footer.creatorVersionMajor).\(footer.creatorVersionMinor)"
         let code = "creator \"\(footer.creatorApplicationText)\" \(version), host \"\(footer.creatorHostOSText)\""
         let producer = creatorName(footer.creatorApplication).map { "\($0) (\(code))" } ?? code
@@ -346,10 +349,12 @@ public final class VHDImage: BlockDevice {
                 fields.append(("parent-unique-id", .string(uuidText(header.parentUniqueID))))
                 fields.append(("parent-timestamp", .string(formatTimestamp(header.parentTimestamp))))
                 fields.append(("parent-name", .string(header.parentName)))
-                fields.append(("parent-locators", .array(header.parentLocators.map { entry in
-                    .object([("platform", .string(entry.platformText)),
-                             ("data-offset", .unsigned(entry.dataOffset)),
-                             ("data-length", .unsigned(UInt64(entry.dataLength)))])
+                fields.append(("parent-locators", .array(header.parentLocators.enumerated().map { index, entry in
+                    var locator: [(String, InfoValue)] = [("platform", .string(entry.platformText)),
+                                                          ("data-offset", .unsigned(entry.dataOffset)),
+                                                          ("data-length", .unsigned(UInt64(entry.dataLength)))]
+                    if let name = locatorNames[index] { locator.append(("name", .string(name))) }
+                    return .object(locator)
                 })))
             }
         }
