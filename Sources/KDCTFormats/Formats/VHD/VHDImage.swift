@@ -150,9 +150,9 @@ public final class VHDImage: BlockDevice {
         notes += locatorNotes
         let candidates = ParentCandidate.list(names)
         let parentName = header.parentName.isEmpty ? (names.first?.stored ?? "") : header.parentName
-        var references = names.map { ImageReference(kind: .parent, name: $0.stored) }
-        if !header.parentName.isEmpty, !names.contains(where: { $0.stored == header.parentName }) {
-            references.append(ImageReference(kind: .parent, name: header.parentName))
+        var references: [ImageReference] = []
+        for name in names where !references.contains(where: { $0.name == name.stored }) {
+            references.append(ImageReference(kind: .parent, name: name.stored))
         }
         guard context.options.openReferences else {
             let info = makeInfo(file: file, footer: footer, header: header, virtualSize: virtualSize,
