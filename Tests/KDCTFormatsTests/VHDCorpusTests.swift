@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// Checks every VHD and VHDX of the real-world corpus against its manifest entry.
 @Suite struct VHDCorpusTests {

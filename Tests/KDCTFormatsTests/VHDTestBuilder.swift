@@ -1,5 +1,6 @@
 import Foundation
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// Writes VHD files byte by byte for tests: qemu cannot make differencing VHDs, partial block bitmaps or broken
 /// headers, so the tests build them here, following the specification's layout.

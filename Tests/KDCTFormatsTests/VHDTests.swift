@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// Opens `path` expecting a `KDCTError` of `kind` whose message contains every string of `mentions`; returns it.
 @discardableResult

@@ -1,5 +1,6 @@
 import Foundation
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// Writes VHDX files byte by byte for tests ([MS-VHDX] layout): qemu cannot make differencing VHDX, 4096-byte
 /// logical sectors, logs to replay or broken structures.

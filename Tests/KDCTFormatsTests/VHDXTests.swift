@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// Writes `bytes` to `dir/name`.
 private func writeFile(_ bytes: [UInt8], _ dir: TemporaryDirectory, _ name: String) throws -> String {
