@@ -113,11 +113,15 @@ public struct ParentCandidate: Sendable, Equatable {
             }
         }
         var seen = Set<String>()
+        var seenUnusable = Set<String>()
         var result: [ParentCandidate] = []
         for candidate in primary + fallback {
             if let path = candidate.path {
                 if seen.contains(path) { continue }
                 seen.insert(path)
+            } else {
+                if seenUnusable.contains(candidate.stored) { continue }
+                seenUnusable.insert(candidate.stored)
             }
             result.append(candidate)
         }
