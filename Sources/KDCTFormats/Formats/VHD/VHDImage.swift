@@ -16,7 +16,9 @@ public final class VHDImage: BlockDevice {
     public let footer: VHDFooter
     /// The dynamic disk header (nil for fixed disks).
     public let header: VHDDynamicHeader?
+    /// Guest size (see `VHDSizeRule`).
     public let virtualSize: UInt64
+    /// What the image says about itself, built at open.
     public let info: ImageInfo
 
     /// Where the size came from.
@@ -399,6 +401,7 @@ public final class VHDImage: BlockDevice {
         }
     }
 
+    /// The run at `offset` from the block table (and sector bitmaps), never reading guest data.
     public func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent {
         guard offset < virtualSize, maxLength > 0 else {
             throw KDCTError(.invalidArgument, "extent at guest offset \(offset) (length \(maxLength)) outside the virtual size \(virtualSize)",
@@ -413,6 +416,7 @@ public final class VHDImage: BlockDevice {
         return try BlockRuns.extent(at: offset, to: end) { try blockRun(at: $0, end: end) }
     }
 
+    /// Guest bytes at `offset`: stored runs read straight into `buffer`, the rest zeros.
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
         try checkRange(offset, buffer.count)
         if isFixed {

@@ -15,7 +15,9 @@ public final class VHDXImage: BlockDevice {
     public let geometry: VHDXBATGeometry
     /// The parent locator of a differencing disk.
     public let parentLocator: VHDXParentLocator?
+    /// What the image says about itself, built at open.
     public let info: ImageInfo
+    /// Guest size: the virtual disk size metadata item.
     public var virtualSize: UInt64 { parameters.virtualDiskSize }
 
     /// Raw BAT entries.
@@ -301,6 +303,7 @@ public final class VHDXImage: BlockDevice {
         }
     }
 
+    /// The run at `offset` from the block table (and sector bitmaps), never reading guest data.
     public func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent {
         guard offset < virtualSize, maxLength > 0 else {
             throw KDCTError(.invalidArgument, "extent at guest offset \(offset) (length \(maxLength)) outside the virtual size \(virtualSize)",
@@ -310,6 +313,7 @@ public final class VHDXImage: BlockDevice {
         return try BlockRuns.extent(at: offset, to: end) { try blockRun(at: $0, end: end) }
     }
 
+    /// Guest bytes at `offset`: stored runs read straight into `buffer`, the rest zeros.
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
         try checkRange(offset, buffer.count)
         try BlockRuns.read(into: buffer, at: offset, run: { try blockRun(at: $0, end: $1) }) { slice, host, guest in

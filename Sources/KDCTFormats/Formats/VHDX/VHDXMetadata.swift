@@ -140,6 +140,7 @@ public struct VHDXParentLocator: Sendable, Equatable {
     /// Key/value pairs in stored order.
     public var entries: [(key: String, value: String)]
 
+    /// Same type and same key/value pairs in the same order.
     public static func == (a: VHDXParentLocator, b: VHDXParentLocator) -> Bool {
         a.locatorType == b.locatorType && a.entries.count == b.entries.count
             && zip(a.entries, b.entries).allSatisfy { $0.key == $1.key && $0.value == $1.value }
