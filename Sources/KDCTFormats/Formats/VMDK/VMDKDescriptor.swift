@@ -180,7 +180,9 @@ public struct VMDKDescriptor: Sendable, Equatable {
             guard scanner.atEnd else { throw invalid("a ZERO extent names no file") }
             return extent
         }
-        guard let name = try scanner.fileName() else { throw invalid("no file name") }
+        let parsedName: String?
+        do { parsedName = try scanner.fileName() } catch { throw invalid("unterminated quoted file name") }
+        guard let name = parsedName else { throw invalid("no file name") }
         guard !name.isEmpty else { throw invalid("empty file name") }
         extent.fileName = name
         if let offsetToken = scanner.token() {

@@ -51,12 +51,25 @@ public final class VMDKImage: BlockDevice {
         guard offset < virtualSize, maxLength > 0 else {
             throw KDCTError(.invalidArgument, "extent query at \(offset) outside the guest (\(virtualSize) bytes)", file: info.filename)
         }
-        let index = pieceIndex(for: offset)
+        var index = pieceIndex(for: offset)
+        var result = try pieceExtent(index, at: offset, maxLength: maxLength)
+        // Merge into the following extents while the run continues with the same status (ZERO after ZERO...).
+        while result.end == pieceEnd(index), index + 1 < pieces.count, result.length < maxLength {
+            let next = try pieceExtent(index + 1, at: result.end, maxLength: maxLength - result.length)
+            guard result.canMerge(with: next) else { break }
+            result.length += next.length
+            index += 1
+        }
+        return result
+    }
+
+    /// The run at guest `offset` inside piece `index`, in guest offsets.
+    private func pieceExtent(_ index: Int, at offset: UInt64, maxLength: UInt64) throws -> Extent {
         let piece = pieces[index]
         let length = min(maxLength, pieceEnd(index) - offset)
         var result = try piece.reader.extent(at: offset - piece.start, maxLength: length)
         guard result.length > 0, result.length <= length else {
-            throw KDCTError(.corrupt, "extent \(index) returned an empty run at guest offset \(offset)", file: info.filename)
+            throw KDCTError(.corrupt, "extent \(index) returned an invalid run at guest offset \(offset)", file: info.filename)
         }
         result.offset = offset
         return result

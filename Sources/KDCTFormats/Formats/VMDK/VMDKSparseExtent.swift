@@ -5,11 +5,13 @@ final class VMDKScratchBuffer {
     init(count: Int) { bytes = .allocate(byteCount: max(count, 1), alignment: 64) }
     deinit { bytes.deallocate() }
 
-    /// Grows the buffer to at least `count` bytes (contents are not kept).
-    func reserve(_ count: Int) {
+    /// Grows the buffer to at least `count` bytes, keeping the first `keeping` bytes.
+    func reserve(_ count: Int, keeping: Int = 0) {
         guard count > bytes.count else { return }
+        let grown = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 64)
+        if keeping > 0 { grown.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[0..<min(keeping, bytes.count)])) }
         bytes.deallocate()
-        bytes = .allocate(byteCount: count, alignment: 64)
+        bytes = grown
     }
 }
 
@@ -113,6 +115,14 @@ final class VMDKSparseExtent: VMDKExtentReader {
                     return false
                 }
                 var index = grainIndex
+                // Preallocated but empty tables (VMware and qemu write every table at creation): one word-wise
+                // scan instead of a lookup per grain.
+                if status == nil || status == .absent,
+                   Self.isZero(table, fromByte: Int(index - tableFirstGrain) * layout.entryWidth) {
+                    status = .absent
+                    position = min(limit, (tableFirstGrain + entriesPerTable) * grainBytes)
+                    return false
+                }
                 while position < limit, index < tableFirstGrain + entriesPerTable {
                     let inGrain = position - index * grainBytes
                     let count = min(grainBytes - inGrain, limit - position)
@@ -147,6 +157,20 @@ final class VMDKSparseExtent: VMDKExtentReader {
         }
         return Extent(offset: offset, length: position - offset, status: status ?? .absent, compressed: compressed,
                       hostOffset: firstHost)
+    }
+
+    /// True when `table` holds only zero bytes from `start` on.
+    private static func isZero(_ table: UnsafeRawBufferPointer, fromByte start: Int) -> Bool {
+        var offset = start
+        while offset + 8 <= table.count {
+            if table.loadUnaligned(fromByteOffset: offset, as: UInt64.self) != 0 { return false }
+            offset += 8
+        }
+        while offset < table.count {
+            if table[offset] != 0 { return false }
+            offset += 1
+        }
+        return true
     }
 
     // MARK: Reading
@@ -267,9 +291,10 @@ final class VMDKSparseExtent: VMDKExtentReader {
                 }
                 let total = header + Int(size)
                 if total > first {
-                    scratch.reserve(total)  // contents lost: read the whole grain again
-                    try file.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch.bytes[0..<total]), at: fileOffset,
-                                  what: "compressed grain")
+                    // A poorly compressible grain: read the rest after what the first read brought.
+                    scratch.reserve(total, keeping: first)
+                    try file.read(into: UnsafeMutableRawBufferPointer(rebasing: scratch.bytes[first..<total]),
+                                  at: fileOffset + UInt64(first), what: "compressed grain")
                 }
                 input = UnsafeRawBufferPointer(rebasing: scratch.bytes[header..<total])
             } else {
