@@ -52,6 +52,21 @@ import Testing
         try VMDKQemuTests.convertAndCompareToRaw(dir.file("custom.vmdk"), expected: dir.file("expected.raw"), in: dir)
     }
 
+    @Test func nonASCIIExtentNamesResolve() throws {
+        let dir = try TemporaryDirectory("kdct-vmdk")
+        // qemu writes the UTF-8 name as is.
+        try qemuImg("create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", dir.file("Disk ü.vmdk"), "1M")
+        #expect(Self.openAndRead(dir.file("Disk ü.vmdk")) == nil)
+        // An old windows-1252 descriptor (0xFC = ü, 0x80 = €) naming the file stored under its UTF-8 name.
+        try VMDKBytes.write([UInt8](repeating: 7, count: 4096), to: dir.file("Lö€-flat.vmdk"))
+        var text = Array("# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 8 FLAT \"L".utf8)
+        text += [0xF6, 0x80] + Array("-flat.vmdk\" 0\n".utf8)
+        try VMDKBytes.write(text, to: dir.file("legacy.vmdk"))
+        let device = try ImageOpener.open(dir.file("legacy.vmdk"))
+        #expect(device.info.references.first?.name == "Lö€-flat.vmdk")
+        #expect(try device.readBytes(at: 0, count: 4) == [7, 7, 7, 7])
+    }
+
     @Test func flatExtentShorterThanDeclaredIsTruncated() throws {
         let dir = try TemporaryDirectory("kdct-vmdk")
         try VMDKBytes.write([UInt8](repeating: 1, count: 1000 * 512), to: dir.file("d-flat.vmdk"))
@@ -333,6 +348,26 @@ import Testing
         let wide = VMDKBytes.descriptor(createType: "custom", extents: ["RW 137438953472 ZERO", "RW 137438953472 FLAT \"nowhere\" 0"])
         try VMDKBytes.write(Array(wide.utf8), to: dir.file("wide.vmdk"))
         #expect(Self.openAndRead(dir.file("wide.vmdk"))?.kind == .limitExceeded)
+    }
+
+    @Test func oneSparseFileListedManyTimesSharesOneTableBudget() throws {
+        // 64 GiB from qemu: 2048 preallocated grain tables (4 MiB) per listing, 16 KiB of grain directory in memory.
+        let dir = try TemporaryDirectory("kdct-vmdk")
+        try qemuImg("create", "-q", "-f", "vmdk", dir.file("piece.vmdk"), "64G")
+        let lines = [String](repeating: "RW 134217728 SPARSE \"piece.vmdk\"", count: 100)
+        try VMDKBytes.write(Array(VMDKBytes.descriptor(createType: "custom", extents: lines).utf8), to: dir.file("many.vmdk"))
+        let device = try ImageOpener.open(dir.file("many.vmdk"))
+        guard case let .array(extents)? = device.info.formatSpecific["extents"] else {
+            Issue.record("no extents")
+            return
+        }
+        let eager = extents.filter { $0["grain-tables-loaded-at-open"] == .bool(true) }.count
+        #expect(eager == 8, "32 MiB of tables read at open in all, the rest through caches")
+        #expect(try device.extent(at: 99 * (64 << 30), maxLength: 1 << 40) == Extent(offset: 99 * (64 << 30), length: 64 << 30, status: .absent))
+        var options = OpenOptions()
+        options.limits.maxTableBytes = 1 << 20
+        let error = #expect(throws: KDCTError.self) { try ImageOpener.open(dir.file("many.vmdk"), options: options) }
+        #expect(error?.kind == .limitExceeded && error?.field == "grain directory size", "\(String(describing: error))")
     }
 
     @Test func strictModeAcceptsOnlySingleFileDisks() throws {

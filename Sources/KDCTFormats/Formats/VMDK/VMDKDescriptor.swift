@@ -105,7 +105,7 @@ public struct VMDKDescriptor: Sendable, Equatable {
         // Split on LF; a CR before it (Windows line ends) is trimmed with the other whitespace.
         for rawLine in used.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
             lineNumber += 1
-            let line = String(decoding: rawLine, as: UTF8.self).trimmingDescriptorWhitespace()
+            let line = decodeLine(rawLine).trimmingDescriptorWhitespace()
             if line.isEmpty || line.hasPrefix("#") { continue }
             if let access = extentAccess(of: line) {
                 if descriptor.extents.count >= limits.maxExtents {
@@ -148,6 +148,30 @@ public struct VMDKDescriptor: Sendable, Equatable {
         }
         return descriptor
     }
+
+    /// A descriptor line as text: UTF-8 (what VMware writes with `encoding="UTF-8"` and qemu always writes), or,
+    /// when the bytes are not valid UTF-8, windows-1252 (older VMware products on Windows hosts), so a file name
+    /// such as `Disk ü-flat.vmdk` resolves to the UTF-8 name the file has on a Linux file system.
+    static func decodeLine(_ bytes: ArraySlice<UInt8>) -> String {
+        if let text = String(validating: bytes, as: UTF8.self) { return text }
+        var scalars = String.UnicodeScalarView()
+        for byte in bytes {
+            if (0x80...0x9F).contains(byte), let mapped = windows1252High[Int(byte - 0x80)] {
+                scalars.append(mapped)
+            } else {
+                scalars.append(Unicode.Scalar(byte))
+            }
+        }
+        return String(scalars)
+    }
+
+    /// windows-1252 characters for bytes 0x80-0x9F (nil where the code page leaves a byte undefined).
+    private static let windows1252High: [Unicode.Scalar?] = [
+        "\u{20AC}", nil, "\u{201A}", "\u{0192}", "\u{201E}", "\u{2026}", "\u{2020}", "\u{2021}",
+        "\u{02C6}", "\u{2030}", "\u{0160}", "\u{2039}", "\u{0152}", nil, "\u{017D}", nil,
+        nil, "\u{2018}", "\u{2019}", "\u{201C}", "\u{201D}", "\u{2022}", "\u{2013}", "\u{2014}",
+        "\u{02DC}", "\u{2122}", "\u{0161}", "\u{203A}", "\u{0153}", nil, "\u{017E}", "\u{0178}",
+    ]
 
     /// The access keyword that starts an extent line, or nil when `line` is not one.
     static func extentAccess(of line: String) -> Access? {

@@ -114,11 +114,51 @@ public enum VMDKGrainEncoding: Sendable, Equatable {
     }
 }
 
+/// The table memory one disk may use, shared by all its sparse extents while they are opened: a descriptor that
+/// lists the same sparse file 4096 times must not get 4096 times the limits.
+///
+/// - Grain directories (8 bytes in memory per entry) together stay within `maxTableBytes`.
+/// - Grain tables read at open together stay within `maxTableCacheBytes`; later extents use the cache.
+/// - Each extent's table cache gets an equal share of `maxTableCacheBytes` (at least one table).
+final class VMDKTableBudget {
+    let limits: ImageLimits
+    private(set) var remainingDirectoryBytes: UInt64
+    private(set) var remainingEagerBytes: UInt64
+    /// Bytes of cached tables each extent may keep.
+    let cacheBytesPerExtent: UInt64
+
+    /// A budget for a disk with `sparseExtents` sparse extents.
+    init(limits: ImageLimits, sparseExtents: Int) {
+        self.limits = limits
+        remainingDirectoryBytes = limits.maxTableBytes
+        remainingEagerBytes = min(limits.maxTableCacheBytes, limits.maxTableBytes)
+        cacheBytesPerExtent = limits.maxTableCacheBytes / UInt64(max(1, sparseExtents))
+    }
+
+    /// Takes `bytes` of grain directory memory or throws `limitExceeded`.
+    func takeDirectory(_ bytes: UInt64, file: String) throws {
+        guard bytes <= remainingDirectoryBytes else {
+            throw KDCTError(.limitExceeded,
+                            "the grain directories of this disk need more than \(limits.maxTableBytes) bytes in memory (limit maxTableBytes)",
+                            file: file, field: "grain directory size")
+        }
+        remainingDirectoryBytes -= bytes
+    }
+
+    /// Takes `bytes` for tables read at open, if they fit.
+    func takeEager(_ bytes: UInt64) -> Bool {
+        guard bytes <= remainingEagerBytes else { return false }
+        remainingEagerBytes -= bytes
+        return true
+    }
+}
+
 /// The grain directory of one sparse extent and its grain tables: decoded and checked at open, then immutable.
 ///
-/// When all allocated grain tables together fit in `ImageLimits.maxTableCacheBytes` they are read at open (adjacent
-/// tables in one read), so lookups take no lock. Otherwise tables are read on demand into a cache bounded by
-/// `maxTableCacheBytes` and guarded by a lock held only for the dictionary lookup, never across I/O.
+/// When all allocated grain tables fit in what is left of the disk's `VMDKTableBudget` (`maxTableCacheBytes` in all)
+/// they are read at open (adjacent tables in one read), so lookups take no lock. Otherwise tables are read on demand
+/// into a cache bounded by the extent's share of `maxTableCacheBytes`, guarded by a lock held only for the
+/// dictionary lookup, never across I/O.
 final class VMDKGrainTables: @unchecked Sendable {
     /// The extent's geometry.
     let layout: VMDKSparseLayout
@@ -139,10 +179,11 @@ final class VMDKGrainTables: @unchecked Sendable {
     private let cacheCapacity: Int
 
     /// Reads the grain directory at `layout.directoryOffset` and, when small enough, every grain table.
-    init(file: ReadOnlyFile, layout: VMDKSparseLayout, encoding: VMDKGrainEncoding, limits: ImageLimits) throws {
+    init(file: ReadOnlyFile, layout: VMDKSparseLayout, encoding: VMDKGrainEncoding, budget: VMDKTableBudget) throws {
         self.file = file
         self.layout = layout
         let width = layout.entryWidth
+        try budget.takeDirectory(UInt64(layout.directoryEntries) * 8, file: file.path)
         let directoryBytes = try file.readBytes(count: layout.directoryEntries * width, at: layout.directoryOffset * 512,
                                                 what: "grain directory")
         var offsets = [UInt64](repeating: 0, count: layout.directoryEntries)
@@ -162,9 +203,9 @@ final class VMDKGrainTables: @unchecked Sendable {
         tableOffsets = offsets
         allocatedTables = allocated
         let tableBytes = layout.tableBytes
-        cacheCapacity = max(4, Int(limits.maxTableCacheBytes / UInt64(tableBytes)))
+        cacheCapacity = max(1, Int(budget.cacheBytesPerExtent / UInt64(tableBytes)))
         let eagerTotal = UInt64(allocated) * UInt64(tableBytes)
-        guard eagerTotal <= limits.maxTableCacheBytes, eagerTotal <= limits.maxTableBytes else {
+        guard budget.takeEager(eagerTotal) else {
             eagerBytes = nil
             slots = []
             return

@@ -167,8 +167,8 @@ public final class VMDKImage: BlockDevice {
             throw extentWithoutDescriptor(file, kind: "hosted sparse (KDMV)")
         }
         var descriptor = try VMDKDescriptor.parse(text, limits: limits, file: file.path)
-        let extent = try openHostedSparseExtent(file, header: header, byteCount: nil, guestBase: 0,
-                                                reportsHostOffsets: true, limits: limits)
+        let extent = try openHostedSparseExtent(file, header: header, byteCount: nil, guestBase: 0, reportsHostOffsets: true,
+                                                budget: VMDKTableBudget(limits: limits, sparseExtents: 1))
         if descriptor.createType == nil { descriptor.createType = extent.isCompressed ? "streamOptimized" : "monolithicSparse" }
         let createType = descriptor.createType ?? "monolithicSparse"
         if context.options.untrusted, createType != "monolithicSparse", createType != "streamOptimized" {
@@ -209,7 +209,8 @@ public final class VMDKImage: BlockDevice {
     /// `byteCount` is the descriptor's extent size (nil: the header's capacity).
     static func openHostedSparseExtent(_ file: ReadOnlyFile, header: VMDKSparseHeader, byteCount: UInt64?,
                                        guestBase: UInt64, reportsHostOffsets: Bool,
-                                       limits: ImageLimits) throws -> VMDKSparseExtent {
+                                       budget: VMDKTableBudget) throws -> VMDKSparseExtent {
+        let limits = budget.limits
         var effective = header
         if header.grainDirectoryInFooter {
             let end = file.size / 512 * 512
@@ -231,7 +232,7 @@ public final class VMDKImage: BlockDevice {
                                     encoding: .hosted(zeroedGrainEntries: effective.hasZeroedGrainEntries,
                                                       compressed: effective.isCompressed),
                                     hasMarkers: effective.hasMarkers, byteCount: count, guestBase: guestBase,
-                                    reportsHostOffsets: reportsHostOffsets, limits: limits)
+                                    reportsHostOffsets: reportsHostOffsets, budget: budget)
     }
 
     /// createType values this reader accepts in a descriptor file.
@@ -283,13 +284,18 @@ public final class VMDKImage: BlockDevice {
             try ImageLimits.check("virtual size", total, max: limits.maxVirtualSize, file: file.path)
         }
         let fileExtents = descriptor.extents.filter { $0.fileName != nil && $0.access != .noAccess }.count
+        let sparseTypes: Set<VMDKDescriptor.ExtentType> = [.sparse, .vmfsSparse, .seSparse]
+        let budget = VMDKTableBudget(limits: limits, sparseExtents: descriptor.extents.filter {
+            sparseTypes.contains($0.type) && $0.access != .noAccess
+        }.count)
         var builder = InfoBuilder(file: file, descriptor: descriptor)
         var pieces: [Piece] = []
         var start: UInt64 = 0
         for line in descriptor.extents {
             let byteCount = line.sectors * 512
             let reader = try openExtent(line, byteCount: byteCount, guestBase: start, descriptorFile: file,
-                                        reportsHostOffsets: fileExtents == 1, context: context, builder: &builder)
+                                        reportsHostOffsets: fileExtents == 1, context: context, budget: budget,
+                                        builder: &builder)
             pieces.append(Piece(start: start, reader: reader))
             start += byteCount
         }
@@ -299,7 +305,7 @@ public final class VMDKImage: BlockDevice {
     /// Opens the extent of one descriptor line.
     static func openExtent(_ line: VMDKDescriptor.ExtentLine, byteCount: UInt64, guestBase: UInt64,
                            descriptorFile: ReadOnlyFile, reportsHostOffsets: Bool, context: OpenContext,
-                           builder: inout InfoBuilder) throws -> any VMDKExtentReader {
+                           budget: VMDKTableBudget, builder: inout InfoBuilder) throws -> any VMDKExtentReader {
         let limits = context.limits
         let where_ = "extent line \(line.lineNumber)"
         guard let name = line.fileName else {
@@ -341,7 +347,7 @@ public final class VMDKImage: BlockDevice {
                 case .hostedSparse:
                     let header = try VMDKSparseHeader.decode(Array(head.prefix(VMDKSparseHeader.size)))
                     let extent = try openHostedSparseExtent(extentFile, header: header, byteCount: byteCount, guestBase: guestBase,
-                                                            reportsHostOffsets: reportsHostOffsets, limits: limits)
+                                                            reportsHostOffsets: reportsHostOffsets, budget: budget)
                     builder.addSparse(extent, header: header, name: name, access: line.access.rawValue,
                                       type: line.type.rawValue, file: extentFile)
                     return extent
@@ -351,7 +357,7 @@ public final class VMDKImage: BlockDevice {
                     try checkCapacity(layout, byteCount: byteCount, file: extentFile)
                     let extent = try VMDKSparseExtent(file: extentFile, layout: layout, encoding: .cowd, hasMarkers: false,
                                                       byteCount: byteCount, guestBase: guestBase,
-                                                      reportsHostOffsets: reportsHostOffsets, limits: limits)
+                                                      reportsHostOffsets: reportsHostOffsets, budget: budget)
                     builder.addCOWD(extent, header: header, name: name, line: line, file: extentFile)
                     return extent
                 default:
@@ -364,7 +370,7 @@ public final class VMDKImage: BlockDevice {
                                     file: descriptorFile.path, field: where_)
                 }
                 let extent = try openSESparseExtent(extentFile, byteCount: byteCount, guestBase: guestBase,
-                                                    reportsHostOffsets: reportsHostOffsets, limits: limits)
+                                                    reportsHostOffsets: reportsHostOffsets, budget: budget)
                 builder.addSESparse(extent, name: name, line: line, file: extentFile)
                 return extent
             case .zero, .vmfsRDM, .vmfsRaw:
@@ -386,7 +392,8 @@ public final class VMDKImage: BlockDevice {
 
     /// Opens a seSparse extent: constant header, volatile header (no journal to replay), grain directory.
     static func openSESparseExtent(_ file: ReadOnlyFile, byteCount: UInt64, guestBase: UInt64, reportsHostOffsets: Bool,
-                                   limits: ImageLimits) throws -> VMDKSparseExtent {
+                                   budget: VMDKTableBudget) throws -> VMDKSparseExtent {
+        let limits = budget.limits
         let header = try VMDKSESparseHeader.decode(try file.readBytes(count: 512, at: 0, what: "seSparse constant header"),
                                                    file: file.path)
         let fileSectors = file.size / 512
@@ -410,7 +417,7 @@ public final class VMDKImage: BlockDevice {
                                     encoding: .seSparse(grainTablesOffset: tablesOffset, grainTablesBytes: tablesBytes,
                                                         grainsOffset: header.grainsOffset * 512),
                                     hasMarkers: false, byteCount: byteCount, guestBase: guestBase,
-                                    reportsHostOffsets: reportsHostOffsets, limits: limits)
+                                    reportsHostOffsets: reportsHostOffsets, budget: budget)
     }
 
     // MARK: Delta chains

@@ -46,7 +46,7 @@ final class VMDKSparseExtent: VMDKExtentReader {
 
     /// Opens the map described by `layout` in `file`.
     init(file: ReadOnlyFile, layout: VMDKSparseLayout, encoding: VMDKGrainEncoding, hasMarkers: Bool,
-         byteCount: UInt64, guestBase: UInt64, reportsHostOffsets: Bool, limits: ImageLimits) throws {
+         byteCount: UInt64, guestBase: UInt64, reportsHostOffsets: Bool, budget: VMDKTableBudget) throws {
         if case .hosted(_, true) = encoding, layout.grainBytes > Self.maxCompressedGrainBytes {
             throw KDCTError.limit("compressed grain size", value: layout.grainBytes, limit: Self.maxCompressedGrainBytes,
                                   file: file.path)
@@ -60,7 +60,7 @@ final class VMDKSparseExtent: VMDKExtentReader {
         self.reportsHostOffsets = reportsHostOffsets
         grainBytes = layout.grainBytes
         entriesPerTable = UInt64(layout.entriesPerTable)
-        tables = try VMDKGrainTables(file: file, layout: layout, encoding: encoding, limits: limits)
+        tables = try VMDKGrainTables(file: file, layout: layout, encoding: encoding, budget: budget)
         let grain = Int(layout.grainBytes)
         compressedPool = ObjectPool(maxKept: 64) { VMDKScratchBuffer(count: grain / 2 + 8192) }
         grainPool = ObjectPool(maxKept: 64) { VMDKScratchBuffer(count: grain) }
