@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// Every VMDK of the real-world corpus against its manifest entry.
 @Suite struct VMDKCorpusTests {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// Builders for VMDK structures from bytes (the test side of the on-disk layouts), so headers, descriptors and
 /// whole small images can be made valid or hostile without qemu.

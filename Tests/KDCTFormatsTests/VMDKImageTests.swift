@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// Whole VMDK disks built from bytes: descriptors of every extent kind, COWD deltas, streams with the grain
 /// directory in the footer, and hostile variants (each must end in a clear KDCTError, never in zeros).

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// VMDKs made by qemu-img from a `TestPattern` raw disk, converted by the library to RAW and QCOW2 and checked
 /// with qemu-img compare (the oracle) against the source.
