@@ -77,6 +77,18 @@ import KDCTTestSupport
         #expect(error?.kind == .truncated && error?.message.contains("d-flat.vmdk") == true, "\(String(describing: error))")
     }
 
+    @Test func hugeFlatOffsetIsAnErrorAndInfoStillWorks() throws {
+        let dir = try TemporaryDirectory("kdct-vmdk")
+        try VMDKBytes.write([UInt8](repeating: 1, count: 4096), to: dir.file("f.bin"))
+        let text = VMDKBytes.descriptor(createType: "monolithicFlat", extents: ["RW 8 FLAT \"f.bin\" 18446744073709551615"])
+        try VMDKBytes.write(Array(text.utf8), to: dir.file("d.vmdk"))
+        let error = Self.openAndRead(dir.file("d.vmdk"))
+        #expect(error?.kind == .corrupt && error?.field == "extent line 7", "\(String(describing: error))")
+        let info = try ImageOpener.inspect(dir.file("d.vmdk"))
+        guard case let .array(extents)? = info.formatSpecific["extents"] else { Issue.record("no extents"); return }
+        #expect(extents.first?["offset-sectors"] == .unsigned(UInt64.max))
+    }
+
     @Test func unknownAndDeviceCreateTypesAreRefused() throws {
         let dir = try TemporaryDirectory("kdct-vmdk")
         for (createType, kind) in [("fancyNewType", KDCTError.Kind.unsupported), ("fullDevice", .unsupported)] {

@@ -30,7 +30,11 @@ struct InfoBuilder {
         var fields: [(String, InfoValue)] = [("type", .string(type)), ("access", .string(access)),
                                             ("virtual-size", .unsigned(bytes))]
         if let name { fields.append(("filename", .string(name))) }
-        if let line, line.type == .flat || line.type == .vmfs { fields.append(("offset", .unsigned(line.offset * 512))) }
+        if let line, line.type == .flat || line.type == .vmfs {
+            // Not yet checked in `info` mode (the file is not opened): report sectors when bytes would overflow.
+            let (bytes, overflow) = line.offset.multipliedReportingOverflow(by: 512)
+            fields.append(overflow ? ("offset-sectors", .unsigned(line.offset)) : ("offset", .unsigned(bytes)))
+        }
         return fields
     }
 
@@ -43,7 +47,7 @@ struct InfoBuilder {
     mutating func addPlain(_ line: VMDKDescriptor.ExtentLine, file extentFile: ReadOnlyFile?) {
         count(extentFile)
         var fields = common(line, name: line.fileName, access: line.access.rawValue, type: line.type.rawValue,
-                            bytes: line.sectors * 512)
+                            bytes: line.sectors &* 512)  // the extent sizes were summed with overflow checks
         if line.access == .noAccess { fields.append(("note", .string("NOACCESS: reads as zeros"))) }
         extents.append(.object(fields))
     }
