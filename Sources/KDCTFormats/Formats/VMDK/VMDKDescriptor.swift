@@ -18,8 +18,11 @@
 public struct VMDKDescriptor: Sendable, Equatable {
     /// Who may access an extent (`RW`, `RDONLY`, `NOACCESS`).
     public enum Access: String, Sendable, Equatable {
+        /// `RW`: read-write.
         case readWrite = "RW"
+        /// `RDONLY`: read-only (streamOptimized exports use it); read like `RW`.
         case readOnly = "RDONLY"
+        /// `NOACCESS`: the guest may not read it; reads as zeros.
         case noAccess = "NOACCESS"
     }
 
@@ -82,6 +85,7 @@ public struct VMDKDescriptor: Sendable, Equatable {
     /// `parentCID` value meaning "no parent".
     public static let noParentCID: UInt32 = 0xFFFF_FFFF
 
+    /// Field-wise equality (the ignored lines are not compared).
     public static func == (lhs: VMDKDescriptor, rhs: VMDKDescriptor) -> Bool {
         lhs.version == rhs.version && lhs.cid == rhs.cid && lhs.parentCID == rhs.parentCID
             && lhs.createType == rhs.createType && lhs.parentFileNameHint == rhs.parentFileNameHint

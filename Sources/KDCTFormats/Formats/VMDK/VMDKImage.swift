@@ -14,7 +14,9 @@ public final class VMDKImage: BlockDevice {
         let reader: any VMDKExtentReader
     }
 
+    /// The sum of the extents' sizes.
     public let virtualSize: UInt64
+    /// createType, CIDs, extents, producer hints (see `InfoBuilder`).
     public let info: ImageInfo
     /// The descriptor's content ID (`CID`), which a child's `parentCID` must match.
     public let cid: UInt32?
@@ -47,6 +49,7 @@ public final class VMDKImage: BlockDevice {
         index + 1 < pieces.count ? pieces[index + 1].start : virtualSize
     }
 
+    /// The run at `offset`, merged across extent boundaries when the status continues.
     public func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent {
         guard offset < virtualSize, maxLength > 0 else {
             throw KDCTError(.invalidArgument, "extent query at \(offset) outside the guest (\(virtualSize) bytes)", file: info.filename)
@@ -75,6 +78,7 @@ public final class VMDKImage: BlockDevice {
         return result
     }
 
+    /// Reads guest bytes, extent by extent.
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
         try checkRange(offset, buffer.count)
         var done = 0

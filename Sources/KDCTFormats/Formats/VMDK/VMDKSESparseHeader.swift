@@ -24,14 +24,17 @@ public struct VMDKSESparseHeader: Sendable, Equatable {
     public var grainTableSize: UInt64
     /// Volatile header offset in sectors.
     public var volatileHeaderOffset: UInt64
-    /// Grain directory offset and size in sectors.
+    /// Grain directory offset in sectors.
     public var grainDirectoryOffset: UInt64
+    /// Grain directory size in sectors.
     public var grainDirectorySize: UInt64
-    /// Grain tables area offset and size in sectors.
+    /// Grain tables area offset in sectors.
     public var grainTablesOffset: UInt64
+    /// Grain tables area size in sectors.
     public var grainTablesSize: UInt64
-    /// Grains area offset and size in sectors.
+    /// Grains area offset in sectors.
     public var grainsOffset: UInt64
+    /// Grains area size in sectors.
     public var grainsSize: UInt64
 
     /// Decodes and checks the 512-byte constant header (qemu's strict checks: version, grain size 8, grain table

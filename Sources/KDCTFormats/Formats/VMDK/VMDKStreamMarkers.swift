@@ -9,9 +9,13 @@
 public enum VMDKStreamMarkers {
     /// Metadata marker types.
     public enum MarkerType: UInt32, Sendable {
+        /// The last sector of a stream.
         case endOfStream = 0
+        /// Precedes a grain table.
         case grainTable = 1
+        /// Precedes the grain directory.
         case grainDirectory = 2
+        /// Precedes the footer (a copy of the header with the real grain directory offset).
         case footer = 3
     }
 
