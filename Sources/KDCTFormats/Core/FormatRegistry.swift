@@ -10,7 +10,7 @@ enum FormatRegistry {
         case .qcow: return nil
         case .qed: return nil
         case .vdi: return nil
-        case .vmdk: return nil
+        case .vmdk: return VMDKImage.open
         case .vhd: return nil
         case .vhdx: return nil
         }
