@@ -9,7 +9,7 @@ enum FormatRegistry {
         case .qcow2: return nil
         case .qcow: return nil
         case .qed: return nil
-        case .vdi: return nil
+        case .vdi: return VDIImage.open
         case .vmdk: return nil
         case .vhd: return nil
         case .vhdx: return nil
