@@ -95,7 +95,7 @@ import Testing
             var guest = [UInt8](repeating: 0, count: Int(image.diskSize))
             image.apply(to: &guest)
             let raw = dir.file("v\(version)-\(blockSize)-\(extra).raw")
-            FileManager.default.createFile(atPath: raw, contents: Data(guest))
+            try writeTestFile(guest, to: raw)
 
             let device = try ImageOpener.open(path)
             #expect(device.virtualSize == image.diskSize)
@@ -187,7 +187,7 @@ import Testing
         try chain.mid.write(to: dir.file("Snapshots/{mid}.vdi"))
         try chain.top.write(to: dir.file("Snapshots/{top}.vdi"))
         let raw = dir.file("expected.raw")
-        FileManager.default.createFile(atPath: raw, contents: Data(chain.flattened))
+        try writeTestFile(chain.flattened, to: raw)
 
         let top = dir.file("Snapshots/{top}.vdi")
         let device = try ImageOpener.open(top)
@@ -248,7 +248,7 @@ import Testing
         options.parentFiles = [dir.file("b/base.vdi"), dir.file("c/mid.vdi")]
         let device = try ImageOpener.open(top, options: options)
         let raw = dir.file("expected.raw")
-        FileManager.default.createFile(atPath: raw, contents: Data(chain.flattened))
+        try writeTestFile(chain.flattened, to: raw)
         #expect(try GuestDigest.sha256(of: device) == guestSHA256(raw, format: .raw))
         try expectConvertsIdentically(top, reference: raw, referenceFormat: "raw", in: dir, options: options)
 

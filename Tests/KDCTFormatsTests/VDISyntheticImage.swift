@@ -138,3 +138,10 @@ struct SyntheticVDI {
         }
     }
 }
+
+/// Writes `bytes` to a new file at `path`, failing the test when it cannot.
+func writeTestFile(_ bytes: [UInt8], to path: String) throws {
+    guard FileManager.default.createFile(atPath: path, contents: Data(bytes)) else {
+        throw KDCTError(.io, "cannot write \(path)")
+    }
+}

@@ -7,8 +7,8 @@ enum FormatRegistry {
         switch format {
         case .raw: return RawImage.open
         case .qcow2: return nil
-        case .qcow: return nil
-        case .qed: return nil
+        case .qcow: return QCOWImage.open
+        case .qed: return QEDImage.open
         case .vdi: return VDIImage.open
         case .vmdk: return nil
         case .vhd: return nil
