@@ -48,7 +48,11 @@ public struct QCOWHeader: Sendable, Equatable {
     /// Guest bytes one L2 table maps.
     public var bytesPerL2: UInt64 { 1 << (UInt64(clusterBits) + UInt64(l2Bits)) }
     /// Entries of the L1 table (qemu: `(size + bytesPerL2 - 1) >> shift`), valid after `validate`.
-    public var l1Entries: UInt64 { size / bytesPerL2 + (size % bytesPerL2 == 0 ? 0 : 1) }
+    public var l1Entries: UInt64 {
+        let perTable = bytesPerL2
+        guard perTable > 0 else { return 0 }  // out-of-range bits (refused by validate)
+        return size / perTable + (size % perTable == 0 ? 0 : 1)
+    }
     /// The guest size qemu shows: whole 512-byte sectors (`total_sectors = size / 512`).
     public var virtualSize: UInt64 { size & ~UInt64(511) }
 
