@@ -56,6 +56,9 @@ import Testing
         #expect(error.kind == .corrupt)
         #expect(error.field == "cluster_bits")
         #expect(error.message.contains("\(bits)"))
+        // Derived sizes of an out-of-range header never trap.
+        let header = try QCOWHeader.decode(Self.headerBytes(clusterBits: bits, l2Bits: 255))
+        _ = (header.l1Entries, header.clusterSize, header.bytesPerL2)
     }
 
     @Test(arguments: [UInt8(0), 5, 14, 40, 255])
