@@ -263,6 +263,23 @@ import Testing
         #expect(throws: KDCTError.self) { try ImageOpener.open(top, options: options) }
     }
 
+    @Test func symlinksLeavingTheSearchedDirectoryAreNotFollowedByDefault() throws {
+        let dir = try TemporaryDirectory()
+        let chain = Chain()
+        for sub in ["vm/Snapshots", "elsewhere"] {
+            try FileManager.default.createDirectory(atPath: dir.file(sub), withIntermediateDirectories: true)
+        }
+        try chain.base.write(to: dir.file("elsewhere/base.vdi"))
+        try FileManager.default.createSymbolicLink(atPath: dir.file("vm/base.vdi"), withDestinationPath: dir.file("elsewhere/base.vdi"))
+        try chain.mid.write(to: dir.file("vm/Snapshots/mid.vdi"))
+        let error = try #require(throws: KDCTError.self) { try ImageOpener.open(dir.file("vm/Snapshots/mid.vdi")) }
+        #expect(error.kind == .notFound)
+        var options = OpenOptions()
+        options.referencePolicy = .any
+        let device = try ImageOpener.open(dir.file("vm/Snapshots/mid.vdi"), options: options)
+        #expect(device.info.backingChain.count == 1)
+    }
+
     @Test func strictModeSearchesNothing() throws {
         let dir = try TemporaryDirectory()
         let chain = Chain()

@@ -19,8 +19,13 @@ public final class QCOWImage: BlockDevice {
 
     /// Reads and validates the header and L1 table of `file`. `backingReference` describes the backing file
     /// for `info` (the caller opens it).
-    public init(file: ReadOnlyFile, limits: ImageLimits, backingReference: ImageReference? = nil) throws {
-        let header = try QCOWImage.readHeader(file, limits: limits)
+    public convenience init(file: ReadOnlyFile, limits: ImageLimits, backingReference: ImageReference? = nil) throws {
+        try self.init(file: file, header: try QCOWImage.readHeader(file, limits: limits), limits: limits,
+                      backingReference: backingReference)
+    }
+
+    /// Reads and validates the L1 table of `file`, whose validated header is `header`.
+    init(file: ReadOnlyFile, header: QCOWHeader, limits: ImageLimits, backingReference: ImageReference?) throws {
         self.file = file
         self.header = header
         clusterBits = UInt64(header.clusterBits)
@@ -66,13 +71,13 @@ public final class QCOWImage: BlockDevice {
     @Sendable static func open(_ file: ReadOnlyFile, _ context: OpenContext) throws -> any BlockDevice {
         let header = try readHeader(file, limits: context.limits)
         guard let name = try backingName(file, header: header) else {
-            return try QCOWImage(file: file, limits: context.limits)
+            return try QCOWImage(file: file, header: header, limits: context.limits, backingReference: nil)
         }
         guard let path = try context.resolveReference(name, kind: .backingFile, from: file.path) else {
-            return try QCOWImage(file: file, limits: context.limits,
+            return try QCOWImage(file: file, header: header, limits: context.limits,
                                  backingReference: ImageReference(kind: .backingFile, name: name))
         }
-        let top = try QCOWImage(file: file, limits: context.limits,
+        let top = try QCOWImage(file: file, header: header, limits: context.limits,
                                 backingReference: ImageReference(kind: .backingFile, name: name, resolvedPath: path, opened: true))
         let base = try context.openResolved(path, kind: .backingFile, from: file.path)
         return ChainedBlockDevice(top: top, base: base)
@@ -168,32 +173,55 @@ public final class QCOWImage: BlockDevice {
                 try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + count)]),
                               at: host + within, what: "QCOW cluster \(cluster)")
             case let .compressed(host, size):
-                try readCompressed(cluster: cluster, host: host, size: size, within: Int(within),
-                                   into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + count)]))
+                // qemu writes compressed clusters back to back: gather the following whole clusters stored right
+                // after this one and fetch them with one read.
+                var pieces = [(cluster: cluster, size: size, count: count)]
+                var total = size
+                var next = cluster + 1
+                var end = done + count
+                while buffer.count - end >= Int(clusterSize), pieces.count < 1024,
+                      case let .compressed(nextHost, nextSize) = try entry(next), nextHost == host + UInt64(total) {
+                    pieces.append((next, nextSize, Int(clusterSize)))
+                    total += nextSize
+                    end += Int(clusterSize)
+                    next += 1
+                }
+                let compressed = try file.readBytes(count: total, at: host, what: "compressed QCOW cluster \(cluster)")
+                try compressed.withUnsafeBytes { source in
+                    var consumed = 0
+                    var position = done
+                    for (index, piece) in pieces.enumerated() {
+                        let input = UnsafeRawBufferPointer(rebasing: source[consumed..<(consumed + piece.size)])
+                        try inflate(input, cluster: piece.cluster, host: host + UInt64(consumed),
+                                    within: index == 0 ? Int(within) : 0,
+                                    into: UnsafeMutableRawBufferPointer(rebasing: buffer[position..<(position + piece.count)]))
+                        consumed += piece.size
+                        position += piece.count
+                    }
+                }
+                count = end - done
             }
             done += count
         }
     }
 
-    /// Inflates compressed cluster `cluster` (`size` bytes at `host`) and copies `output.count` bytes from
-    /// offset `within` of it; a whole-cluster read inflates straight into the caller's buffer.
-    private func readCompressed(cluster: UInt64, host: UInt64, size: Int, within: Int,
-                                into output: UnsafeMutableRawBufferPointer) throws {
-        let compressed = try file.readBytes(count: size, at: host, what: "compressed QCOW cluster \(cluster)")
+    /// Inflates compressed cluster `cluster` (its compressed bytes `input`, read from `host`) and copies
+    /// `output.count` bytes from offset `within` of it; a whole-cluster read inflates straight into the caller's
+    /// buffer.
+    private func inflate(_ input: UnsafeRawBufferPointer, cluster: UInt64, host: UInt64, within: Int,
+                         into output: UnsafeMutableRawBufferPointer) throws {
         let ok: Bool
         if within == 0 && UInt64(output.count) == clusterSize {
-            ok = try compressed.withUnsafeBytes { try ClusterDecompression.inflate($0, into: output, wrapping: .raw) }
+            ok = try ClusterDecompression.inflate(input, into: output, wrapping: .raw)
         } else {
             var whole = [UInt8](repeating: 0, count: Int(clusterSize))
-            ok = try whole.withUnsafeMutableBytes { target in
-                try compressed.withUnsafeBytes { try ClusterDecompression.inflate($0, into: target, wrapping: .raw) }
-            }
+            ok = try whole.withUnsafeMutableBytes { try ClusterDecompression.inflate(input, into: $0, wrapping: .raw) }
             if ok {
                 whole.withUnsafeBytes { output.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[within..<(within + output.count)])) }
             }
         }
         if !ok {
-            throw KDCTError.corrupt("compressed cluster \(cluster) (\(size) bytes at offset \(host)) does not inflate to \(clusterSize) bytes",
+            throw KDCTError.corrupt("compressed cluster \(cluster) (\(input.count) bytes at offset \(host)) does not inflate to \(clusterSize) bytes",
                                     file: file.path, field: "compressed cluster")
         }
     }

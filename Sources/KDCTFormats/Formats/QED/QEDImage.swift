@@ -17,8 +17,13 @@ public final class QEDImage: BlockDevice {
 
     /// Reads and validates the header and L1 table of `file`. `backingReference` describes the backing file for
     /// `info` (the caller opens it).
-    public init(file: ReadOnlyFile, limits: ImageLimits, backingReference: ImageReference? = nil) throws {
-        let header = try QEDImage.readHeader(file, limits: limits)
+    public convenience init(file: ReadOnlyFile, limits: ImageLimits, backingReference: ImageReference? = nil) throws {
+        try self.init(file: file, header: try QEDImage.readHeader(file, limits: limits), limits: limits,
+                      backingReference: backingReference)
+    }
+
+    /// Reads and validates the L1 table of `file`, whose validated header is `header`.
+    init(file: ReadOnlyFile, header: QEDHeader, limits: ImageLimits, backingReference: ImageReference?) throws {
         self.file = file
         self.header = header
         clusterSize = UInt64(header.clusterSize)
@@ -69,13 +74,13 @@ public final class QEDImage: BlockDevice {
     @Sendable static func open(_ file: ReadOnlyFile, _ context: OpenContext) throws -> any BlockDevice {
         let header = try readHeader(file, limits: context.limits)
         guard let name = try backingName(file, header: header) else {
-            return try QEDImage(file: file, limits: context.limits)
+            return try QEDImage(file: file, header: header, limits: context.limits, backingReference: nil)
         }
         guard let path = try context.resolveReference(name, kind: .backingFile, from: file.path) else {
-            return try QEDImage(file: file, limits: context.limits,
+            return try QEDImage(file: file, header: header, limits: context.limits,
                                 backingReference: ImageReference(kind: .backingFile, name: name))
         }
-        let top = try QEDImage(file: file, limits: context.limits,
+        let top = try QEDImage(file: file, header: header, limits: context.limits,
                                backingReference: ImageReference(kind: .backingFile, name: name, resolvedPath: path, opened: true))
         let base = try context.openResolved(path, kind: .backingFile, from: file.path,
                                             format: header.backingIsRaw ? .raw : nil)

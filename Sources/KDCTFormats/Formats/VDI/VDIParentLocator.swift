@@ -13,7 +13,8 @@ import Glibc
 /// 3. the `.vdi` files in the directory above it.
 ///
 /// Only regular files ending in `.vdi` are looked at, each opened read-only and only its header read. Under the
-/// `none` reference policy (strict mode) nothing is searched.
+/// default policy a symlink in a searched directory that leads outside it is skipped; under the `none` reference
+/// policy (strict mode) nothing is searched.
 enum VDIParentLocator {
     /// Most directory entries looked at per directory, to bound the time a huge directory can cost.
     static let maxEntriesPerDirectory = 10_000
@@ -68,11 +69,15 @@ enum VDIParentLocator {
             let above = FilePaths.directory(of: canonical)
             if FilePaths.canonical(above) != canonical { directories.append(above) }
         }
+        let confined = context.options.effectiveReferencePolicy == .sameDirectory
         for directory in directories {
             places.append(directory)
+            let prefix = (FilePaths.canonical(directory) ?? directory).appendingSlash
             for name in vdiFileNames(in: directory) {
                 let path = FilePaths.join(directory, name)
                 guard FilePaths.isRegularFile(path) else { continue }
+                // Under the default policy a symlink leading out of the searched directory is not followed.
+                if confined, !(FilePaths.canonical(path) ?? "").hasPrefix(prefix) { continue }
                 if try matches(path, explicit: false) { return path }
             }
         }
@@ -105,4 +110,9 @@ enum VDIParentLocator {
         }
         return names.sorted()
     }
+}
+
+extension String {
+    /// The path with exactly one trailing slash.
+    fileprivate var appendingSlash: String { hasSuffix("/") ? self : self + "/" }
 }
