@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// QCOW version 1 header and L2 entry decoding from bytes, valid and hostile.
 @Suite struct QCOW1HeaderTests {

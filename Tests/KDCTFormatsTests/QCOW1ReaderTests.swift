@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// Writes QCOW v1 images with any cluster and L2 size qemu accepts (qemu-img only writes 4 KiB clusters, or
 /// 512 B with a backing file), with uncompressed and compressed clusters.

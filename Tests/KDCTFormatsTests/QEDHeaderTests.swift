@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// QED header and L2 entry decoding from bytes, valid and hostile.
 @Suite struct QEDHeaderTests {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// The QED reader against qemu-made images (cluster sizes 4 KiB to 1 MiB), chains, zero clusters, the
 /// need-check flag and damaged files.

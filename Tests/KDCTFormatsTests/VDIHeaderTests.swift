@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// Header and block map decoding from bytes, valid and hostile.
 @Suite struct VDIHeaderTests {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// The VDI reader against qemu-made images, synthetic VirtualBox-style images and chains, and the corpus.
 @Suite struct VDIReaderTests {

@@ -1,5 +1,6 @@
 import Foundation
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// Writes VDI files the way VirtualBox lays them out, so tests can make what qemu-img cannot: differencing images
 /// (snapshots), block_extra, version 0.2 headers, odd block sizes and hostile headers.

@@ -70,6 +70,9 @@ public enum ImageOpener {
         return try open(file: file, context: context)
     }
 
+    /// True when `format` has a reader (not only recognition).
+    public static func canRead(_ format: ImageFormat) -> Bool { FormatRegistry.reader(for: format) != nil }
+
     /// Opens the image at `path` only to describe it: referenced files are reported, not opened.
     public static func inspect(_ path: String, options: OpenOptions = OpenOptions()) throws -> ImageInfo {
         var options = options
