@@ -66,7 +66,7 @@ import Testing
         let dir = try TemporaryDirectory()
         let path = dir.file("sparse.bin")
         // data [0, 1 MiB), hole [1 MiB, 3 MiB), data [3 MiB, 4 MiB)
-        FileManager.default.createFile(atPath: path, contents: nil)
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         try handle.truncate(atOffset: 4 << 20)
         try handle.seek(toOffset: 0)
