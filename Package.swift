@@ -40,10 +40,16 @@ let package = Package(
             ],
             path: "Sources/kdct-native"
         ),
+        // Shared test helpers: temp dirs, qemu-img oracle, deterministic pattern, corpus loader, CLI runner.
+        .target(
+            name: "KDCTTestSupport",
+            dependencies: ["KDCTFormats"],
+            path: "Tests/KDCTTestSupport"
+        ),
         .testTarget(
             name: "KDCTFormatsTests",
             dependencies: [
-                "KDCTFormats", "CKDCTShims",
+                "KDCTFormats", "CKDCTShims", "KDCTTestSupport",
                 .product(name: "PropertyBased", package: "swift-property-based"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
@@ -51,12 +57,12 @@ let package = Package(
         ),
         .testTarget(
             name: "KDCTExportTests",
-            dependencies: ["KDCTExport", "KDCTFormats"],
+            dependencies: ["KDCTExport", "KDCTFormats", "KDCTTestSupport"],
             path: "Tests/KDCTExportTests"
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["KDCTFormats"],
+            dependencies: ["KDCTFormats", "KDCTTestSupport"],
             path: "Tests/CLITests"
         ),
     ]

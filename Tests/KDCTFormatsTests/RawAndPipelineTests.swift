@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 @Suite struct RawAndPipelineTests {
     @Test func rawToRawAndQcow2MatchesSource() throws {

@@ -6,7 +6,7 @@ enum FormatRegistry {
     static func reader(for format: ImageFormat) -> FormatReaderFunction? {
         switch format {
         case .raw: return RawImage.open
-        case .qcow2: return nil
+        case .qcow2: return QCOW2Image.open
         case .qcow: return nil
         case .qed: return nil
         case .vdi: return nil

@@ -1,12 +1,12 @@
 import Foundation
 import Testing
-@testable import KDCTFormats
+import KDCTFormats
 
 /// A fresh directory under the system temp dir, removed when the value is released.
-final class TemporaryDirectory: @unchecked Sendable {
-    let path: String
+public final class TemporaryDirectory: @unchecked Sendable {
+    public let path: String
 
-    init(_ label: String = "kdct-test") throws {
+    public init(_ label: String = "kdct-test") throws {
         var template = Array((NSTemporaryDirectory() + "/\(label)-XXXXXX").utf8CString)
         guard let result = mkdtemp(&template) else { throw KDCTError(.io, "mkdtemp failed") }
         path = String(cString: result)
@@ -15,19 +15,19 @@ final class TemporaryDirectory: @unchecked Sendable {
     deinit { try? FileManager.default.removeItem(atPath: path) }
 
     /// `path/name`.
-    func file(_ name: String) -> String { path + "/" + name }
+    public func file(_ name: String) -> String { path + "/" + name }
 }
 
 /// Result of running an external program (qemu-img, the CLI) in a test.
-struct ProcessResult {
-    var status: Int32
-    var stdout: String
-    var stderr: String
+public struct ProcessResult {
+    public var status: Int32
+    public var stdout: String
+    public var stderr: String
 }
 
 /// Runs `arguments[0]` (looked up in PATH) with the rest as arguments and waits for it.
 @discardableResult
-func runProcess(_ arguments: [String], stdin: Data? = nil, environment: [String: String]? = nil) throws -> ProcessResult {
+public func runProcess(_ arguments: [String], stdin: Data? = nil, environment: [String: String]? = nil) throws -> ProcessResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     process.arguments = arguments
@@ -55,7 +55,7 @@ func runProcess(_ arguments: [String], stdin: Data? = nil, environment: [String:
 
 /// Runs qemu-img (the test oracle) and fails the test with its stderr when it does not exit 0.
 @discardableResult
-func qemuImg(_ arguments: String..., sourceLocation: SourceLocation = #_sourceLocation) throws -> ProcessResult {
+public func qemuImg(_ arguments: String..., sourceLocation: SourceLocation = #_sourceLocation) throws -> ProcessResult {
     let result = try runProcess(["qemu-img"] + arguments)
     #expect(result.status == 0, "qemu-img \(arguments.joined(separator: " ")) failed: \(result.stderr)",
             sourceLocation: sourceLocation)
@@ -64,7 +64,7 @@ func qemuImg(_ arguments: String..., sourceLocation: SourceLocation = #_sourceLo
 }
 
 /// Asserts that qemu-img compare finds the two images identical (`-f`/`-F` given when known).
-func expectQemuIdentical(_ a: String, _ b: String, formatA: String? = nil, formatB: String? = nil,
+public func expectQemuIdentical(_ a: String, _ b: String, formatA: String? = nil, formatB: String? = nil,
                          sourceLocation: SourceLocation = #_sourceLocation) throws {
     var arguments = ["qemu-img", "compare"]
     if let formatA { arguments += ["-f", formatA] }
@@ -76,7 +76,7 @@ func expectQemuIdentical(_ a: String, _ b: String, formatA: String? = nil, forma
 }
 
 /// Asserts that qemu-img check finds no errors and no leaks in a QCOW2 image.
-func expectQemuCheckClean(_ path: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+public func expectQemuCheckClean(_ path: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
     let result = try runProcess(["qemu-img", "check", "-f", "qcow2", path])
     #expect(result.status == 0, "qemu-img check \(path): \(result.stdout) \(result.stderr)", sourceLocation: sourceLocation)
     #expect(!result.stdout.contains("leaked"), "qemu-img check found leaks: \(result.stdout)", sourceLocation: sourceLocation)
@@ -84,9 +84,9 @@ func expectQemuCheckClean(_ path: String, sourceLocation: SourceLocation = #_sou
 
 /// Deterministic guest content for reader and writer tests: pseudo-random data, text, runs of written zeros and
 /// holes, at offsets that are deliberately not cluster- or sector-aligned.
-enum TestPattern {
+public enum TestPattern {
     /// The byte layout: (offset, length, kind) runs; everything else is a hole.
-    static func runs(size: UInt64) -> [(UInt64, Int, Character)] {
+    public static func runs(size: UInt64) -> [(UInt64, Int, Character)] {
         var runs: [(UInt64, Int, Character)] = []
         let candidates: [(UInt64, Int, Character)] = [
             (0, 4096, "r"),                  // random data at the start (boot sector)
@@ -102,7 +102,7 @@ enum TestPattern {
     }
 
     /// Bytes of one run: a xorshift stream seeded by the offset ("r"), repeated text ("t") or zeros ("z").
-    static func bytes(offset: UInt64, length: Int, kind: Character) -> [UInt8] {
+    public static func bytes(offset: UInt64, length: Int, kind: Character) -> [UInt8] {
         switch kind {
         case "t":
             let text = Array("The quick brown fox jumps over the lazy dog at offset \(offset). ".utf8)
@@ -120,7 +120,7 @@ enum TestPattern {
 
     /// Writes a sparse raw image of `size` bytes holding the pattern; returns its path.
     @discardableResult
-    static func writeRaw(to path: String, size: UInt64) throws -> String {
+    public static func writeRaw(to path: String, size: UInt64) throws -> String {
         FileManager.default.createFile(atPath: path, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         defer { try? handle.close() }
@@ -134,23 +134,21 @@ enum TestPattern {
 }
 
 /// The real-world corpus (`../shared/corpus`), unpacked once per test run into a temp directory.
-enum Corpus {
+public enum Corpus {
     /// Where the corpus sources live, relative to the package root.
-    static let sourceDirectory: String = {
-        let here = URL(fileURLWithPath: #filePath)
-        return here.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("../shared/corpus").standardizedFileURL.path
+    public static let sourceDirectory: String = {
+        return packageRoot.appendingPathComponent("../shared/corpus").standardizedFileURL.path
     }()
 
     /// One manifest entry.
-    struct Entry: Decodable, Sendable {
-        var file: String
-        var format: String?
-        var virtual_size: UInt64?
-        var sha256: String?
-        var expect: String
-        var producer: String?
-        var notes: String?
+    public struct Entry: Decodable, Sendable {
+        public var file: String
+        public var format: String?
+        public var virtual_size: UInt64?
+        public var sha256: String?
+        public var expect: String
+        public var producer: String?
+        public var notes: String?
     }
 
     private static let unpacked: Result<(String, [Entry]), Error> = Result {
@@ -166,7 +164,7 @@ enum Corpus {
     }
 
     /// The unpacked directory and manifest, or nil after printing plainly that the corpus is absent.
-    static func load() -> (directory: String, entries: [Entry])? {
+    public static func load() -> (directory: String, entries: [Entry])? {
         switch unpacked {
         case let .success(value): return value
         case let .failure(error):
@@ -177,13 +175,13 @@ enum Corpus {
 }
 
 /// SHA-256 of a device's guest content, via the library.
-func guestSHA256(_ path: String, format: ImageFormat? = nil) throws -> String {
+public func guestSHA256(_ path: String, format: ImageFormat? = nil) throws -> String {
     try GuestDigest.sha256(of: ImageOpener.open(path, options: OpenOptions(format: format)))
 }
 
 /// Converts `source` to `destination` through the library (the CLI is tested separately).
 @discardableResult
-func convertImage(_ source: String, to destination: String, format: ImageFormat, compress: Bool = false,
+public func convertImage(_ source: String, to destination: String, format: ImageFormat, compress: Bool = false,
                   compressionType: CompressionType = .deflate, clusterSize: Int = 65536, workers: Int = 2,
                   openOptions: OpenOptions = OpenOptions()) throws -> ConvertResult {
     let device = try ImageOpener.open(source, options: openOptions)
@@ -191,4 +189,44 @@ func convertImage(_ source: String, to destination: String, format: ImageFormat,
     options.qcow2 = QCOW2Writer.Options(clusterSize: clusterSize, compress: compress, compressionType: compressionType)
     options.pipeline.workers = workers
     return try DiskConverter.convert(device, toFile: destination, options: options)
+}
+
+/// The package's root directory (this file is Tests/KDCTTestSupport/TestSupport.swift).
+public let packageRoot: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent()
+
+/// The committed fixtures (Fixtures/images) and their expected guest SHA-256 (Fixtures/SHA256SUMS).
+public enum Fixtures {
+    /// Fixtures/images.
+    public static let imageDirectory = packageRoot.appendingPathComponent("Fixtures/images").path
+
+    /// The path of fixture `name`.
+    public static func path(_ name: String) -> String { imageDirectory + "/" + name }
+
+    /// (file, expected guest SHA-256) from Fixtures/SHA256SUMS.
+    public static let expectedDigests: [(String, String)] = {
+        let sums = packageRoot.appendingPathComponent("Fixtures/SHA256SUMS").path
+        guard let text = try? String(contentsOfFile: sums, encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+            return parts.count == 2 ? (String(parts[1]), String(parts[0])) : nil
+        }
+    }()
+}
+
+/// The built `kdct-native` binary, run as a user would.
+public enum CLI {
+    /// The binary beside the test bundle (swift build puts every product in one directory).
+    public static let binary: String = {
+        let bundleDirectory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        let candidates = [bundleDirectory.appendingPathComponent("kdct-native").path,
+                          packageRoot.appendingPathComponent(".build/debug/kdct-native").path]
+        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) } ?? candidates[1]
+    }()
+
+    /// Runs `kdct-native` with `arguments`.
+    @discardableResult
+    public static func run(_ arguments: [String], stdin: Data? = nil, environment: [String: String]? = nil) throws -> ProcessResult {
+        try runProcess([binary] + arguments, stdin: stdin, environment: environment)
+    }
 }
