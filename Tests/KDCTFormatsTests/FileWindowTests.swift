@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import KDCTFormats
+import KDCTTestSupport
 
 /// `ReadOnlyFile` windows: a byte range of a file read as a whole file (tar members of an OVA).
 @Suite struct FileWindowTests {
