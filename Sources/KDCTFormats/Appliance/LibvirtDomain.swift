@@ -243,9 +243,10 @@ public enum LibvirtDomainXML {
         return out
     }
 
-    /// Text safe inside an XML comment (no `--`, no control characters).
+    /// Text safe inside an XML comment (no `--`, no control characters; entities are not expanded in comments,
+    /// so nothing else is escaped).
     static func commentText(_ text: String) -> String {
-        var out = escape(text)
+        var out = String(String.UnicodeScalarView(text.unicodeScalars.map { $0.value < 0x20 ? " " : $0 }))
         while out.contains("--") { out = out.replacingOccurrences(of: "--", with: "- -") }
         if out.hasSuffix("-") { out += " " }
         return out
