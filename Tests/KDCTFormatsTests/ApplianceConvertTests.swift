@@ -183,6 +183,38 @@ import KDCTTestSupport
         try expectValidDomainXML(out + "/testvm.xml")
     }
 
+    @Test func descriptorInAFolderOfTheArchiveAndLinkMembers() throws {
+        let dir = try TemporaryDirectory()
+        let disks = try makeDisks(dir)
+        let builder = ApplianceBuilder(dir: dir)
+        let staged = try builder.stage(disks: [disks.raw], uris: [nil], manifest: .sha256)
+        // The whole appliance inside a folder "vm/" of the archive: hrefs are relative to the descriptor.
+        let parent = dir.file("parent")
+        try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
+        try FileManager.default.moveItem(atPath: staged.directory, toPath: parent + "/vm")
+        let ova = dir.file("folder.ova")
+        let tar = try runProcess(["tar", "-cf", ova, "-C", parent] + staged.members.map { "vm/" + $0 })
+        #expect(tar.status == 0, "\(tar.stderr)")
+        let appliance = try Appliance(path: ova)
+        #expect(appliance.descriptorName == "vm/testvm.ovf")
+        let result = try ApplianceConverter.convert(appliance, toDirectory: dir.file("out"))
+        #expect(result.manifest?.verified.count == 2)
+        try expectQemuIdentical(disks.raw, result.disks[0].path, formatA: "raw", formatB: "qcow2")
+
+        // A disk member that is a symbolic link is not followed.
+        let linked = dir.file("linked")
+        try FileManager.default.createDirectory(atPath: linked, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: parent + "/vm/testvm.ovf", toPath: linked + "/testvm.ovf")
+        try FileManager.default.createSymbolicLink(atPath: linked + "/data.raw", withDestinationPath: disks.raw)
+        let linkOVA = dir.file("link.ova")
+        _ = try runProcess(["tar", "-cf", linkOVA, "-C", linked, "testvm.ovf", "data.raw"])
+        let error = #expect(throws: KDCTError.self) {
+            try ApplianceConverter.convert(try Appliance(path: linkOVA), toDirectory: dir.file("link-out"))
+        }
+        #expect(error?.kind == .unsupported)
+        #expect(!FileManager.default.fileExists(atPath: dir.file("link-out")))
+    }
+
     @Test func ovfDirectoryWithManifestAndBlankDisk() throws {
         let dir = try TemporaryDirectory()
         let disks = try makeDisks(dir)

@@ -81,7 +81,8 @@ public final class Appliance: Sendable {
             let bytes = try archive.contents(of: descriptor, limit: options.limits.maxDescriptorBytes)
             self.machine = try OVFDescriptor.parse(bytes, file: path + "/" + descriptor.name,
                                                        configuration: options.configuration, limits: options.limits)
-            let manifestMember = regular.first { FilePaths.fileExtension(of: $0.name) == "mf" }
+            let manifestMember = regular.first { $0.name == Self.dropExtension(descriptor.name) + ".mf" }
+                ?? regular.first { FilePaths.fileExtension(of: $0.name) == "mf" }
             if let manifestMember {
                 let manifestBytes = try archive.contents(of: manifestMember, limit: options.limits.maxDescriptorBytes)
                 self.manifest = try Manifest.parse(manifestBytes, file: path + "/" + manifestMember.name)
@@ -137,10 +138,14 @@ public final class Appliance: Sendable {
     /// policy) as a `ReadOnlyFile`.
     public func openFile(named href: String) throws -> ReadOnlyFile {
         if let archive {
-            guard let member = archive.member(named: href) else {
-                throw KDCTError(.notFound, "\(href), named by the descriptor, is not in the archive", file: path, field: href)
+            // hrefs are relative to the descriptor, which may sit in a folder of the archive.
+            let folder = descriptorName.contains("/") ? FilePaths.directory(of: descriptorName) + "/" : ""
+            let candidates = folder.isEmpty ? [href] : [folder + href, href]
+            for name in candidates {
+                if let member = archive.member(named: name) { return try archive.open(member) }
+                if let other = archive.members.first(where: { $0.name == name }) { return try archive.open(other) }
             }
-            return try archive.open(member)
+            throw KDCTError(.notFound, "\(href), named by the descriptor, is not in the archive", file: path, field: href)
         }
         let resolved = try ReferenceResolver.resolve(href, kind: .extent, relativeTo: path, policy: options.referencePolicy)
         return try ReadOnlyFile(path: resolved)
@@ -207,9 +212,10 @@ public final class Appliance: Sendable {
         public var notes: [String]
     }
 
-    /// The files a conversion reads: the descriptor and every disk file.
+    /// The files a conversion reads, named relative to the descriptor as the manifest names them: the
+    /// descriptor and every disk file.
     public var filesUsed: [String] {
-        [descriptorName] + machine.disks.compactMap { $0.file?.href }
+        [FilePaths.lastComponent(of: descriptorName)] + machine.disks.compactMap { $0.file?.href }
     }
 
     /// Bytes `verifyManifest` will hash.
@@ -225,7 +231,8 @@ public final class Appliance: Sendable {
     /// Checks every file a conversion uses against the manifest. Throws `checksum` on the first mismatch, and
     /// `notFound` when the manifest lists a used file the appliance lacks. Without a manifest it checks nothing.
     /// `progress` gets the bytes hashed so far across all files.
-    public func verifyManifest(progress: ((UInt64) -> Void)? = nil) throws -> ManifestReport {
+    public func verifyManifest(progress: ((UInt64) -> Void)? = nil,
+                               isCancelled: (() -> Bool)? = nil) throws -> ManifestReport {
         var report = ManifestReport(verified: [], unlisted: [], notes: [])
         guard let manifest else {
             report.notes.append("no manifest: nothing to verify")
@@ -240,9 +247,10 @@ public final class Appliance: Sendable {
                 report.unlisted.append(name)
                 continue
             }
-            let file = name == descriptorName && archive == nil ? try ReadOnlyFile(path: path) : try openFile(named: name)
+            let file = name == descriptorName && archive == nil ? try ReadOnlyFile(path: path) : try openFile(named: name)  // openFile looks beside the descriptor
             let base = done
-            try Manifest.verify(file, against: entry, manifestPath: manifestPath) { progress?(base + $0) }
+            try Manifest.verify(file, against: entry, manifestPath: manifestPath, progress: { progress?(base + $0) },
+                                isCancelled: isCancelled)
             done += file.size
             report.verified.append(name)
         }

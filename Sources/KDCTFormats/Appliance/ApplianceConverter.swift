@@ -98,7 +98,8 @@ public enum ApplianceConverter {
         if options.verifyManifest {
             let total = appliance.bytesToVerify
             let progress = options.verifyProgress
-            report = try appliance.verifyManifest { progress?($0, total) }
+            let cancelled = options.convert.pipeline.isCancelled
+            report = try appliance.verifyManifest(progress: { progress?($0, total) }, isCancelled: { cancelled?() == true })
             hints += report?.notes ?? []
         } else if appliance.manifest != nil {
             hints.append("manifest not checked (--no-verify)")

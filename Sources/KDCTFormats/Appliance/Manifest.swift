@@ -80,29 +80,29 @@ public struct Manifest: Sendable, Equatable {
     }
 
     /// The digest of the whole content of `file` (every byte, in order), lower-case hex. `progress` gets the
-    /// bytes hashed so far.
-    public static func digest(of file: ReadOnlyFile, algorithm: Algorithm,
-                              progress: ((UInt64) -> Void)? = nil) throws -> String {
+    /// bytes hashed so far; `isCancelled` is polled between 4 MiB chunks (true: `cancelled`).
+    public static func digest(of file: ReadOnlyFile, algorithm: Algorithm, progress: ((UInt64) -> Void)? = nil,
+                              isCancelled: (() -> Bool)? = nil) throws -> String {
         switch algorithm {
         case .sha1:
             var hasher = Insecure.SHA1()
-            try feed(file, progress: progress) { hasher.update(bufferPointer: $0) }
+            try feed(file, progress: progress, isCancelled: isCancelled) { hasher.update(bufferPointer: $0) }
             return hex(hasher.finalize())
         case .sha256:
             var hasher = SHA256()
-            try feed(file, progress: progress) { hasher.update(bufferPointer: $0) }
+            try feed(file, progress: progress, isCancelled: isCancelled) { hasher.update(bufferPointer: $0) }
             return hex(hasher.finalize())
         case .sha512:
             var hasher = SHA512()
-            try feed(file, progress: progress) { hasher.update(bufferPointer: $0) }
+            try feed(file, progress: progress, isCancelled: isCancelled) { hasher.update(bufferPointer: $0) }
             return hex(hasher.finalize())
         }
     }
 
     /// Checks `file` against `entry`; throws `checksum` naming both digests on a mismatch.
     public static func verify(_ file: ReadOnlyFile, against entry: Entry, manifestPath: String? = nil,
-                              progress: ((UInt64) -> Void)? = nil) throws {
-        let actual = try digest(of: file, algorithm: entry.algorithm, progress: progress)
+                              progress: ((UInt64) -> Void)? = nil, isCancelled: (() -> Bool)? = nil) throws {
+        let actual = try digest(of: file, algorithm: entry.algorithm, progress: progress, isCancelled: isCancelled)
         if actual != entry.digest {
             throw KDCTError(.checksum,
                             "\(entry.algorithm.rawValue) of \(entry.name) is \(actual) but the manifest says \(entry.digest); refused (--no-verify converts anyway)",
@@ -110,13 +110,14 @@ public struct Manifest: Sendable, Equatable {
         }
     }
 
-    private static func feed(_ file: ReadOnlyFile, progress: ((UInt64) -> Void)?,
+    private static func feed(_ file: ReadOnlyFile, progress: ((UInt64) -> Void)?, isCancelled: (() -> Bool)?,
                              _ update: (UnsafeRawBufferPointer) -> Void) throws {
         let chunkSize = 4 << 20
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 4096)
         defer { buffer.deallocate() }
         var offset: UInt64 = 0
         while offset < file.size {
+            if isCancelled?() == true { throw KDCTError(.cancelled, "manifest check cancelled", file: file.path) }
             let count = Int(min(UInt64(chunkSize), file.size - offset))
             let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
             try file.read(into: slice, at: offset, what: "data")
