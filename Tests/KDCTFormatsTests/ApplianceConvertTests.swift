@@ -146,6 +146,12 @@ import KDCTTestSupport
         try Data(try Data(contentsOf: URL(fileURLWithPath: whole)).prefix(1 << 20)).write(to: URL(fileURLWithPath: cut))
         let cutError = #expect(throws: KDCTError.self) { try Appliance(path: cut) }
         #expect(cutError?.kind == .truncated)
+        // Something that is not a tar at all, named .ova.
+        let notTar = dir.file("not-tar.ova")
+        try Data("just text, not an archive".utf8).write(to: URL(fileURLWithPath: notTar))
+        let notTarError = #expect(throws: KDCTError.self) { try Appliance(path: notTar) }
+        #expect(notTarError?.kind == .invalidFormat)
+        #expect(notTarError?.message.contains("tar") == true)
     }
 
     @Test func failureDuringConversionRemovesWhatWasWritten() throws {

@@ -95,6 +95,10 @@ public final class Appliance: Sendable {
             self.container = .ova
             self.descriptorName = descriptor.name
         } else {
+            if FilePaths.fileExtension(of: path) == "ova" {
+                throw KDCTError(.invalidFormat, "an .ova must be a tar archive, and this file does not start with a valid tar header",
+                                file: path, field: "tar header")
+            }
             try ImageLimits.check("OVF descriptor size", file.size, max: options.limits.maxDescriptorBytes, file: path)
             let bytes = try file.readBytes(count: Int(file.size), at: 0, what: "OVF descriptor")
             if bytes.isEmpty || bytes.allSatisfy({ $0 == 0 }) {
