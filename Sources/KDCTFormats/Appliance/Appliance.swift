@@ -281,6 +281,7 @@ public struct OpenedApplianceDisk: Sendable {
 
 /// An all-zero disk: an OVF disk with a capacity but no file.
 public final class BlankDisk: BlockDevice {
+    /// The disk's size in bytes.
     public let virtualSize: UInt64
     private let name: String
 

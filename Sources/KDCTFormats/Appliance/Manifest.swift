@@ -5,8 +5,11 @@ import Crypto
 public struct Manifest: Sendable, Equatable {
     /// A digest algorithm a manifest may use.
     public enum Algorithm: String, Sendable, Equatable, CaseIterable {
+        /// SHA-1 (ovftool's default before 4.x, VirtualBox OVF 1.0).
         case sha1 = "SHA1"
+        /// SHA-256.
         case sha256 = "SHA256"
+        /// SHA-512.
         case sha512 = "SHA512"
 
         /// Hex digits of a digest.

@@ -24,7 +24,18 @@ public enum FirmwareSource: String, Sendable, Equatable {
 public struct DiskController: Sendable, Equatable {
     /// The bus family.
     public enum Bus: String, Sendable, Equatable {
-        case ide, scsi, sata, nvme, virtio, other
+        /// IDE (ResourceType 5).
+        case ide
+        /// Parallel SCSI HBA (ResourceType 6: lsilogic, lsilogicsas, buslogic, VirtualSCSI).
+        case scsi
+        /// AHCI (ResourceType 20 with an AHCI/SATA subtype).
+        case sata
+        /// NVMe (ResourceType 20 with an NVMe subtype).
+        case nvme
+        /// virtio (ResourceType 20 with a virtio subtype).
+        case virtio
+        /// Any other storage controller.
+        case other
     }
 
     /// The bus family, from `rasd:ResourceType` (5 IDE, 6 SCSI, 20 other storage) and its subtype.
