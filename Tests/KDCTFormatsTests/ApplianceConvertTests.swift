@@ -506,14 +506,7 @@ import KDCTTestSupport
                     try ApplianceConverter.convert(try Appliance(path: path), toDirectory: out)
                 }
                 if vmdkReadable || kind == "truncated" {
-                    // Known: the VMDK reader checks the garbled embedded-descriptor size of 2nd_disk.ova against the
-                    // descriptor limit before checking it against the file, so it says limit-exceeded, not corrupt.
-                    // When that is fixed this known issue stops occurring and the test says so.
-                    withKnownIssue("VMDK reader: descriptor size outside the file reported as limit-exceeded") {
-                        #expect(error?.kind.rawValue == kind, "\(entry.file): \(String(describing: error))")
-                    } when: {
-                        entry.file.hasSuffix("/2nd_disk.ova") && error?.kind == .limitExceeded
-                    }
+                    #expect(error?.kind.rawValue == kind, "\(entry.file): \(String(describing: error))")
                 }
                 #expect(error?.description.contains(FilePaths.lastComponent(of: entry.file)) == true, "the message names the file")
                 #expect(!FileManager.default.fileExists(atPath: out), "\(entry.file): output left behind")
