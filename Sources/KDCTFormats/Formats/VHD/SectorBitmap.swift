@@ -55,37 +55,12 @@ public enum BlockPresence: Sendable {
     case none
     /// Some: the block's bitmap (bit order per format).
     case some([UInt8])
-
-    /// Bytes this value keeps in memory (for cache accounting).
-    var cost: UInt64 {
-        if case let .some(bitmap) = self { return UInt64(bitmap.count) + 32 }
-        return 32
-    }
 }
 
-/// A bounded, thread-safe cache of per-block sector presence, so bitmaps are read from the file once per block
-/// rather than once per request. Fully set or clear bitmaps cost a few bytes each; when the cache exceeds its
-/// byte budget it is emptied (the next lookups reload), so memory stays bounded whatever the image.
-final class BlockPresenceCache: @unchecked Sendable {
-    private let lock = ConditionLock()
-    private var entries: [UInt64: BlockPresence] = [:]
-    private var bytes: UInt64 = 0
-    private let capacity: UInt64
-
-    /// A cache that keeps at most about `capacity` bytes.
-    init(capacity: UInt64) { self.capacity = max(capacity, 4096) }
-
-    /// The presence of block `key`, loading it with `load` (outside the lock) when not cached.
-    func presence(of key: UInt64, load: () throws -> BlockPresence) throws -> BlockPresence {
-        if let cached = lock.withLock({ entries[key] }) { return cached }
-        let loaded = try load()
-        lock.withLock {
-            if bytes + loaded.cost > capacity {
-                entries.removeAll(keepingCapacity: false)
-                bytes = 0
-            }
-            if entries.updateValue(loaded, forKey: key) == nil { bytes += loaded.cost }
-        }
-        return loaded
+extension BoundedCache where Key == UInt64, Value == BlockPresence {
+    /// A cache of per-block sector presence holding about `bytes` of bitmaps of `bitmapBytes` each, so bitmaps
+    /// are read from the file once per block rather than once per request, within the table cache budget.
+    static func presenceCache(bytes: UInt64, bitmapBytes: Int) -> BoundedCache<UInt64, BlockPresence> {
+        BoundedCache(capacity: Int(max(16, bytes / UInt64(bitmapBytes + 64))))
     }
 }

@@ -34,7 +34,7 @@ public final class VHDImage: BlockDevice {
     /// Sectors (bits) per block.
     let sectorsPerBlock: Int
     /// Per-block sector presence.
-    let presenceCache: BlockPresenceCache
+    let presenceCache: BoundedCache<UInt64, BlockPresence>
 
     /// VHD timestamps count seconds from 2000-01-01 00:00:00 UTC.
     static let timestampEpoch: Int = 946_684_800
@@ -53,7 +53,7 @@ public final class VHDImage: BlockDevice {
         self.blockShift = UInt64(blockSize.trailingZeroBitCount)
         self.bitmapSize = VHDDynamicHeader.bitmapSize(blockSize: UInt32(truncatingIfNeeded: blockSize))
         self.sectorsPerBlock = Int(blockSize / 512)
-        self.presenceCache = BlockPresenceCache(capacity: cacheBytes)
+        self.presenceCache = .presenceCache(bytes: cacheBytes, bitmapBytes: Int(blockSize / 512 + 7) / 8)
     }
 
     var isFixed: Bool { header == nil }
@@ -372,7 +372,7 @@ public final class VHDImage: BlockDevice {
     /// Sector presence of allocated block `block` (its bitmap, read once and cached).
     @inline(__always)
     func presence(ofBlock block: Int, entry: UInt32) throws -> BlockPresence {
-        try presenceCache.presence(of: UInt64(block)) {
+        try presenceCache.value(for: UInt64(block)) {
             let count = (sectorsPerBlock + 7) / 8
             let bitmap = try file.readBytes(count: count, at: UInt64(entry) * 512, what: "bitmap of block \(block)")
             return SectorBitmap.presence(of: bitmap, bits: sectorsPerBlock, order: .mostSignificantFirst)

@@ -23,7 +23,7 @@ public final class VHDXImage: BlockDevice {
     /// Raw BAT entries.
     let bat: [UInt64]
     let blockShift: UInt64
-    let presenceCache: BlockPresenceCache
+    let presenceCache: BoundedCache<UInt64, BlockPresence>
 
     private init(view: VHDXFileView, header: VHDXHeader, parameters: VHDXDiskParameters, geometry: VHDXBATGeometry,
                  parentLocator: VHDXParentLocator?, bat: [UInt64], info: ImageInfo, cacheBytes: UInt64) {
@@ -35,7 +35,8 @@ public final class VHDXImage: BlockDevice {
         self.bat = bat
         self.info = info
         self.blockShift = UInt64(parameters.blockSize.trailingZeroBitCount)
-        self.presenceCache = BlockPresenceCache(capacity: cacheBytes)
+        self.presenceCache = .presenceCache(bytes: cacheBytes,
+                                            bitmapBytes: Int(parameters.blockSize / parameters.logicalSectorSize / 8))
     }
 
     /// What a log replay did, for `info`.
@@ -259,7 +260,7 @@ public final class VHDXImage: BlockDevice {
 
     /// Sector presence of partially present block `block`, from its chunk's sector bitmap block.
     func presence(ofBlock block: UInt64) throws -> BlockPresence {
-        try presenceCache.presence(of: block) {
+        try presenceCache.value(for: block) {
             let chunk = block / geometry.chunkRatio
             let bitmapEntry = VHDXBATEntry(raw: bat[geometry.bitmapIndex(chunk: chunk)])
             let firstBit = (block % geometry.chunkRatio) * geometry.sectorsPerBlock
