@@ -4,38 +4,41 @@ import Testing
 @testable import KDCTFormats
 import KDCTTestSupport
 
-/// Opens `path` expecting a `KDCTError` of `kind` whose message contains every string of `mentions`; returns it.
-@discardableResult
-func expectOpenError(_ path: String, _ kind: KDCTError.Kind, mentions: [String] = [],
-                     options: OpenOptions = OpenOptions(), readAll: Bool = false,
-                     sourceLocation: SourceLocation = #_sourceLocation) -> KDCTError? {
-    do {
-        let device = try ImageOpener.open(path, options: options)
-        if readAll { _ = try GuestDigest.sha256(of: device) }
-        Issue.record("\(path) opened, expected a \(kind) error", sourceLocation: sourceLocation)
-        return nil
-    } catch let error as KDCTError {
-        #expect(error.kind == kind, "\(error)", sourceLocation: sourceLocation)
-        for text in mentions {
-            #expect(error.description.contains(text), "\(error) does not mention \(text)", sourceLocation: sourceLocation)
+/// Helpers shared by the VHD and VHDX tests.
+enum VHDFamilyTest {
+    /// Opens `path` expecting a `KDCTError` of `kind` whose message contains every string of `mentions`; returns it.
+    @discardableResult
+    static func expectOpenError(_ path: String, _ kind: KDCTError.Kind, mentions: [String] = [],
+                         options: OpenOptions = OpenOptions(), readAll: Bool = false,
+                         sourceLocation: SourceLocation = #_sourceLocation) -> KDCTError? {
+        do {
+            let device = try ImageOpener.open(path, options: options)
+            if readAll { _ = try GuestDigest.sha256(of: device) }
+            Issue.record("\(path) opened, expected a \(kind) error", sourceLocation: sourceLocation)
+            return nil
+        } catch let error as KDCTError {
+            #expect(error.kind == kind, "\(error)", sourceLocation: sourceLocation)
+            for text in mentions {
+                #expect(error.description.contains(text), "\(error) does not mention \(text)", sourceLocation: sourceLocation)
+            }
+            return error
+        } catch {
+            Issue.record("unexpected error \(error)", sourceLocation: sourceLocation)
+            return nil
         }
-        return error
-    } catch {
-        Issue.record("unexpected error \(error)", sourceLocation: sourceLocation)
-        return nil
     }
-}
 
-/// The virtual size qemu-img reports for `path` read as `format`.
-func qemuVirtualSize(_ path: String, format: String) throws -> UInt64 {
-    let result = try qemuImg("info", "--output=json", "-f", format, path)
-    let json = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
-    return (json?["virtual-size"] as? NSNumber)?.uint64Value ?? 0
-}
+    /// The virtual size qemu-img reports for `path` read as `format`.
+    static func qemuVirtualSize(_ path: String, format: String) throws -> UInt64 {
+        let result = try qemuImg("info", "--output=json", "-f", format, path)
+        let json = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+        return (json?["virtual-size"] as? NSNumber)?.uint64Value ?? 0
+    }
 
-/// SHA-256 of a file's bytes (for a raw image, its guest content).
-func fileSHA256(_ path: String) throws -> String {
-    SHA256.hash(data: try Data(contentsOf: URL(fileURLWithPath: path))).map { String(format: "%02x", $0) }.joined()
+    /// SHA-256 of a file's bytes (for a raw image, its guest content).
+    static func fileSHA256(_ path: String) throws -> String {
+        SHA256.hash(data: try Data(contentsOf: URL(fileURLWithPath: path))).map { String(format: "%02x", $0) }.joined()
+    }
 }
 
 @Suite struct VHDDecodingTests {
@@ -149,7 +152,7 @@ func fileSHA256(_ path: String) throws -> String {
         let device = try ImageOpener.open(vhd)
         #expect(device.info.format == .vhd)
         #expect(device.info.subformat == subformat)
-        #expect(device.virtualSize == (try qemuVirtualSize(vhd, format: "vpc")), "virtual size \(device.virtualSize)")
+        #expect(device.virtualSize == (try VHDFamilyTest.qemuVirtualSize(vhd, format: "vpc")), "virtual size \(device.virtualSize)")
         if subformat == "dynamic" {
             let data = try device.allExtents().filter { $0.status == .data }.reduce(0) { $0 + $1.length }
             #expect(data < device.virtualSize / 2, "unallocated blocks must not be data extents")
@@ -197,7 +200,7 @@ func fileSHA256(_ path: String) throws -> String {
         #expect(device.info.notes.contains { $0.contains("CHS geometry") })
         #expect(device.info.formatSpecific["current-size"] == .unsigned(10 << 20))
         #expect(device.info.formatSpecific["chs-size"] == .unsigned(chs))
-        #expect(device.virtualSize == (try qemuVirtualSize(path, format: "vpc")))
+        #expect(device.virtualSize == (try VHDFamilyTest.qemuVirtualSize(path, format: "vpc")))
         var options = OpenOptions()
         options.vhdSizeMode = .current
         let whole = try ImageOpener.open(path, options: options)
@@ -267,7 +270,7 @@ func fileSHA256(_ path: String) throws -> String {
         #expect(device is ChainedBlockDevice)
         #expect(device.info.subformat == "differencing")
         #expect(device.info.references.contains { $0.opened && $0.resolvedPath?.hasSuffix("/parent.vhd") == true })
-        #expect(try GuestDigest.sha256(of: device) == (try fileSHA256(expected)))
+        #expect(try GuestDigest.sha256(of: device) == (try VHDFamilyTest.fileSHA256(expected)))
         // Sectors 10..<100 of block 1 are not in the child: they come from the parent (depth 1).
         let extent = try device.extent(at: (2 << 20) + 10 * 512, maxLength: 1 << 20)
         #expect(extent.depth == 1 && extent.length <= 90 * 512, "\(extent)")
@@ -336,10 +339,10 @@ func fileSHA256(_ path: String) throws -> String {
         let dir = try TemporaryDirectory()
         let builder = Self.childBuilder(parentID: Array(0..<16), locators: Self.relativeLocators)
         let child = try builder.write(to: dir.file("child.vhd"))
-        expectOpenError(child, .notFound, mentions: ["parent.vhd", "W2ru locator \".\\parent.vhd\"", "W2ku locator \"C:\\vms\\parent.vhd\""])
+        VHDFamilyTest.expectOpenError(child, .notFound, mentions: ["parent.vhd", "W2ru locator \".\\parent.vhd\"", "W2ku locator \"C:\\vms\\parent.vhd\""])
         var strict = OpenOptions()
         strict.untrusted = true
-        expectOpenError(child, .referenceRefused, mentions: ["parent.vhd"], options: strict)
+        VHDFamilyTest.expectOpenError(child, .referenceRefused, mentions: ["parent.vhd"], options: strict)
     }
 
     @Test func parentWithAnotherUniqueIDIsRefused() throws {
@@ -347,7 +350,7 @@ func fileSHA256(_ path: String) throws -> String {
         _ = try Self.makeParent(in: dir)
         let builder = Self.childBuilder(parentID: Array(200..<216), locators: Self.relativeLocators)
         let child = try builder.write(to: dir.file("child.vhd"))
-        expectOpenError(child, .corrupt, mentions: ["unique id"])
+        VHDFamilyTest.expectOpenError(child, .corrupt, mentions: ["unique id"])
     }
 
     @Test func parentInASiblingDirectoryNeedsTheWiderPolicy() throws {
@@ -357,12 +360,12 @@ func fileSHA256(_ path: String) throws -> String {
         let builder = Self.childBuilder(parentID: parent.uniqueID,
                                         locators: [.init(code: "W2ru", data: VHDTestBuilder.utf16le("..\\parent.vhd"))])
         let child = try builder.write(to: dir.file("child/child.vhd"))
-        expectOpenError(child, .referenceRefused, mentions: ["..\\parent.vhd"])
+        VHDFamilyTest.expectOpenError(child, .referenceRefused, mentions: ["..\\parent.vhd"])
         var wide = OpenOptions()
         wide.referencePolicy = .any
         let device = try ImageOpener.open(child, options: wide)
         let expected = try Self.expectedRaw(parentRaw: dir.file("parent.raw"), child: builder, to: dir.file("expected.raw"))
-        #expect(try GuestDigest.sha256(of: device) == (try fileSHA256(expected)))
+        #expect(try GuestDigest.sha256(of: device) == (try VHDFamilyTest.fileSHA256(expected)))
     }
 
     @Test func posixAbsoluteLocatorNeedsTheWiderPolicy() throws {
@@ -374,7 +377,7 @@ func fileSHA256(_ path: String) throws -> String {
         let builder = Self.childBuilder(parentID: parent.uniqueID,
                                         locators: [.init(code: "W2ku", data: VHDTestBuilder.utf16le(absolute))])
         let child = try builder.write(to: dir.file("child/child.vhd"))
-        expectOpenError(child, .referenceRefused, mentions: [absolute])
+        VHDFamilyTest.expectOpenError(child, .referenceRefused, mentions: [absolute])
         var wide = OpenOptions()
         wide.referencePolicy = .any
         let device = try ImageOpener.open(child, options: wide)
@@ -430,7 +433,7 @@ func fileSHA256(_ path: String) throws -> String {
         var bytes = Self.dynamic().build()
         bytes[70] ^= 0xFF  // unique id byte, head copy
         bytes[bytes.count - 512 + 70] ^= 0xFF  // and the copy at the end
-        expectOpenError(try Self.write(bytes, dir), .checksum, mentions: ["footer", "checksum"])
+        VHDFamilyTest.expectOpenError(try Self.write(bytes, dir), .checksum, mentions: ["footer", "checksum"])
         // With only the first copy damaged, the one at the end is used.
         var one = Self.dynamic().build()
         one[70] ^= 0xFF
@@ -442,7 +445,7 @@ func fileSHA256(_ path: String) throws -> String {
         let dir = try TemporaryDirectory()
         var bytes = Self.dynamic().build()
         bytes[512 + 100] ^= 0x55  // parent name area, checksum not updated
-        expectOpenError(try Self.write(bytes, dir), .checksum, mentions: ["dynamic disk header checksum"])
+        VHDFamilyTest.expectOpenError(try Self.write(bytes, dir), .checksum, mentions: ["dynamic disk header checksum"])
     }
 
     @Test(arguments: [0, 3 << 20, 256] as [UInt32])
@@ -450,49 +453,49 @@ func fileSHA256(_ path: String) throws -> String {
         let dir = try TemporaryDirectory()
         var bytes = Self.dynamic().build()
         Self.editHeader(&bytes) { $0.u32be(blockSize, at: 32) }
-        expectOpenError(try Self.write(bytes, dir), .corrupt, mentions: ["block size \(blockSize)"])
+        VHDFamilyTest.expectOpenError(try Self.write(bytes, dir), .corrupt, mentions: ["block size \(blockSize)"])
     }
 
     @Test func hugeMaxTableEntriesIsALimitNotAnAllocation() throws {
         let dir = try TemporaryDirectory()
         var bytes = Self.dynamic().build()
         Self.editHeader(&bytes) { $0.u32be(0x4000_0001, at: 28) }
-        expectOpenError(try Self.write(bytes, dir), .limitExceeded, mentions: ["max table entries 1073741825"])
+        VHDFamilyTest.expectOpenError(try Self.write(bytes, dir), .limitExceeded, mentions: ["max table entries 1073741825"])
     }
 
     @Test func tableTooSmallForTheDisk() throws {
         let dir = try TemporaryDirectory()
         var bytes = Self.dynamic().build()
         Self.editHeader(&bytes) { $0.u32be(2, at: 28) }
-        expectOpenError(try Self.write(bytes, dir), .corrupt, mentions: ["max table entries 2"])
+        VHDFamilyTest.expectOpenError(try Self.write(bytes, dir), .corrupt, mentions: ["max table entries 2"])
     }
 
     @Test func batEntryBeyondTheFile() throws {
         let dir = try TemporaryDirectory()
         var builder = Self.dynamic()
         builder.batOverride[2] = 0x0100_0000  // 8 GiB into a 2 MiB file
-        expectOpenError(try Self.write(builder.build(), dir), .truncated, mentions: ["BAT entry 2", "past the end of the file"])
+        VHDFamilyTest.expectOpenError(try Self.write(builder.build(), dir), .truncated, mentions: ["BAT entry 2", "past the end of the file"])
     }
 
     @Test func batEntryIntoTheMetadataOrAnotherBlock() throws {
         let dir = try TemporaryDirectory()
         var builder = Self.dynamic()
         builder.batOverride[1] = 1  // the dynamic header
-        expectOpenError(try Self.write(builder.build(), dir), .corrupt, mentions: ["BAT entry 1", "overlapping metadata"])
+        VHDFamilyTest.expectOpenError(try Self.write(builder.build(), dir), .corrupt, mentions: ["BAT entry 1", "overlapping metadata"])
         var twice = Self.dynamic()
         let bytes = twice.build()
         let tableOffset = 512 + 1024
         let first = UInt32(bytes[tableOffset]) << 24 | UInt32(bytes[tableOffset + 1]) << 16
             | UInt32(bytes[tableOffset + 2]) << 8 | UInt32(bytes[tableOffset + 3])
         twice.batOverride[2] = first + 1
-        expectOpenError(try Self.write(twice.build(), dir, "twice.vhd"), .corrupt, mentions: ["overlap"])
+        VHDFamilyTest.expectOpenError(try Self.write(twice.build(), dir, "twice.vhd"), .corrupt, mentions: ["overlap"])
     }
 
     @Test func unknownDiskType() throws {
         let dir = try TemporaryDirectory()
         var builder = Self.dynamic()
         builder.diskType = 5
-        expectOpenError(try Self.write(builder.build(), dir), .unsupported, mentions: ["disk type 5"])
+        VHDFamilyTest.expectOpenError(try Self.write(builder.build(), dir), .unsupported, mentions: ["disk type 5"])
     }
 
     @Test func truncatedHeaderAndBAT() throws {
@@ -500,7 +503,7 @@ func fileSHA256(_ path: String) throws -> String {
         let bytes = Self.dynamic().build()
         // Footer copy + half a dynamic header, then a footer at the end.
         let cut = Array(bytes.prefix(900)) + Array(bytes.suffix(512))
-        expectOpenError(try Self.write(cut, dir), .truncated)
+        VHDFamilyTest.expectOpenError(try Self.write(cut, dir), .truncated)
     }
 
     @Test func fixedDiskLargerThanItsData() throws {
@@ -509,6 +512,6 @@ func fileSHA256(_ path: String) throws -> String {
         builder.diskType = 2
         var bytes = builder.build()
         bytes.removeFirst(4096)  // data shorter than the footer says
-        expectOpenError(try Self.write(bytes, dir), .truncated, mentions: ["fixed disk"])
+        VHDFamilyTest.expectOpenError(try Self.write(bytes, dir), .truncated, mentions: ["fixed disk"])
     }
 }

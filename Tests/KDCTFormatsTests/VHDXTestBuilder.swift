@@ -299,7 +299,7 @@ struct VHDXTestBuilder {
 
 /// Edits a built VHDX in memory: little-endian fields, CRCs restored.
 extension Array where Element == UInt8 {
-    mutating func putLE(_ value: UInt64, at offset: Int, size: Int) {
+    mutating func vhdxPutLE(_ value: UInt64, at offset: Int, size: Int) {
         for i in 0..<size { self[offset + i] = UInt8(truncatingIfNeeded: value >> (i * 8)) }
     }
 

@@ -11,7 +11,7 @@ private func writeFile(_ bytes: [UInt8], _ dir: TemporaryDirectory, _ name: Stri
 }
 
 private func sha256(_ bytes: [UInt8], dir: TemporaryDirectory) throws -> String {
-    try fileSHA256(writeFile(bytes, dir, "expected-\(bytes.count).raw"))
+    try VHDFamilyTest.fileSHA256(writeFile(bytes, dir, "expected-\(bytes.count).raw"))
 }
 
 /// Raw bytes of the test pattern of `size`.
@@ -145,7 +145,7 @@ private func patternBytes(size: UInt64, dir: TemporaryDirectory) throws -> [UInt
         let device = try ImageOpener.open(vhdx)
         #expect(device.info.format == .vhdx)
         #expect(device.info.subformat == subformat)
-        #expect(device.virtualSize == (try qemuVirtualSize(vhdx, format: "vhdx")))
+        #expect(device.virtualSize == (try VHDFamilyTest.qemuVirtualSize(vhdx, format: "vhdx")))
         #expect(device.info.clusterSize == ["1M": 1 << 20, "8M": 8 << 20, "32M": 32 << 20, "256M": 256 << 20][blockSize])
         if subformat == "dynamic" && device.info.clusterSize ?? 0 <= 8 << 20 {
             let data = try device.allExtents().filter { $0.status == .data }.reduce(0) { $0 + $1.length }
@@ -199,7 +199,7 @@ private func patternBytes(size: UInt64, dir: TemporaryDirectory) throws -> [UInt
         let vhdx = try builder.write(to: dir.file("disk.vhdx"))
         let device = try ImageOpener.open(vhdx)
         #expect(device.info.formatSpecific["logical-sector-size"] == .unsigned(UInt64(sector)))
-        #expect(try GuestDigest.sha256(of: device) == (try fileSHA256(source)))
+        #expect(try GuestDigest.sha256(of: device) == (try VHDFamilyTest.fileSHA256(source)))
         for format in [ImageFormat.raw, .qcow2] {
             let out = dir.file("out.\(format)")
             try convertImage(vhdx, to: out, format: format)
@@ -258,7 +258,7 @@ private func patternBytes(size: UInt64, dir: TemporaryDirectory) throws -> [UInt
         #expect(device is ChainedBlockDevice)
         #expect(device.info.subformat == "differencing")
         #expect(device.info.references.contains { $0.opened && $0.name == ".\\parent.vhdx" })
-        #expect(try GuestDigest.sha256(of: device) == (try fileSHA256(expected)))
+        #expect(try GuestDigest.sha256(of: device) == (try VHDFamilyTest.fileSHA256(expected)))
         // Sector 3 of block 1 is not in the child: it comes from the parent.
         #expect(try device.extent(at: (1 << 20) + 3 * 512, maxLength: 1 << 20).depth == 1)
         let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: expected)))
@@ -292,21 +292,21 @@ private func patternBytes(size: UInt64, dir: TemporaryDirectory) throws -> [UInt
         var mismatched = child
         mismatched.logicalSectorSize = 512
         mismatched.blocks[3] = .partial(VHDTestBuilder.noise(1 << 20, seed: 5), present: [0..<8])
-        expectOpenError(try mismatched.write(to: dir.file("mismatch.vhdx")), .corrupt, mentions: ["logical sector size"])
+        VHDFamilyTest.expectOpenError(try mismatched.write(to: dir.file("mismatch.vhdx")), .corrupt, mentions: ["logical sector size"])
     }
 
     @Test func missingOrWrongParent() throws {
         let dir = try TemporaryDirectory()
         let builder = Self.child(size: 12 << 20, linkage: VHDXGUID("01234567-89ab-cdef-0123-456789abcdef") ?? .zero)
         let child = try builder.write(to: dir.file("child.vhdx"))
-        expectOpenError(child, .notFound, mentions: ["parent.vhdx", "relative_path", "absolute_win32_path"])
+        VHDFamilyTest.expectOpenError(child, .notFound, mentions: ["parent.vhdx", "relative_path", "absolute_win32_path"])
         let info = try ImageOpener.inspect(child)
         #expect(info.backingFilename == ".\\parent.vhdx")
         #expect(info.references.count == 2 && info.references.allSatisfy { !$0.opened })
         #expect(info.formatSpecific["parent-locator"]?["relative_path"] == .string(".\\parent.vhdx"))
         // A parent whose data write GUID differs from the linkage was modified after the child was made.
         _ = try Self.qemuParent(dir, size: 12 << 20)
-        expectOpenError(child, .corrupt, mentions: ["data write GUID"])
+        VHDFamilyTest.expectOpenError(child, .corrupt, mentions: ["data write GUID"])
     }
 
     /// A dynamic disk whose log, when replayed, maps block 2 and zeroes part of block 0; an older entry before
@@ -326,8 +326,8 @@ private func patternBytes(size: UInt64, dir: TemporaryDirectory) throws -> [UInt
         builder.batOverride[geometry.payloadIndex(2)] = 0
         // The BAT's first 4 KiB as the log holds it: block 0 and block 2 mapped.
         var batSector = [UInt8](repeating: 0, count: 4096)
-        batSector.putLE(blockAOffset | 6, at: geometry.payloadIndex(0) * 8, size: 8)
-        batSector.putLE(blockBOffset | 6, at: geometry.payloadIndex(2) * 8, size: 8)
+        batSector.vhdxPutLE(blockAOffset | 6, at: geometry.payloadIndex(0) * 8, size: 8)
+        batSector.vhdxPutLE(blockBOffset | 6, at: geometry.payloadIndex(2) * 8, size: 8)
         let junk = [UInt8](repeating: 0xEE, count: 4096)
         let old = VHDXTestBuilder.logEntry(sequence: 700, tail: 0, logGUID: logGUID, flushed: fileSize, last: fileSize,
                                            writes: [.data(fileOffset: blockAOffset + 65536, bytes: junk)])
@@ -349,7 +349,7 @@ private func patternBytes(size: UInt64, dir: TemporaryDirectory) throws -> [UInt
         let dir = try TemporaryDirectory()
         let (builder, expected) = Self.loggedDisk()
         let path = try builder.write(to: dir.file("logged.vhdx"))
-        let before = try fileSHA256(path)
+        let before = try VHDFamilyTest.fileSHA256(path)
         let device = try ImageOpener.open(path)
         #expect(device.info.dirty)
         #expect(device.info.notes.contains { $0.hasPrefix("log replayed: 1 entry") }, "\(device.info.notes)")
@@ -357,18 +357,18 @@ private func patternBytes(size: UInt64, dir: TemporaryDirectory) throws -> [UInt
         #expect(try GuestDigest.sha256(of: device) == (try sha256(expected, dir: dir)))
         try convertImage(path, to: dir.file("out.qcow2"), format: .qcow2)
         try expectQemuIdentical(try writeFile(expected, dir, "expected.raw"), dir.file("out.qcow2"), formatA: "raw", formatB: "qcow2")
-        #expect(try fileSHA256(path) == before, "the file must not be modified")
+        #expect(try VHDFamilyTest.fileSHA256(path) == before, "the file must not be modified")
     }
 
     @Test func logProblems() throws {
         let dir = try TemporaryDirectory()
         // The log says the file was longer than it is: truncated.
         let (short, _) = Self.loggedDisk(flushed: 1 << 40)
-        expectOpenError(try short.write(to: dir.file("short.vhdx")), .truncated, mentions: ["truncated"])
+        VHDFamilyTest.expectOpenError(try short.write(to: dir.file("short.vhdx")), .truncated, mentions: ["truncated"])
         // Sequence longer than the limit.
         var limits = OpenOptions()
         limits.limits.maxLogEntries = 0
-        expectOpenError(try Self.loggedDisk().builder.write(to: dir.file("limit.vhdx")), .limitExceeded, options: limits)
+        VHDFamilyTest.expectOpenError(try Self.loggedDisk().builder.write(to: dir.file("limit.vhdx")), .limitExceeded, options: limits)
         // A log GUID without any entry: nothing to replay, the disk opens as it is.
         var empty = VHDXTestBuilder(virtualSize: 4 << 20)
         empty.logGUID = VHDXGUID("0badcafe-0000-4000-8000-000000000009") ?? .zero
@@ -405,7 +405,7 @@ private func patternBytes(size: UInt64, dir: TemporaryDirectory) throws -> [UInt
         var bytes = base()
         var table = VHDXTestBuilder(virtualSize: 4 << 20).regionTable(entries: entries)
         if let count {
-            table.putLE(UInt64(count), at: 8, size: 4)
+            table.vhdxPutLE(UInt64(count), at: 8, size: 4)
             VHDXTestBuilder.setCRC(&table, at: 4)
         }
         for offset in regionTableOffsets { bytes.replaceSubrange(offset..<(offset + table.count), with: table) }
@@ -423,7 +423,7 @@ private func patternBytes(size: UInt64, dir: TemporaryDirectory) throws -> [UInt
         var bytes = Self.base()
         bytes[(64 << 10) + 300] ^= 1
         bytes[(128 << 10) + 300] ^= 1
-        expectOpenError(try writeFile(bytes, dir, "h.vhdx"), .checksum, mentions: ["header 1", "header 2"])
+        VHDFamilyTest.expectOpenError(try writeFile(bytes, dir, "h.vhdx"), .checksum, mentions: ["header 1", "header 2"])
         var one = Self.base()
         one[(128 << 10) + 300] ^= 1  // the newer header broken: the older one is used
         #expect(try ImageOpener.open(try writeFile(one, dir, "one.vhdx")).info.formatSpecific["current-header"] == .unsigned(1))
@@ -433,38 +433,38 @@ private func patternBytes(size: UInt64, dir: TemporaryDirectory) throws -> [UInt
         let dir = try TemporaryDirectory()
         let bat = VHDXTestBuilder.batOffset, meta = VHDXTestBuilder.metadataOffset
         let overlapping = Self.withRegions([(.batRegion, bat, 1 << 20, 1), (.metadataRegion, bat, 1 << 20, 1)])
-        expectOpenError(try writeFile(overlapping, dir, "overlap.vhdx"), .corrupt, mentions: ["overlaps"])
+        VHDFamilyTest.expectOpenError(try writeFile(overlapping, dir, "overlap.vhdx"), .corrupt, mentions: ["overlaps"])
         let onLog = Self.withRegions([(.batRegion, bat, 1 << 20, 1), (.metadataRegion, 1 << 20, 1 << 20, 1)])
-        expectOpenError(try writeFile(onLog, dir, "onlog.vhdx"), .corrupt, mentions: ["overlaps the log"])
+        VHDFamilyTest.expectOpenError(try writeFile(onLog, dir, "onlog.vhdx"), .corrupt, mentions: ["overlaps the log"])
         let many = Self.withRegions([(.batRegion, bat, 1 << 20, 1), (.metadataRegion, meta, 1 << 20, 1)], count: 3000)
-        expectOpenError(try writeFile(many, dir, "many.vhdx"), .corrupt, mentions: ["3000 entries", "2047"])
+        VHDFamilyTest.expectOpenError(try writeFile(many, dir, "many.vhdx"), .corrupt, mentions: ["3000 entries", "2047"])
         let unaligned = Self.withRegions([(.batRegion, bat + 4096, 1 << 20, 1), (.metadataRegion, meta, 1 << 20, 1)])
-        expectOpenError(try writeFile(unaligned, dir, "unaligned.vhdx"), .corrupt, mentions: ["multiples of 1 MiB"])
+        VHDFamilyTest.expectOpenError(try writeFile(unaligned, dir, "unaligned.vhdx"), .corrupt, mentions: ["multiples of 1 MiB"])
         let unknown = VHDXGUID("deadbeef-0000-0000-0000-000000000000") ?? .zero
         let required = Self.withRegions([(.batRegion, bat, 1 << 20, 1), (.metadataRegion, meta, 1 << 20, 1),
                                          (unknown, 16 << 20, 1 << 20, 1)])
-        expectOpenError(try writeFile(required, dir, "required.vhdx"), .unsupported, mentions: ["deadbeef"])
+        VHDFamilyTest.expectOpenError(try writeFile(required, dir, "required.vhdx"), .unsupported, mentions: ["deadbeef"])
         let noMetadata = Self.withRegions([(.batRegion, bat, 1 << 20, 1)])
-        expectOpenError(try writeFile(noMetadata, dir, "nometa.vhdx"), .corrupt, mentions: ["metadata region"])
+        VHDFamilyTest.expectOpenError(try writeFile(noMetadata, dir, "nometa.vhdx"), .corrupt, mentions: ["metadata region"])
         var badCRC = Self.base()
         for offset in Self.regionTableOffsets { badCRC[offset + 1000] ^= 1 }
-        expectOpenError(try writeFile(badCRC, dir, "crc.vhdx"), .checksum, mentions: ["region table checksum"])
+        VHDFamilyTest.expectOpenError(try writeFile(badCRC, dir, "crc.vhdx"), .checksum, mentions: ["region table checksum"])
     }
 
     @Test func logLengthNotAMultipleOfOneMiB() throws {
         let dir = try TemporaryDirectory()
         var bytes = Self.base()
-        for index in 0..<2 { bytes.editVHDXHeader(index) { $0.putLE(1 << 20 + 4096, at: 68, size: 4) } }
-        expectOpenError(try writeFile(bytes, dir, "log.vhdx"), .corrupt, mentions: ["log length 1052672"])
+        for index in 0..<2 { bytes.editVHDXHeader(index) { $0.vhdxPutLE(1 << 20 + 4096, at: 68, size: 4) } }
+        VHDFamilyTest.expectOpenError(try writeFile(bytes, dir, "log.vhdx"), .corrupt, mentions: ["log length 1052672"])
         var huge = Self.base()
         // A log of 4 GiB - 1 MiB named by a live log GUID: refused by the size limit, never allocated.
         for index in 0..<2 {
             huge.editVHDXHeader(index) {
-                $0.putLE(0xFFF0_0000, at: 68, size: 4)
+                $0.vhdxPutLE(0xFFF0_0000, at: 68, size: 4)
                 $0.replaceSubrange(48..<64, with: [UInt8](repeating: 1, count: 16))
             }
         }
-        expectOpenError(try writeFile(huge, dir, "hugelog.vhdx"), .limitExceeded, mentions: ["log length"])
+        VHDFamilyTest.expectOpenError(try writeFile(huge, dir, "hugelog.vhdx"), .limitExceeded, mentions: ["log length"])
     }
 
     /// Offset of metadata item `index` (in builder order: parameters, size, id, logical, physical).
@@ -478,70 +478,70 @@ private func patternBytes(size: UInt64, dir: TemporaryDirectory) throws -> [UInt
     func badBlockSize(blockSize: UInt32) throws {
         let dir = try TemporaryDirectory()
         var bytes = Self.base()
-        bytes.putLE(UInt64(blockSize), at: Self.metadataItemOffset(bytes, 0), size: 4)
-        expectOpenError(try writeFile(bytes, dir, "bs.vhdx"), .corrupt, mentions: ["block size \(blockSize)"])
+        bytes.vhdxPutLE(UInt64(blockSize), at: Self.metadataItemOffset(bytes, 0), size: 4)
+        VHDFamilyTest.expectOpenError(try writeFile(bytes, dir, "bs.vhdx"), .corrupt, mentions: ["block size \(blockSize)"])
     }
 
     @Test func badSectorSizeAndVirtualSize() throws {
         let dir = try TemporaryDirectory()
         var sector = Self.base()
-        sector.putLE(1024, at: Self.metadataItemOffset(sector, 3), size: 4)
-        expectOpenError(try writeFile(sector, dir, "sector.vhdx"), .corrupt, mentions: ["logical sector size 1024"])
+        sector.vhdxPutLE(1024, at: Self.metadataItemOffset(sector, 3), size: 4)
+        VHDFamilyTest.expectOpenError(try writeFile(sector, dir, "sector.vhdx"), .corrupt, mentions: ["logical sector size 1024"])
         var odd = Self.base()
-        odd.putLE((4 << 20) + 100, at: Self.metadataItemOffset(odd, 1), size: 8)
-        expectOpenError(try writeFile(odd, dir, "odd.vhdx"), .corrupt, mentions: ["virtual disk size"])
+        odd.vhdxPutLE((4 << 20) + 100, at: Self.metadataItemOffset(odd, 1), size: 8)
+        VHDFamilyTest.expectOpenError(try writeFile(odd, dir, "odd.vhdx"), .corrupt, mentions: ["virtual disk size"])
         // 64 TiB with 1 MiB blocks needs a 512 MiB BAT: refused by the table limit before reading it.
         var big = Self.base()
-        big.putLE(64 << 40, at: Self.metadataItemOffset(big, 1), size: 8)
-        expectOpenError(try writeFile(big, dir, "big.vhdx"), .limitExceeded, mentions: ["BAT size"])
+        big.vhdxPutLE(64 << 40, at: Self.metadataItemOffset(big, 1), size: 8)
+        VHDFamilyTest.expectOpenError(try writeFile(big, dir, "big.vhdx"), .limitExceeded, mentions: ["BAT size"])
     }
 
     @Test func metadataProblems() throws {
         let dir = try TemporaryDirectory()
         var missing = Self.base()
         let table = Int(VHDXTestBuilder.metadataOffset)
-        missing.putLE(4, at: table + 10, size: 2)  // drop the physical sector size entry
-        expectOpenError(try writeFile(missing, dir, "missing.vhdx"), .corrupt, mentions: ["physical sector size is missing"])
+        missing.vhdxPutLE(4, at: table + 10, size: 2)  // drop the physical sector size entry
+        VHDFamilyTest.expectOpenError(try writeFile(missing, dir, "missing.vhdx"), .corrupt, mentions: ["physical sector size is missing"])
         var outside = Self.base()
-        outside.putLE(2 << 20, at: table + 32 + 16, size: 4)  // file parameters beyond the 1 MiB region
-        expectOpenError(try writeFile(outside, dir, "outside.vhdx"), .corrupt, mentions: ["end within"])
+        outside.vhdxPutLE(2 << 20, at: table + 32 + 16, size: 4)  // file parameters beyond the 1 MiB region
+        VHDFamilyTest.expectOpenError(try writeFile(outside, dir, "outside.vhdx"), .corrupt, mentions: ["end within"])
         var required = Self.base()
         required.replaceSubrange((table + 32)..<(table + 48), with: (VHDXGUID("feedface-0000-0000-0000-000000000000") ?? .zero).bytes)
-        expectOpenError(try writeFile(required, dir, "reqmeta.vhdx"), .unsupported, mentions: ["feedface"])
+        VHDFamilyTest.expectOpenError(try writeFile(required, dir, "reqmeta.vhdx"), .unsupported, mentions: ["feedface"])
         var parentless = Self.base()
-        parentless.putLE(2, at: Self.metadataItemOffset(parentless, 0) + 4, size: 4)  // has-parent, no locator
-        expectOpenError(try writeFile(parentless, dir, "parentless.vhdx"), .corrupt, mentions: ["no parent locator"])
+        parentless.vhdxPutLE(2, at: Self.metadataItemOffset(parentless, 0) + 4, size: 4)  // has-parent, no locator
+        VHDFamilyTest.expectOpenError(try writeFile(parentless, dir, "parentless.vhdx"), .corrupt, mentions: ["no parent locator"])
     }
 
     @Test func batEntryProblems() throws {
         let dir = try TemporaryDirectory()
         let bat = Int(VHDXTestBuilder.batOffset)
         var beyond = Self.base()
-        beyond.putLE(UInt64(1 << 40) | 6, at: bat + 8 * 2, size: 8)
-        expectOpenError(try writeFile(beyond, dir, "beyond.vhdx"), .truncated, mentions: ["BAT entry 2", "past the end of the file"])
+        beyond.vhdxPutLE(UInt64(1 << 40) | 6, at: bat + 8 * 2, size: 8)
+        VHDFamilyTest.expectOpenError(try writeFile(beyond, dir, "beyond.vhdx"), .truncated, mentions: ["BAT entry 2", "past the end of the file"])
         var onMetadata = Self.base()
-        onMetadata.putLE(VHDXTestBuilder.metadataOffset | 6, at: bat + 8 * 2, size: 8)
-        expectOpenError(try writeFile(onMetadata, dir, "onmeta.vhdx"), .corrupt, mentions: ["overlaps metadata"])
+        onMetadata.vhdxPutLE(VHDXTestBuilder.metadataOffset | 6, at: bat + 8 * 2, size: 8)
+        VHDFamilyTest.expectOpenError(try writeFile(onMetadata, dir, "onmeta.vhdx"), .corrupt, mentions: ["overlaps metadata"])
         var twice = Self.base()
         twice.replaceSubrange((bat + 16)..<(bat + 24), with: twice[(bat + 8)..<(bat + 16)])
-        expectOpenError(try writeFile(twice, dir, "twice.vhdx"), .corrupt, mentions: ["overlap"])
+        VHDFamilyTest.expectOpenError(try writeFile(twice, dir, "twice.vhdx"), .corrupt, mentions: ["overlap"])
         var partial = Self.base()
         partial[bat + 8] |= 7  // partially present in a dynamic disk
-        expectOpenError(try writeFile(partial, dir, "partial.vhdx"), .corrupt, mentions: ["partially present"])
+        VHDFamilyTest.expectOpenError(try writeFile(partial, dir, "partial.vhdx"), .corrupt, mentions: ["partially present"])
         var reservedState = Self.base()
         reservedState[bat] = 4
-        expectOpenError(try writeFile(reservedState, dir, "state.vhdx"), .corrupt, mentions: ["undefined state 4"])
+        VHDFamilyTest.expectOpenError(try writeFile(reservedState, dir, "state.vhdx"), .corrupt, mentions: ["undefined state 4"])
         var reservedBits = Self.base()
         reservedBits[bat + 8] |= 0x80
-        expectOpenError(try writeFile(reservedBits, dir, "bits.vhdx"), .corrupt, mentions: ["reserved bits"])
+        VHDFamilyTest.expectOpenError(try writeFile(reservedBits, dir, "bits.vhdx"), .corrupt, mentions: ["reserved bits"])
     }
 
     @Test func shortFiles() throws {
         let dir = try TemporaryDirectory()
         let bytes = Self.base()
-        expectOpenError(try writeFile(Array(bytes.prefix(100 << 10)), dir, "tiny.vhdx"), .truncated)
+        VHDFamilyTest.expectOpenError(try writeFile(Array(bytes.prefix(100 << 10)), dir, "tiny.vhdx"), .truncated)
         // Everything up to the BAT, no payload: the block lies past the end.
-        expectOpenError(try writeFile(Array(bytes.prefix(Int(VHDXTestBuilder.batOffset) + (1 << 20))), dir, "nodata.vhdx"),
+        VHDFamilyTest.expectOpenError(try writeFile(Array(bytes.prefix(Int(VHDXTestBuilder.batOffset) + (1 << 20))), dir, "nodata.vhdx"),
                         .truncated, mentions: ["payload block 1"])
     }
 }
