@@ -23,9 +23,6 @@ struct SSHOptions: ParsableArguments {
     @Flag(name: .customLong("accept-new-host-key"), help: "Record the key of a host not yet in known_hosts (a changed key is always refused).")
     var acceptNewHostKey = false
 
-    @Flag(name: .customLong("no-verify"), help: "Do not compare the remote file's SHA-256 with what was sent.")
-    var noVerify = false
-
     func validate() throws {
         if passwordVariable != nil && passwordFromStandardInput {
             throw ValidationError("--password-env and --password-stdin are exclusive")
@@ -60,6 +57,9 @@ struct Export: ParsableCommand {
     @OptionGroup(title: "SSH")
     var ssh: SSHOptions
 
+    @Flag(name: .customLong("no-verify"), help: "Do not compare the remote file's SHA-256 with the local one.")
+    var noVerify = false
+
     @Flag(help: "Continue an interrupted upload (its content is checked against the local file first; a mismatch starts over).")
     var resume = false
 
@@ -93,7 +93,7 @@ struct Export: ParsableCommand {
         options.transferProtocol = transferProtocol
         options.overwrite = force
         options.resume = resume
-        options.verify = !ssh.noVerify
+        options.verify = !noVerify
         let printer = ExportProgressPrinter(bar: progressBar, json: progressStyle == .json)
         options.progress = { printer.report($0) }
         options.isCancelled = { Interruption.requested }
@@ -135,11 +135,12 @@ extension ExportOptions.TransferProtocol: ExpressibleByArgument {}
 
 /// `convert SRC sftp://USER@HOST[:PORT]/path`: the converted image streams to the host.
 enum RemoteConvert {
-    /// Converts `device` to the `sftp://` URL `destination`.
+    /// Converts `device` to the `sftp://` URL `destination`, always verified (convert's `--no-verify` is about
+    /// appliance manifests).
     static func run(_ device: any BlockDevice, destination: String, options: ConvertOptions, ssh: SSHOptions) throws {
         let location = try RemoteLocation.parse(url: destination)
         let target = try SFTPFileTarget(location: location, connectionOptions: ssh.connectionOptions,
-                                        overwrite: options.overwrite, verify: !ssh.noVerify)
+                                        overwrite: options.overwrite, verify: true)
         try DiskConverter.convert(device, to: target, options: options)
         for note in target.report?.notes ?? [] { Console.error("note: \(note)\n") }
     }

@@ -68,9 +68,10 @@ public enum FormatProbe {
     static func looksLikeVMDKDescriptor(_ head: [UInt8]) -> Bool {
         let window = head.prefix(4096)
         guard !window.isEmpty else { return false }
-        // Text only: printable ASCII, tabs and line ends up to the first NUL.
+        // Text only: printable characters (bytes >= 0x80 too: UTF-8 or windows-1252 file names, which VMware and
+        // qemu write), tabs and line ends, up to the first NUL.
         let textBytes = window.prefix { $0 != 0 }
-        guard textBytes.allSatisfy({ ($0 >= 0x20 && $0 < 0x7F) || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }) else {
+        guard textBytes.allSatisfy({ ($0 >= 0x20 && $0 != 0x7F) || $0 == 0x09 || $0 == 0x0A || $0 == 0x0D }) else {
             return false
         }
         let text = String(decoding: textBytes, as: UTF8.self)

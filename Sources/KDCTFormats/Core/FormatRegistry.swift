@@ -7,12 +7,12 @@ enum FormatRegistry {
         switch format {
         case .raw: return RawImage.open
         case .qcow2: return QCOW2Image.open
-        case .qcow: return nil
-        case .qed: return nil
-        case .vdi: return nil
-        case .vmdk: return nil
-        case .vhd: return nil
-        case .vhdx: return nil
+        case .qcow: return QCOWImage.open
+        case .qed: return QEDImage.open
+        case .vdi: return VDIImage.open
+        case .vmdk: return VMDKImage.open
+        case .vhd: return VHDImage.open
+        case .vhdx: return VHDXImage.open
         }
     }
 }
