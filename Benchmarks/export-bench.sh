@@ -94,7 +94,7 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
     echo "| OpenSSH \`sftp\` put | $M_SFTP | $(rate "$M_SFTP") | 1.00x | |"
     echo "| OpenSSH \`sftp\` put -f (fsync) | $M_SFTP_F | $(rate "$M_SFTP_F") | $(ratio "$M_SFTP" "$M_SFTP_F")x | 1.00x |"
     echo "| \`kdct-native export --no-verify\` (fsync) | $M_KDCT_NV | $(rate "$M_KDCT_NV") | $(ratio "$M_SFTP" "$M_KDCT_NV")x | $(ratio "$M_SFTP_F" "$M_KDCT_NV")x |"
-    echo "| \`kdct-native export\` (fsync, sha256sum on the host) | $M_KDCT | $(rate "$M_KDCT") | $(ratio "$M_SFTP" "$M_KDCT")x | $(ratio "$M_SFTP_F" "$M_KDCT")x |"
+    echo "| \`kdct-native export\` (fsync, SHA-256 on the host) | $M_KDCT | $(rate "$M_KDCT") | $(ratio "$M_SFTP" "$M_KDCT")x | $(ratio "$M_SFTP_F" "$M_KDCT")x |"
     echo
     echo "Raw timings (s): put ${T_SFTP[*]}; put -f ${T_SFTP_F[*]}; kdct --no-verify ${T_KDCT_NV[*]}; kdct ${T_KDCT[*]}."
 } > Benchmarks/RESULTS-export.md

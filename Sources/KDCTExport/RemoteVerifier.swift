@@ -3,8 +3,8 @@ import KDCTFormats
 
 /// How a remote file's content was checked.
 public enum VerificationMethod: String, Sendable {
-    /// `sha256sum` ran on the host over an exec channel.
-    case remoteCommand = "sha256sum on the host"
+    /// The host computed it (`openssl dgst -sha256`, else `sha256sum`) over an exec channel.
+    case remoteCommand = "SHA-256 computed on the host"
     /// The file was read back over SFTP (or scp) and hashed here.
     case readBack = "read back and hashed locally"
     /// Not verified (`--no-verify`).
@@ -42,13 +42,13 @@ struct RemoteHasher {
                 }
                 let reason = String(decoding: result.errorOutput.prefix(200), as: UTF8.self)
                     .split(separator: "\n").first.map(String.init) ?? "exit status \(result.status), no digest printed"
-                notes.append("sha256sum could not run on the host (\(reason)); read the file back instead")
+                notes.append("no SHA-256 tool ran on the host (\(reason)); read the file back instead")
             } catch {
-                notes.append("the host refused to run sha256sum (\(error)); read the file back instead")
+                notes.append("the host refused to run a command (\(error)); read the file back instead")
             }
         }
         guard let sftp else {
-            throw KDCTError(.unsupported, "cannot verify: sha256sum does not run on the host and there is no SFTP to read the file back (use --no-verify to skip)",
+            throw KDCTError(.unsupported, "cannot verify: neither openssl nor sha256sum runs on the host and there is no SFTP to read the file back (use --no-verify to skip)",
                             file: "\(connection.endpoint.displayName):\(path)")
         }
         let file = try sftp.openForReading(path)
@@ -79,15 +79,19 @@ struct RemoteHasher {
         return (digests, .readBack)
     }
 
-    /// One `sha256sum` per range, each printing `HEX  -`: the whole file from stdin, or a range cut with
-    /// `tail -c +N` (POSIX) and `head -c N` (GNU, BusyBox and the BSDs).
+    /// One digest line per range (`HEX  -` or `HEX *stdin`): the whole file from stdin, or a range cut with
+    /// `tail -c +N` (POSIX) and `head -c N` (GNU, BusyBox and the BSDs). The hasher is `openssl dgst -sha256`
+    /// when the host has it (it uses the CPU's SHA instructions; coreutils' `sha256sum` runs at a quarter of that
+    /// speed on the same machine), else `sha256sum`. The choice is made before any input is read, so a failing
+    /// tool can never leave the other one a partial stream.
     static func command(path: String, ranges: [(start: UInt64, length: UInt64)], fileSize: UInt64) -> String {
         let quoted = TextEncoding.shellQuoted(path)
-        return ranges.map { range -> String in
-            if range.start == 0 && range.length == fileSize { return "sha256sum < \(quoted)" }
+        let hasher = "if command -v openssl >/dev/null 2>&1; then h() { openssl dgst -sha256 -r; }; else h() { sha256sum; }; fi; "
+        return hasher + ranges.map { range -> String in
+            if range.start == 0 && range.length == fileSize { return "h < \(quoted)" }
             var text = "tail -c +\(range.start + 1) < \(quoted)"
             if range.start + range.length < fileSize { text += " | head -c \(range.length)" }
-            return text + " | sha256sum"
+            return text + " | h"
         }.joined(separator: " && ")
     }
 

@@ -183,7 +183,7 @@ final class SFTPFile {
 
     private func stagingBuffer() -> UnsafeMutableRawBufferPointer {
         if let staging { return staging }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: window * 2, alignment: 4096)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: window * 4, alignment: 4096)
         staging = buffer
         return buffer
     }

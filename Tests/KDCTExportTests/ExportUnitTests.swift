@@ -103,13 +103,31 @@ struct ExportUnitTests {
 
     @Test("remote hashing commands and sha256sum output parsing")
     func hashCommands() {
-        #expect(RemoteHasher.command(path: "/a b/c'd", ranges: [(0, 100)], fileSize: 100) == "sha256sum < '/a b/c'\\''d'")
+        let prelude = "if command -v openssl >/dev/null 2>&1; then h() { openssl dgst -sha256 -r; }; else h() { sha256sum; }; fi; "
+        #expect(RemoteHasher.command(path: "/a b/c'd", ranges: [(0, 100)], fileSize: 100) == prelude + "h < '/a b/c'\\''d'")
         #expect(RemoteHasher.command(path: "f", ranges: [(0, 10), (10, 90)], fileSize: 100)
-                == "tail -c +1 < 'f' | head -c 10 | sha256sum && tail -c +11 < 'f' | sha256sum")
+                == prelude + "tail -c +1 < 'f' | head -c 10 | h && tail -c +11 < 'f' | h")
+        // Both tools, run here on known data, print what the parser accepts.
+        for tool in [["sha256sum"], ["openssl", "dgst", "-sha256", "-r"]] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = tool
+            let input = Pipe(), output = Pipe()
+            process.standardInput = input
+            process.standardOutput = output
+            try? process.run()
+            input.fileHandleForWriting.write(Data("abc".utf8))
+            try? input.fileHandleForWriting.close()
+            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            #expect(RemoteHasher.digest(inLine: Substring(text.split(separator: "\n").first ?? ""))
+                    == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "\(tool): \(text)")
+        }
         let hex = String(repeating: "ab", count: 32)
         #expect(RemoteHasher.digest(inLine: Substring(hex + "  -")) == hex)
         #expect(RemoteHasher.digest(inLine: Substring(hex)) == hex)
         #expect(RemoteHasher.digest(inLine: Substring(hex.uppercased() + "  -")) == nil)
+        #expect(RemoteHasher.digest(inLine: Substring(hex + " *stdin")) == hex)
         #expect(RemoteHasher.digest(inLine: "sha256sum: not found") == nil)
         #expect(RemoteHasher.digest(inLine: Substring(hex + "x")) == nil)
     }

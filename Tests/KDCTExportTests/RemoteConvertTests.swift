@@ -37,6 +37,29 @@ struct RemoteConvertTests {
         #expect(leftovers == ["converted.qcow2"])
     }
 
+    @Test("a host without openssl verifies with sha256sum (the QCOW2 header range cut with tail and head)")
+    func sha256sumOnly() throws {
+        // The session's PATH holds only sha256sum, tail and head, so `command -v openssl` fails on the "host".
+        let tools = try TemporaryDirectory("kdct-tools")
+        chmod(tools.path, 0o755)
+        for tool in ["sha256sum", "tail", "head"] {
+            try FileManager.default.createSymbolicLink(atPath: tools.file(tool), withDestinationPath: "/usr/bin/" + tool)
+        }
+        let server = try TestSSHServer(extraConfig: "SetEnv PATH=\(tools.path)")
+        let probe = try SSHConnection(endpoint: server.endpoint, options: try server.options())
+        let which = try probe.run("command -v openssl || echo none; command -v sha256sum")
+        #expect(String(decoding: which.output, as: UTF8.self) == "none\n\(tools.path)/sha256sum\n")
+        probe.disconnect()
+        let work = try TemporaryDirectory("kdct-convert")
+        let source = try makeSource(in: work)
+        let location = server.location("converted.qcow2")
+        let target = try SFTPFileTarget(location: location, connectionOptions: try server.options(), overwrite: false)
+        try DiskConverter.convert(try ImageOpener.open(source), to: target, options: ConvertOptions(outputFormat: .qcow2))
+        #expect(target.report?.verification == .remoteCommand)
+        #expect(target.report?.digests.count == 2)
+        try expectQemuIdentical(source, location.path, formatA: "qcow2", formatB: "qcow2")
+    }
+
     @Test("RAW to the host, verified by reading back; holes stay holes")
     func rawToHostReadBack() throws {
         let server = try TestSSHServer()
