@@ -86,19 +86,6 @@ struct SyntheticQCOW1 {
 
 /// The QCOW v1 reader against qemu-made images and chains and synthetic images of every cluster size.
 @Suite struct QCOW1ReaderTests {
-    private func expectConvertsIdentically(_ image: String, reference: String, referenceFormat: String,
-                                           in dir: TemporaryDirectory, options: OpenOptions = OpenOptions(),
-                                           sourceLocation: SourceLocation = #_sourceLocation) throws {
-        let name = FilePaths.lastComponent(of: image)
-        let raw = dir.file(name + ".out.raw")
-        let qcow2 = dir.file(name + ".out.qcow2")
-        try convertImage(image, to: raw, format: .raw, openOptions: options)
-        try expectQemuIdentical(reference, raw, formatA: referenceFormat, formatB: "raw", sourceLocation: sourceLocation)
-        try convertImage(image, to: qcow2, format: .qcow2, openOptions: options)
-        try expectQemuIdentical(reference, qcow2, formatA: referenceFormat, formatB: "qcow2", sourceLocation: sourceLocation)
-        try expectQemuCheckClean(qcow2, sourceLocation: sourceLocation)
-    }
-
     @Test(arguments: [false, true])
     func qemuMadeImagesConvertIdentically(_ compressed: Bool) throws {
         let dir = try TemporaryDirectory()

@@ -6,19 +6,6 @@ import KDCTTestSupport
 /// The QED reader against qemu-made images (cluster sizes 4 KiB to 1 MiB), chains, zero clusters, the
 /// need-check flag and damaged files.
 @Suite struct QEDReaderTests {
-    private func expectConvertsIdentically(_ image: String, reference: String, referenceFormat: String,
-                                           in dir: TemporaryDirectory,
-                                           sourceLocation: SourceLocation = #_sourceLocation) throws {
-        let name = FilePaths.lastComponent(of: image)
-        let raw = dir.file(name + ".out.raw")
-        let qcow2 = dir.file(name + ".out.qcow2")
-        try convertImage(image, to: raw, format: .raw)
-        try expectQemuIdentical(reference, raw, formatA: referenceFormat, formatB: "raw", sourceLocation: sourceLocation)
-        try convertImage(image, to: qcow2, format: .qcow2)
-        try expectQemuIdentical(reference, qcow2, formatA: referenceFormat, formatB: "qcow2", sourceLocation: sourceLocation)
-        try expectQemuCheckClean(qcow2, sourceLocation: sourceLocation)
-    }
-
     /// (cluster size, table size) pairs; qemu cannot open a table of one cluster (its table offset check
     /// rejects it), so the oracle tests start at 2.
     static let geometries: [(Int, Int)] = [(4096, 2), (4096, 16), (16384, 4), (65536, 4), (262_144, 2), (1 << 20, 2)]

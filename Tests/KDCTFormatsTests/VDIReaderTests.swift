@@ -5,20 +5,6 @@ import KDCTTestSupport
 
 /// The VDI reader against qemu-made images, synthetic VirtualBox-style images and chains, and the corpus.
 @Suite struct VDIReaderTests {
-    /// Converts `image` to RAW and QCOW2 through the library and checks both against `reference` with qemu-img.
-    private func expectConvertsIdentically(_ image: String, reference: String, referenceFormat: String,
-                                           in dir: TemporaryDirectory, options: OpenOptions = OpenOptions(),
-                                           sourceLocation: SourceLocation = #_sourceLocation) throws {
-        let name = FilePaths.lastComponent(of: image)
-        let raw = dir.file(name + ".out.raw")
-        let qcow2 = dir.file(name + ".out.qcow2")
-        try convertImage(image, to: raw, format: .raw, openOptions: options)
-        try expectQemuIdentical(reference, raw, formatA: referenceFormat, formatB: "raw", sourceLocation: sourceLocation)
-        try convertImage(image, to: qcow2, format: .qcow2, openOptions: options)
-        try expectQemuIdentical(reference, qcow2, formatA: referenceFormat, formatB: "qcow2", sourceLocation: sourceLocation)
-        try expectQemuCheckClean(qcow2, sourceLocation: sourceLocation)
-    }
-
     @Test(arguments: ["dynamic", "static"])
     func qemuMadeImagesConvertIdentically(_ kind: String) throws {
         let dir = try TemporaryDirectory()

@@ -230,3 +230,20 @@ public enum CLI {
         try runProcess([binary] + arguments, stdin: stdin, environment: environment)
     }
 }
+
+/// Converts `image` through the library to RAW and QCOW2 (in `dir`, named after `label` or the image) and checks
+/// both against `reference` with `qemu-img compare` (reading it as `referenceFormat`), and the QCOW2 with
+/// `qemu-img check`.
+public func expectConvertsIdentically(_ image: String, reference: String, referenceFormat: String,
+                                      in dir: TemporaryDirectory, label: String? = nil,
+                                      options: OpenOptions = OpenOptions(), workers: Int = 2,
+                                      sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let name = label ?? FilePaths.lastComponent(of: image)
+    let raw = dir.file(name + ".out.raw")
+    let qcow2 = dir.file(name + ".out.qcow2")
+    try convertImage(image, to: raw, format: .raw, workers: workers, openOptions: options)
+    try expectQemuIdentical(reference, raw, formatA: referenceFormat, formatB: "raw", sourceLocation: sourceLocation)
+    try convertImage(image, to: qcow2, format: .qcow2, workers: workers, openOptions: options)
+    try expectQemuIdentical(reference, qcow2, formatA: referenceFormat, formatB: "qcow2", sourceLocation: sourceLocation)
+    try expectQemuCheckClean(qcow2, sourceLocation: sourceLocation)
+}
