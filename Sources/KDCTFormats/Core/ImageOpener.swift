@@ -85,8 +85,10 @@ public enum ImageOpener {
         let probe = try FormatProbe.probe(file)
         let detected = probe.format
         if options.untrusted {
+            // A raw disk (no format) or a fixed VHD (guest data at the start) may hold a partition table or an ISO
+            // file system; behind any other format's header such a signature makes the file a polyglot.
             var signatures = probe.matches.map(\.rawValue)
-            if !probe.matches.isEmpty { signatures += probe.foreignSignatures }
+            if !probe.matches.isEmpty && !probe.guestDataAtStart { signatures += probe.foreignSignatures }
             if signatures.count > 1 {
                 throw KDCTError(.invalidFormat,
                                 "content matches more than one format (\(signatures.joined(separator: ", "))); refused in strict mode",
