@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Regenerates the small seed images under Fuzz/seeds/<format>/ (a few KiB each, committed): tiny guests made with
+# qemu-img/qemu-io, with small clusters so that tables, data and compressed clusters fit in a few KiB, plus
+# hand-made variants (backing/data-file references, descriptors) for the paths hostile images take.
+# Needs qemu-img, qemu-io and python3. The run script adds Fixtures/images (truncated by -max_len) as extra seeds.
+set -euo pipefail
+cd "$(dirname "$0")"
+rm -rf seeds && mkdir -p seeds/{raw,qcow2,qcow,qed,vdi,vmdk,vhd,vhdx}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# A 64 KiB guest with data, text and zeros at unaligned offsets.
+python3 - "$work/g.raw" <<'PY'
+import random, sys
+rng = random.Random(7)
+buf = bytearray(65536)
+buf[0:700] = bytes(rng.getrandbits(8) for _ in range(700))
+buf[5000:5600] = (b"KDCT fuzz seed text " * 40)[:600]
+buf[40000:41111] = bytes(rng.getrandbits(8) for _ in range(1111))
+open(sys.argv[1], "wb").write(buf)
+PY
+q() { qemu-img convert -q -f raw "$work/g.raw" "$@"; }
+
+cp "$work/g.raw" seeds/raw/small.raw
+head -c 1536 "$work/g.raw" > seeds/raw/odd-size.raw
+printf 'QFI\xfb\x00\x00\x00\x03' > seeds/raw/qcow2-magic-only.raw
+
+q -O qcow2 -o compat=0.10,cluster_size=512 seeds/qcow2/v2-512.qcow2
+q -O qcow2 -o compat=1.1,cluster_size=4096 seeds/qcow2/v3-4k.qcow2
+qemu-io -f qcow2 -c "write -z 8k 4k" seeds/qcow2/v3-4k.qcow2 >/dev/null
+q -O qcow2 -c -o cluster_size=4096 seeds/qcow2/deflate.qcow2
+q -O qcow2 -c -o cluster_size=4096,compression_type=zstd seeds/qcow2/zstd.qcow2
+q -O qcow2 -o extended_l2=on,cluster_size=16384 seeds/qcow2/extl2.qcow2
+qemu-io -f qcow2 -c "write -z 16k 2k" seeds/qcow2/extl2.qcow2 >/dev/null
+q -O qcow2 -o cluster_size=4096 seeds/qcow2/snapshot.qcow2
+qemu-img snapshot -c snap1 seeds/qcow2/snapshot.qcow2
+qemu-io -f qcow2 -c "write -P 0x5a 0 4k" seeds/qcow2/snapshot.qcow2 >/dev/null
+cp "$work/g.raw" "$work/base.raw"
+(cd "$work" && qemu-img create -q -f qcow2 -o cluster_size=4096 -b base.raw -F raw child.qcow2 64K)
+cp "$work/child.qcow2" seeds/qcow2/backing.qcow2
+(cd "$work" && qemu-img create -q -f qcow2 -o cluster_size=4096,data_file=data.raw datafile.qcow2 64K)
+cp "$work/datafile.qcow2" seeds/qcow2/data-file.qcow2
+(cd "$work" && qemu-img create -q -f qcow2 -o cluster_size=512 -u -b 'json:{"file.filename":"/etc/passwd"}' -F raw json.qcow2 64K)
+cp "$work/json.qcow2" seeds/qcow2/json-backing.qcow2
+
+q -O qcow seeds/qcow/plain.qcow
+q -O qcow -c seeds/qcow/compressed.qcow 2>/dev/null || true   # qemu 7.2 exits 1 after writing a valid image
+(cd "$work" && qemu-img create -q -f qcow -b base.raw -F raw child.qcow 64K)
+cp "$work/child.qcow" seeds/qcow/backing.qcow
+
+q -O qed -o cluster_size=4096,table_size=2 seeds/qed/t2.qed
+q -O qed -o cluster_size=4096 seeds/qed/t4.qed
+qemu-io -f qed -c "write -z 8k 4k" seeds/qed/t4.qed >/dev/null
+(cd "$work" && qemu-img create -q -f qed -o cluster_size=4096,table_size=2 -b base.raw -F raw child.qed 64K)
+cp "$work/child.qed" seeds/qed/backing-raw.qed
+
+# VDI: qemu writes 1 MiB blocks; shrink them to 4 KiB by rewriting the header and map of an empty image.
+qemu-img create -q -f vdi "$work/empty.vdi" 16K
+python3 - "$work/empty.vdi" seeds/vdi <<'PY'
+import struct, sys
+src, out = sys.argv[1], sys.argv[2]
+head = bytearray(open(src, "rb").read()[:0x200])
+def make(name, entries, blocks, image_type=1, block=4096, extra=0):
+    h = bytearray(head)
+    struct.pack_into("<I", h, 0x4C, image_type)
+    struct.pack_into("<I", h, 0x154, 0x200)                  # block map offset
+    struct.pack_into("<I", h, 0x158, 0x400)                  # data offset
+    struct.pack_into("<Q", h, 0x170, block * len(entries))   # disk size
+    struct.pack_into("<I", h, 0x178, block)
+    struct.pack_into("<I", h, 0x17C, extra)
+    struct.pack_into("<I", h, 0x180, len(entries))
+    struct.pack_into("<I", h, 0x184, blocks)
+    m = bytearray(0x200)
+    for i, e in enumerate(entries):
+        struct.pack_into("<I", m, 4 * i, e)
+    data = b"".join(bytes([0x40 + i]) * extra + bytes([0x61 + i]) * block for i in range(blocks))
+    open(f"{out}/{name}", "wb").write(bytes(h) + bytes(m) + data)
+make("dynamic.vdi", [0, 0xFFFFFFFF, 0xFFFFFFFE, 1], 2)
+make("static.vdi", [0, 1, 2, 3], 4, image_type=2)
+make("extra.vdi", [1, 0, 0xFFFFFFFF, 0xFFFFFFFF], 2, extra=512)
+make("diff.vdi", [0xFFFFFFFF, 0, 0xFFFFFFFF, 0xFFFFFFFE], 1, image_type=4)
+PY
+
+q -O vmdk -o subformat=streamOptimized seeds/vmdk/stream.vmdk
+q -O vmdk -o subformat=monolithicSparse "$work/sparse.vmdk"
+# A monolithicSparse file is 64 KiB of header and tables before any grain; keep the first 80 KiB.
+head -c 81920 "$work/sparse.vmdk" > seeds/vmdk/sparse-head.vmdk
+cat > seeds/vmdk/flat-descriptor.vmdk <<'TXT'
+# Disk DescriptorFile
+version=1
+CID=fffffffe
+parentCID=ffffffff
+createType="monolithicFlat"
+
+# Extent description
+RW 128 FLAT "disk-flat.vmdk" 0
+RW 64 ZERO
+RDONLY 32 FLAT "/etc/passwd" 0
+
+# The Disk Data Base
+ddb.virtualHWVersion = "4"
+ddb.adapterType = "ide"
+TXT
+cat > seeds/vmdk/split-descriptor.vmdk <<'TXT'
+# Disk DescriptorFile
+version=1
+CID=12345678
+parentCID=87654321
+parentFileNameHint="../base.vmdk"
+createType="twoGbMaxExtentSparse"
+RW 4192256 SPARSE "disk-s001.vmdk"
+RW 8192 SPARSE "disk-s002.vmdk"
+NOACCESS 100 FLAT "x.vmdk" 0
+ddb.uuid.image = "1-2-3"
+TXT
+
+# VHD and VHDX: tiny dynamic and fixed images, for when the readers land.
+qemu-img create -q -f vpc -o subformat=dynamic seeds/vhd/dynamic-empty.vhd 64K
+q -O vpc -o subformat=fixed,force_size=on seeds/vhd/fixed.vhd
+q -O vhdx -o block_size=1M,log_size=1M "$work/d.vhdx"
+# A VHDX is at least 4 MiB of mostly zeros (headers, log, BAT, metadata); keep its metadata regions only.
+python3 - "$work/d.vhdx" seeds/vhdx/head.vhdx <<'PY'
+import sys
+data = open(sys.argv[1], "rb").read()
+open(sys.argv[2], "wb").write(data[:0x40000])
+PY
+
+find seeds -type f -size +100k -print | sed 's/^/large seed (not committed?): /'
+du -sh seeds
