@@ -122,6 +122,10 @@ public final class QCOW2Image: BlockDevice {
     private func l2Table(_ index: Int) throws -> [UInt64]? {
         guard index < l1.count else { return nil }
         let entry = l1[index]
+        if entry & QCOW2Entry.l1ReservedMask != 0 {
+            throw KDCTError.corrupt("L1 entry \(index) (0x\(String(entry, radix: 16))) has reserved bits 0x\(String(entry & QCOW2Entry.l1ReservedMask, radix: 16)) set",
+                                    file: file.path, field: "L1 entry \(index)")
+        }
         let offset = entry & QCOW2Entry.offsetMask
         guard offset != 0 else { return nil }
         if offset % header.clusterSize != 0 {
