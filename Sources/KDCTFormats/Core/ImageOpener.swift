@@ -49,7 +49,13 @@ public final class OpenContext: @unchecked Sendable {
                             file: imagePath, field: kind.rawValue)
         }
         let child = OpenContext(options: childOptions, depth: depth + 1, visited: visited.union([file.identity]))
-        return try ImageOpener.open(file: file, context: child)
+        do {
+            return try ImageOpener.open(file: file, context: child)
+        } catch var error as KDCTError {
+            // The error names the file at fault; say which image referred to it, so the one line names both.
+            error.message += " (\(kind.rawValue) of \(imagePath))"
+            throw error
+        }
     }
 
     /// Opens a file that is part of the same image (a VMDK extent) under the reference policy; returns nil when
