@@ -109,6 +109,13 @@ public struct QCOW2Header: Sendable, Equatable {
         }
         try header.validate(fileSize: fileSize, limits: limits)
         try header.decodeExtensions(r, fileSize: fileSize)
+        // An external data file is a reference like a backing file, but one qemu opens even for `info`
+        // (CVE-2024-4467: a json: data file naming a host file). Refused whatever its name; never opened.
+        if header.incompatibleFeatures & IncompatibleFeature.externalDataFile != 0 || header.externalDataFile != nil {
+            let name = header.externalDataFile.map { " \"\($0.prefix(200))\"" } ?? ""
+            throw KDCTError.unsupported("guest data is in an external data file\(name) (data_file); not supported, and never opened",
+                                        field: "data_file")
+        }
         return header
     }
 
@@ -126,10 +133,6 @@ public struct QCOW2Header: Sendable, Equatable {
         let unknown = incompatibleFeatures & ~IncompatibleFeature.known
         if unknown != 0 {
             throw KDCTError.unsupported("unknown incompatible feature bits 0x\(String(unknown, radix: 16))",
-                                        field: "incompatible_features")
-        }
-        if incompatibleFeatures & IncompatibleFeature.externalDataFile != 0 {
-            throw KDCTError.unsupported("guest data is in an external data file (data_file); not supported",
                                         field: "incompatible_features")
         }
         if refcountOrder > 6 {
