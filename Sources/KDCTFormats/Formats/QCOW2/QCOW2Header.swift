@@ -77,6 +77,16 @@ public struct QCOW2Header: Sendable, Equatable {
     /// at most 2 MiB).
     public static let maximumHeaderRead = 2 << 20
 
+    /// Bytes to read for the header of `file`: its first cluster only (the header, its extensions and the backing
+    /// file name live there), so opening never reads guest data clusters; 2 MiB when `cluster_bits` is invalid (the
+    /// decoder then reports it).
+    public static func headerReadLength(file: ReadOnlyFile) throws -> UInt64 {
+        guard file.size >= 24 else { return file.size }
+        let clusterBits = try ByteReader(try file.readBytes(count: 24, at: 0, what: "qcow2 header"),
+                                         structure: "qcow2 header").u32be(20)
+        return (9...21).contains(clusterBits) ? 1 << UInt64(clusterBits) : UInt64(maximumHeaderRead)
+    }
+
     /// Decodes the header from the first bytes of the file (`bytes` holds at least the first cluster, or the whole
     /// file when shorter). Validates every field against the file size; `limits` caps the tables.
     public static func decode(_ bytes: [UInt8], fileSize: UInt64, limits: ImageLimits) throws -> QCOW2Header {
