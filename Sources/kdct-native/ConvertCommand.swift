@@ -7,9 +7,11 @@ import Glibc
 /// `convert`: any supported image to RAW or QCOW2.
 struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Convert an image to raw or qcow2 (flattening any backing/parent chain).")
+        abstract: "Convert an image to raw or qcow2 (flattening any backing/parent chain), or an OVA/OVF appliance to disks and a libvirt domain.")
 
     @OptionGroup var source: SourceOptions
+
+    @OptionGroup var appliance: ApplianceOptionGroup
 
     @Option(name: .customShort("O"), help: "Output format: raw (default) or qcow2.")
     var outputFormat: String = "raw"
@@ -32,10 +34,10 @@ struct Convert: ParsableCommand {
     @Flag(help: "Replace an existing destination.")
     var force = false
 
-    @Argument(help: "Source image.")
+    @Argument(help: "Source image, or an appliance (.ova archive or .ovf descriptor).")
     var sourceImage: String
 
-    @Argument(help: "Destination file.")
+    @Argument(help: "Destination file (an output directory for an appliance).")
     var destination: String
 
     func validate() throws {
@@ -86,6 +88,19 @@ struct Convert: ParsableCommand {
 
     func run() throws {
         var (options, vhdSize) = try parsedOutputOptions()
+        if Appliance.isAppliance(path: sourceImage) {
+            options.overwrite = force
+            if let workers { options.pipeline.workers = workers }
+            let reporter = ProgressReporter(bar: progressBar, json: progressStyle == .json)
+            options.pipeline.progress = { reporter.report($0) }
+            options.pipeline.isCancelled = { Interruption.requested }
+            Interruption.install()
+            defer { reporter.finish() }
+            return try runAppliance(options: options)
+        }
+        if appliance.config != nil || appliance.noVerify {
+            throw ValidationError("--config and --no-verify apply to OVA/OVF appliances only")
+        }
         var openOptions = source.openOptions
         if let vhdSize { openOptions.vhdSizeMode = vhdSize }
         let device = try ImageOpener.open(sourceImage, options: openOptions)
@@ -97,6 +112,7 @@ struct Convert: ParsableCommand {
         Interruption.install()
         defer { reporter.finish() }
         try DiskConverter.convert(device, toFile: destination, options: options)
+        try writeSingleDiskDomain(source: device, format: options.outputFormat)
     }
 }
 

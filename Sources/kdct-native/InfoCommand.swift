@@ -10,10 +10,15 @@ struct Info: ParsableCommand {
     @Option(help: "Output style: human or json (qemu-img's keys).")
     var output: OutputStyle = .human
 
-    @Argument(help: "The image.")
+    @Option(help: "Deployment configuration to describe, for an OVF with several.")
+    var config: String?
+
+    @Argument(help: "The image, or an appliance (.ova archive or .ovf descriptor).")
     var image: String
 
     func run() throws {
+        if Appliance.isAppliance(path: image) { return try runAppliance(configuration: config) }
+        if config != nil { throw ValidationError("--config applies to OVA/OVF appliances only") }
         let info = try ImageOpener.inspect(image, options: source.openOptions)
         switch output {
         case .json: print(info.infoValue.jsonText())

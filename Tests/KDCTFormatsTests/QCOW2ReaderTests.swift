@@ -156,7 +156,7 @@ import KDCTTestSupport
             #expect(error.message.contains("encrypted"))
         }
         let external = dir.file("ext.qcow2")
-        try runChecked(["qemu-img", "create", "-f", "qcow2", "-o", "data_file=ext.data", external, "4M"])
+        try runChecked(["qemu-img", "create", "-f", "qcow2", "-o", "data_file=\(dir.file("ext.data"))", external, "4M"])
         do {
             _ = try ImageOpener.open(external)
             Issue.record("external data file image opened")

@@ -199,7 +199,16 @@ import KDCTTestSupport
         var huge = VMDKBytes.monolithicSparse(capacitySectors: 2048, grains: [:])
         huge.replaceSubrange(0..<512, with: VMDKBytes.sparseHeader(capacity: 2048, descriptorSize: 1 << 40, gd: 21))
         try VMDKBytes.write(huge, to: dir.file("huge.vmdk"))
-        #expect(Self.openAndRead(dir.file("huge.vmdk"))?.kind == .limitExceeded)
+        // Larger than the file: corruption, checked before the size limit.
+        #expect(Self.openAndRead(dir.file("huge.vmdk"))?.kind == .corrupt)
+        // Inside the file but above the 1 MiB descriptor limit.
+        var large = VMDKBytes.monolithicSparse(capacitySectors: 2048, grains: [:])
+        large.replaceSubrange(0..<512, with: VMDKBytes.sparseHeader(capacity: 2048, descriptorSize: 4096, gd: 21))
+        try VMDKBytes.write(large, to: dir.file("large.vmdk"))
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: dir.file("large.vmdk")))
+        try handle.truncate(atOffset: 8 << 20)
+        try handle.close()
+        #expect(Self.openAndRead(dir.file("large.vmdk"))?.kind == .limitExceeded)
         var outside = huge
         outside.replaceSubrange(0..<512, with: VMDKBytes.sparseHeader(capacity: 2048, descriptorOffset: 1 << 30, gd: 21))
         try VMDKBytes.write(outside, to: dir.file("outside.vmdk"))

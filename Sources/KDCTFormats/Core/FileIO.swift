@@ -7,17 +7,29 @@ import CKDCTShims
 ///
 /// Thin wrapper over `open(O_RDONLY)`, `pread` and `lseek(SEEK_DATA/SEEK_HOLE)`: EINTR is retried, short reads are
 /// continued, and errors carry the errno and the path. Positional I/O only, so one instance serves many threads.
+///
+/// A `ReadOnlyFile` may be a *window*: a byte range `[window.offset, window.offset + window.length)` of a larger
+/// file (a member of an OVA/tar archive), read as if it were the whole file. All offsets are then relative to the
+/// window, `size` is the window's length, reads stop at its end and SEEK_DATA/SEEK_HOLE answers are clipped to it,
+/// so a format reader opens an archive member exactly as it opens a plain file.
 public final class ReadOnlyFile: Sendable {
-    /// The path the file was opened with.
+    /// The path the file was opened with; for a window, `archive/member` (a name for messages and format hints,
+    /// not itself openable; see `openedPath`).
     public let path: String
-    /// The file descriptor (owned; closed on deinit).
+    /// The path that was actually opened (the archive, for a window).
+    public let openedPath: String
+    /// The file descriptor (owned; closed on deinit). Code that uses it directly must add `windowOffset`.
     public let descriptor: Int32
-    /// Size in bytes at open time.
+    /// Size in bytes at open time (the window's length, for a window).
     public let size: UInt64
-    /// Bytes allocated on disk at open time (`st_blocks * 512`).
+    /// Bytes allocated on disk at open time (`st_blocks * 512`; for a window, at most its length).
     public let allocatedSize: UInt64
     /// Device and inode, to recognise the same file reached through two names (chain loops).
     public let identity: FileIdentity
+    /// Where the window starts in the underlying file (0 for a whole file).
+    public let windowOffset: UInt64
+    /// True when this is a window onto part of a larger file.
+    public let isWindow: Bool
 
     /// Opens `path` read-only. Fails with `notFound` when it does not exist and `invalidArgument` when it is
     /// not a regular file or block device.
@@ -46,10 +58,51 @@ public final class ReadOnlyFile: Sendable {
             size = end > 0 ? UInt64(end) : 0
         }
         self.path = path
+        self.openedPath = path
         self.descriptor = fd
         self.size = size
         self.allocatedSize = UInt64(max(0, st.st_blocks)) * 512
         self.identity = FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+        self.windowOffset = 0
+        self.isWindow = false
+    }
+
+    /// Opens the byte range `window` of the file at `path` as if it were a whole file (see the type's notes).
+    /// Fails with `truncated` when the window reaches past the end of the file.
+    public convenience init(path: String, window: FileWindow) throws {
+        let whole = try ReadOnlyFile(path: path)
+        try self.init(windowOf: whole, window)
+    }
+
+    /// A new, independent `ReadOnlyFile` (its own descriptor) reading only `window` of this file; offsets in
+    /// `window` are relative to this file (windows nest). Fails with `truncated` when the window reaches past
+    /// this file's end.
+    public func window(_ window: FileWindow) throws -> ReadOnlyFile {
+        try ReadOnlyFile(windowOf: self, window)
+    }
+
+    private init(windowOf whole: ReadOnlyFile, _ window: FileWindow) throws {
+        let (end, overflow) = window.offset.addingReportingOverflow(window.length)
+        if overflow || end > whole.size {
+            throw KDCTError(.truncated,
+                            "\(window.name) needs bytes \(window.offset)..<\(overflow ? UInt64.max : end) but the file is \(whole.size) bytes long",
+                            file: whole.path, field: window.name)
+        }
+        let (base, baseOverflow) = whole.windowOffset.addingReportingOverflow(window.offset)
+        if baseOverflow || base > UInt64(Int64.max) {
+            throw KDCTError(.invalidArgument, "window offset \(window.offset) is out of range", file: whole.path)
+        }
+        var fd: Int32
+        repeat { fd = fcntl(whole.descriptor, F_DUPFD_CLOEXEC, Int32(0)) } while fd < 0 && errno == EINTR
+        guard fd >= 0 else { throw KDCTError.io("dup", errno: errno, file: whole.path) }
+        self.path = whole.path + "/" + window.name
+        self.openedPath = whole.openedPath
+        self.descriptor = fd
+        self.size = window.length
+        self.allocatedSize = min(whole.allocatedSize, window.length)
+        self.identity = whole.identity
+        self.windowOffset = base
+        self.isWindow = true
     }
 
     deinit { close(descriptor) }
@@ -64,13 +117,20 @@ public final class ReadOnlyFile: Sendable {
         }
     }
 
-    /// Reads up to `buffer.count` bytes at `offset`, stopping early only at end of file; returns the count read.
+    /// Reads up to `buffer.count` bytes at `offset`, stopping early only at end of file (or of the window);
+    /// returns the count read.
     public func readAvailable(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
-        guard offset <= UInt64(Int64.max) else { return 0 }
+        var wanted = buffer.count
+        if isWindow {
+            guard offset < size else { return 0 }
+            wanted = Int(min(UInt64(wanted), size - offset))
+        }
+        let (absolute, overflow) = offset.addingReportingOverflow(windowOffset)
+        guard !overflow, absolute <= UInt64(Int64.max) - UInt64(wanted) else { return 0 }
         var done = 0
-        while done < buffer.count {
-            let n = pread(descriptor, base + done, buffer.count - done, off_t(offset) + off_t(done))
+        while done < wanted {
+            let n = pread(descriptor, base + done, wanted - done, off_t(absolute) + off_t(done))
             if n < 0 {
                 if errno == EINTR { continue }
                 throw KDCTError.io("pread at offset \(offset + UInt64(done))", errno: errno, file: path)
@@ -89,28 +149,49 @@ public final class ReadOnlyFile: Sendable {
     }
 
     /// The first offset at or after `offset` holding data (SEEK_DATA), or nil when only a hole follows.
-    /// Filesystems without hole support report the whole file as data.
+    /// Filesystems without hole support report the whole file as data. For a window, offsets are relative to it
+    /// and answers past its end are clipped.
     public func nextData(from offset: UInt64) throws -> UInt64? {
         if offset >= size { return nil }
-        let r = kdct_seek_data(descriptor, off_t(offset))
+        let r = kdct_seek_data(descriptor, off_t(windowOffset + offset))
         if r < 0 {
             if errno == ENXIO { return nil }
             if errno == EINVAL || errno == EOPNOTSUPP { return offset }
             throw KDCTError.io("lseek(SEEK_DATA) at \(offset)", errno: errno, file: path)
         }
-        return UInt64(r)
+        let relative = UInt64(r) - min(UInt64(r), windowOffset)
+        return relative < size ? max(relative, offset) : nil
     }
 
     /// The first offset at or after `offset` in a hole (SEEK_HOLE); the file size when data runs to the end.
+    /// For a window, offsets are relative to it and the end of the window counts as a hole.
     public func nextHole(from offset: UInt64) throws -> UInt64 {
         if offset >= size { return size }
-        let r = kdct_seek_hole(descriptor, off_t(offset))
+        let r = kdct_seek_hole(descriptor, off_t(windowOffset + offset))
         if r < 0 {
             if errno == ENXIO { return size }
             if errno == EINVAL || errno == EOPNOTSUPP { return size }
             throw KDCTError.io("lseek(SEEK_HOLE) at \(offset)", errno: errno, file: path)
         }
-        return min(UInt64(r), size)
+        let relative = UInt64(r) - min(UInt64(r), windowOffset)
+        return min(max(relative, offset), size)
+    }
+}
+
+/// A byte range of a file read as a file of its own (a member of a tar archive): see `ReadOnlyFile`.
+public struct FileWindow: Sendable, Equatable {
+    /// Where the range starts in the file.
+    public var offset: UInt64
+    /// How many bytes it holds.
+    public var length: UInt64
+    /// What the range is (a member name), appended to the file's path in messages: `vm.ova/disk1.vmdk`.
+    public var name: String
+
+    /// A window of `length` bytes at `offset`, called `name`.
+    public init(offset: UInt64, length: UInt64, name: String) {
+        self.offset = offset
+        self.length = length
+        self.name = name
     }
 }
 

@@ -11,8 +11,8 @@ enum FormatRegistry {
         case .qed: return QEDImage.open
         case .vdi: return VDIImage.open
         case .vmdk: return VMDKImage.open
-        case .vhd: return nil
-        case .vhdx: return nil
+        case .vhd: return VHDImage.open
+        case .vhdx: return VHDXImage.open
         }
     }
 }

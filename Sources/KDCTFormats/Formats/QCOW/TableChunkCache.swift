@@ -21,11 +21,7 @@ final class TableChunkCache: @unchecked Sendable {
     let tableBytes: Int
     /// Entries per chunk (a power of two dividing the table's entry count).
     let chunkEntries: Int
-    private let capacity: Int
-    private let lock = ConditionLock()
-    private var chunks: [UInt64: [UInt64]] = [:]
-    private var order: [UInt64] = []
-    private var nextVictim = 0
+    private let chunks: BoundedCache<UInt64, [UInt64]>
 
     /// A cache for tables of `tableBytes` bytes (a power of two, at least 8) in `file`, holding at most
     /// `cacheBytes` of entries (at least one chunk).
@@ -36,7 +32,7 @@ final class TableChunkCache: @unchecked Sendable {
         self.tableBytes = tableBytes
         let chunkBytes = min(tableBytes, TableChunkCache.maxChunkBytes)
         chunkEntries = chunkBytes / 8
-        capacity = max(1, Int(min(cacheBytes / UInt64(chunkBytes), 1 << 20)))
+        chunks = BoundedCache(capacity: Int(min(cacheBytes / UInt64(chunkBytes), 1 << 20)))
     }
 
     /// The chunk of the table at file offset `tableOffset` that holds entry `index`, and the table index of the
@@ -44,21 +40,10 @@ final class TableChunkCache: @unchecked Sendable {
     func chunk(tableOffset: UInt64, index: Int) throws -> (entries: [UInt64], firstIndex: Int) {
         let firstIndex = index - index % chunkEntries
         let key = tableOffset + UInt64(firstIndex) * 8
-        if let cached = lock.withLock({ chunks[key] }) { return (cached, firstIndex) }
-        let bytes = try file.readBytes(count: chunkEntries * 8, at: key,
-                                       what: "\(tableName) at file offset \(tableOffset)")
-        let entries = byteOrder == .bigEndian ? TableDecoding.uint64BigEndian(bytes)
-                                              : TableDecoding.uint64LittleEndian(bytes)
-        lock.withLock {
-            if chunks[key] != nil { return }
-            if order.count < capacity {
-                order.append(key)
-            } else {
-                chunks[order[nextVictim]] = nil
-                order[nextVictim] = key
-                nextVictim = (nextVictim + 1) % capacity
-            }
-            chunks[key] = entries
+        let entries = try chunks.value(for: key) {
+            let bytes = try file.readBytes(count: chunkEntries * 8, at: key,
+                                           what: "\(tableName) at file offset \(tableOffset)")
+            return byteOrder == .bigEndian ? TableDecoding.uint64BigEndian(bytes) : TableDecoding.uint64LittleEndian(bytes)
         }
         return (entries, firstIndex)
     }

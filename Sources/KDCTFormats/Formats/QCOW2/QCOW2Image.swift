@@ -14,7 +14,7 @@ public final class QCOW2Image: BlockDevice {
     /// Internal snapshots (listed only).
     public let snapshots: [QCOW2Snapshot]
     private let l1: [UInt64]
-    private let l2Cache: TableCache
+    private let l2Cache: BoundedCache<UInt64, [UInt64]>
     private let references: [ImageReference]
 
     /// Registry entry point: opens the image and, when it has a backing file, the chain below it.
@@ -51,7 +51,7 @@ public final class QCOW2Image: BlockDevice {
             snapshots = []
         }
         let cacheEntries = max(16, Int(limits.maxTableCacheBytes / header.clusterSize))
-        l2Cache = TableCache(capacity: cacheEntries)
+        l2Cache = BoundedCache(capacity: cacheEntries)
         references = backingFileName.map { [ImageReference(kind: .backingFile, name: $0)] } ?? []
     }
 
@@ -137,7 +137,7 @@ public final class QCOW2Image: BlockDevice {
             throw KDCTError.corrupt("L1 entry \(index) points to an L2 table at 0x\(String(offset, radix: 16)) past the end of the file (\(file.size) bytes)",
                                     file: file.path, field: "L1 entry \(index)")
         }
-        return try l2Cache.table(at: offset) {
+        return try l2Cache.value(for: offset) {
             let bytes = try file.readBytes(count: Int(header.clusterSize), at: offset, what: "qcow2 L2 table \(index)")
             return TableDecoding.uint64BigEndian(bytes)
         }
@@ -303,36 +303,5 @@ final class ScratchBuffers: @unchecked Sendable {
             outputBuffer = .allocate(byteCount: count, alignment: 64)
         }
         return UnsafeMutableRawBufferPointer(rebasing: outputBuffer[0..<count])
-    }
-}
-
-/// A bounded, thread-safe cache of decoded metadata tables keyed by file offset (L2 tables, grain tables).
-public final class TableCache: @unchecked Sendable {
-    private let lock = ConditionLock()
-    private var tables: [UInt64: [UInt64]] = [:]
-    private var order: [UInt64] = []
-    private var nextVictim = 0
-    private let capacity: Int
-
-    /// A cache holding at most `capacity` tables.
-    public init(capacity: Int) { self.capacity = max(1, capacity) }
-
-    /// The table at `offset`, loaded with `load` on a miss (outside the lock, so loads run in parallel).
-    public func table(at offset: UInt64, load: () throws -> [UInt64]) throws -> [UInt64] {
-        if let hit = lock.withLock({ tables[offset] }) { return hit }
-        let loaded = try load()
-        lock.withLock {
-            if tables[offset] == nil {
-                if order.count < capacity {
-                    order.append(offset)
-                } else {
-                    tables[order[nextVictim]] = nil
-                    order[nextVictim] = offset
-                    nextVictim = (nextVictim + 1) % capacity
-                }
-                tables[offset] = loaded
-            }
-        }
-        return loaded
     }
 }

@@ -172,11 +172,7 @@ final class VMDKGrainTables: @unchecked Sendable {
     /// Eager mode: slot of each GD entry in `eagerBytes` (-1 when unallocated).
     private let slots: [Int32]
     // Lazy mode.
-    private let lock = ConditionLock()
-    private var cache: [Int: [UInt8]] = [:]
-    private var cacheOrder: [Int] = []
-    private var cacheNext = 0
-    private let cacheCapacity: Int
+    private let cache: BoundedCache<Int, [UInt8]>
 
     /// Reads the grain directory at `layout.directoryOffset` and, when small enough, every grain table.
     init(file: ReadOnlyFile, layout: VMDKSparseLayout, encoding: VMDKGrainEncoding, budget: VMDKTableBudget) throws {
@@ -203,7 +199,7 @@ final class VMDKGrainTables: @unchecked Sendable {
         tableOffsets = offsets
         allocatedTables = allocated
         let tableBytes = layout.tableBytes
-        cacheCapacity = max(1, Int(budget.cacheBytesPerExtent / UInt64(tableBytes)))
+        cache = BoundedCache(capacity: Int(budget.cacheBytesPerExtent / UInt64(tableBytes)))
         let eagerTotal = UInt64(allocated) * UInt64(tableBytes)
         guard budget.takeEager(eagerTotal) else {
             eagerBytes = nil
@@ -252,25 +248,8 @@ final class VMDKGrainTables: @unchecked Sendable {
             let size = layout.tableBytes
             return try eagerBytes.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[(slot * size)..<((slot + 1) * size)])) }
         }
-        let cached = lock.withLock { cache[index] }
-        let table: [UInt8]
-        if let cached {
-            table = cached
-        } else {
-            // Read outside the lock; two threads may load the same table, which is harmless.
-            table = try file.readBytes(count: layout.tableBytes, at: offset, what: "grain table \(index)")
-            lock.withLock {
-                if cache[index] == nil {
-                    if cacheOrder.count < cacheCapacity {
-                        cacheOrder.append(index)
-                    } else {
-                        cache[cacheOrder[cacheNext]] = nil
-                        cacheOrder[cacheNext] = index
-                        cacheNext = (cacheNext + 1) % cacheCapacity
-                    }
-                    cache[index] = table
-                }
-            }
+        let table = try cache.value(for: index) {
+            try file.readBytes(count: layout.tableBytes, at: offset, what: "grain table \(index)")
         }
         return try table.withUnsafeBytes { try body($0) }
     }

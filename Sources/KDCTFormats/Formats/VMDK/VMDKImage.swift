@@ -190,16 +190,17 @@ public final class VMDKImage: BlockDevice {
     /// reserve 20 sectors and leave them zero).
     static func embeddedDescriptor(_ file: ReadOnlyFile, header: VMDKSparseHeader, limits: ImageLimits) throws -> [UInt8]? {
         guard header.descriptorSize > 0 else { return nil }
-        guard header.descriptorSize <= limits.maxDescriptorBytes / 512 else {
-            throw KDCTError.limit("embedded descriptor size", value: header.descriptorSize.multipliedReportingOverflow(by: 512).partialValue,
-                                  limit: limits.maxDescriptorBytes, file: file.path)
-        }
+        // Bounds first: a descriptor that does not fit in the file is corruption, whatever its size.
         let fileSectors = file.size / 512
         guard header.descriptorOffset > 0, header.descriptorOffset <= fileSectors,
               header.descriptorSize <= fileSectors - header.descriptorOffset else {
             throw KDCTError(.corrupt,
                             "the embedded descriptor (\(header.descriptorSize) sectors at sector \(header.descriptorOffset)) lies outside the file (\(fileSectors) sectors)",
                             file: file.path, field: "descriptorOffset")
+        }
+        guard header.descriptorSize <= limits.maxDescriptorBytes / 512 else {
+            throw KDCTError.limit("embedded descriptor size", value: header.descriptorSize.multipliedReportingOverflow(by: 512).partialValue,
+                                  limit: limits.maxDescriptorBytes, file: file.path)
         }
         let bytes = try file.readBytes(count: Int(header.descriptorSize * 512), at: header.descriptorOffset * 512,
                                        what: "embedded descriptor")

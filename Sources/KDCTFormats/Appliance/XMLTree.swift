@@ -1,0 +1,147 @@
+import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+
+/// A small read-only XML element tree built with `XMLParser` (namespace-aware), enough to walk an OVF
+/// descriptor by local names.
+///
+/// Hardening: documents with a DTD (`<!DOCTYPE`, `<!ENTITY`) are refused before parsing, so no external or
+/// recursive entity is ever expanded; depth and element count are bounded.
+public final class XMLTreeElement: @unchecked Sendable {
+    /// Local name (without prefix).
+    public let name: String
+    /// Namespace URI, when the element is in one.
+    public let namespace: String?
+    /// Attributes by qualified name as written (`ovf:id`, `vmw:osType`).
+    public let attributes: [String: String]
+    /// Child elements in document order.
+    public fileprivate(set) var children: [XMLTreeElement] = []
+    /// Concatenated character data directly inside this element.
+    public fileprivate(set) var text: String = ""
+
+    init(name: String, namespace: String?, attributes: [String: String]) {
+        self.name = name
+        self.namespace = namespace
+        self.attributes = attributes
+    }
+
+    /// The attribute whose local name (after any prefix) is `localName`; a prefixed one is preferred over an
+    /// unprefixed one when both exist, and `prefix` (e.g. `vmw`) picks among several prefixes.
+    public func attribute(_ localName: String, prefix: String? = nil) -> String? {
+        if let prefix, let value = attributes[prefix + ":" + localName] { return value }
+        if prefix != nil { return nil }
+        if let value = attributes.first(where: { $0.key.hasSuffix(":" + localName) })?.value { return value }
+        return attributes[localName]
+    }
+
+    /// Direct children called `localName`.
+    public func children(_ localName: String) -> [XMLTreeElement] {
+        children.filter { $0.name == localName }
+    }
+
+    /// The first direct child called `localName`.
+    public func child(_ localName: String) -> XMLTreeElement? {
+        children.first { $0.name == localName }
+    }
+
+    /// Trimmed text of the first direct child called `localName`.
+    public func childText(_ localName: String) -> String? {
+        child(localName).map { $0.trimmedText }
+    }
+
+    /// Every descendant called `localName`, depth first.
+    public func descendants(_ localName: String) -> [XMLTreeElement] {
+        var found: [XMLTreeElement] = []
+        var stack: [XMLTreeElement] = children.reversed()
+        while let element = stack.popLast() {
+            if element.name == localName { found.append(element) }
+            stack.append(contentsOf: element.children.reversed())
+        }
+        return found
+    }
+
+    /// Text without surrounding white space.
+    public var trimmedText: String { text.trimmingCharacters(in: .whitespacesAndNewlines) }
+}
+
+/// Parses XML bytes into an `XMLTreeElement` tree.
+public enum XMLTree {
+    /// Deepest nesting accepted.
+    public static let maxDepth = 64
+    /// Most elements accepted.
+    public static let maxElements = 200_000
+
+    /// Parses `bytes` (a descriptor read from `file`); throws `invalidFormat` naming the line on malformed XML.
+    public static func parse(_ bytes: [UInt8], file: String? = nil) throws -> XMLTreeElement {
+        if containsDTD(bytes) {
+            throw KDCTError(.unsupported, "the XML holds a DTD (<!DOCTYPE or <!ENTITY); refused so no entity is expanded",
+                            file: file, field: "DOCTYPE")
+        }
+        let parser = XMLParser(data: Data(bytes))
+        parser.shouldProcessNamespaces = true
+        parser.shouldReportNamespacePrefixes = false
+        parser.shouldResolveExternalEntities = false
+        let builder = Builder()
+        parser.delegate = builder
+        let ok = parser.parse()
+        if let limitError = builder.limitError { throw limitError.inFile(file ?? "") }
+        guard ok, let root = builder.root else {
+            let line = parser.lineNumber
+            let reason = parser.parserError.map { "\($0.localizedDescription)" } ?? "no root element"
+            throw KDCTError(.invalidFormat, "not well-formed XML near line \(line): \(reason)", file: file, field: "XML")
+        }
+        return root
+    }
+
+    /// True when the bytes declare a DTD or entities. Checked on the raw bytes with NULs dropped and ASCII
+    /// upper-cased, so neither a UTF-16 encoding nor letter case hides one.
+    static func containsDTD(_ bytes: [UInt8]) -> Bool {
+        let folded = bytes.lazy.filter { $0 != 0 }.map { $0 >= 0x61 && $0 <= 0x7A ? $0 - 0x20 : $0 }
+        let text = Array(folded)
+        for pattern in [Array("<!DOCTYPE".utf8), Array("<!ENTITY".utf8)] where text.count >= pattern.count {
+            for index in 0...(text.count - pattern.count) where text[index] == pattern[0] {
+                if text[index..<(index + pattern.count)].elementsEqual(pattern) { return true }
+            }
+        }
+        return false
+    }
+
+    private final class Builder: NSObject, XMLParserDelegate {
+        var root: XMLTreeElement?
+        var stack: [XMLTreeElement] = []
+        var count = 0
+        var limitError: KDCTError?
+
+        func parser(_ parser: XMLParser, didStartElement elementName: String, namespaceURI: String?,
+                    qualifiedName qName: String?, attributes attributeDict: [String: String] = [:]) {
+            count += 1
+            if stack.count >= XMLTree.maxDepth || count > XMLTree.maxElements {
+                limitError = stack.count >= XMLTree.maxDepth
+                    ? KDCTError.limit("XML nesting depth", value: UInt64(stack.count + 1), limit: UInt64(XMLTree.maxDepth))
+                    : KDCTError.limit("XML element count", value: UInt64(count), limit: UInt64(XMLTree.maxElements))
+                parser.abortParsing()
+                return
+            }
+            var local = elementName
+            if let colon = local.lastIndex(of: ":") { local = String(local[local.index(after: colon)...]) }
+            let element = XMLTreeElement(name: local, namespace: namespaceURI?.isEmpty == false ? namespaceURI : nil,
+                                     attributes: attributeDict)
+            if let parent = stack.last { parent.children.append(element) } else if root == nil { root = element }
+            stack.append(element)
+        }
+
+        func parser(_ parser: XMLParser, didEndElement elementName: String, namespaceURI: String?,
+                    qualifiedName qName: String?) {
+            _ = stack.popLast()
+        }
+
+        func parser(_ parser: XMLParser, foundCharacters string: String) {
+            stack.last?.text += string
+        }
+
+        func parser(_ parser: XMLParser, foundCDATA CDATABlock: Data) {
+            stack.last?.text += String(decoding: CDATABlock, as: UTF8.self)
+        }
+    }
+}
