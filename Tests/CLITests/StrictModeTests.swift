@@ -27,8 +27,8 @@ import Testing
         }
     }
 
-    /// `info --untrusted` interprets only metadata: apart from the probe (the first 64 KiB and the last 512/511
-    /// bytes, looked at for signatures only), no read of the image touches a host range that holds guest data.
+    /// `info --untrusted` interprets only metadata: apart from the probes (reads at offset 0 of at most 64 KiB and
+    /// the last 512/511 bytes, looked at for signatures only), no read of the image touches a host range that holds guest data.
     @Test(arguments: ["qcow2", "qcow", "qed", "vdi", "vmdk"])
     func infoReadsOnlyMetadata(_ format: String) throws {
         let directory = try TemporaryDirectory("kdct-strict")
@@ -56,7 +56,8 @@ import Testing
                 Issue.record("cannot parse \(line)")
                 continue
             }
-            let isProbe = (offset == 0 && count == UInt64(FormatProbe.headSize))
+            // Probes: the format probe's 64 KiB and the CLI's appliance check (4 KiB) at offset 0, and the tail.
+            let isProbe = (offset == 0 && count <= UInt64(FormatProbe.headSize))
                 || (count == 512 && offset == size - 512) || (count == 511 && offset == size - 511)
             if isProbe { continue }
             let read = offset..<(offset + count)
@@ -123,5 +124,22 @@ import Testing
         try ImageBytes.patch(raw, at: 0x8001, Array("CD001".utf8))
         let result = try ConfinedCLI.run(["convert", "--untrusted", raw, directory.file("out.qcow2")])
         #expect(result.status == 0, "\(result.stderr)")
+    }
+
+    /// Strict mode reaches the disks inside an OVA: a polyglot disk member (a qcow2 with a VHD footer) is refused
+    /// with --untrusted and converts without it.
+    @Test func strictModeAppliesToApplianceDisks() throws {
+        let directory = try TemporaryDirectory("kdct-strict")
+        let disk = try HostileBase.image(directory, "disk.qcow2", format: "qcow2")
+        try ImageBytes.append(disk, Array("conectix".utf8) + [UInt8](repeating: 0, count: 504))
+        let ova = try ApplianceBuilder(dir: directory).ova(disks: [disk], uris: [nil], manifest: .none)
+        let before = try FileFingerprint(ova)
+        let strict = try ConfinedCLI.run(["convert", "--untrusted", ova, directory.file("strict-out")])
+        #expect(strict.status == 1, "\(strict.stdout) \(strict.stderr)")
+        #expect(strict.stderr.contains("more than one format"), "\(strict.stderr)")
+        #expect(strict.stderr.split(separator: "\n").count == 1, "\(strict.stderr)")
+        let relaxed = try ConfinedCLI.run(["convert", ova, directory.file("out")])
+        #expect(relaxed.status == 0, "\(relaxed.stderr)")
+        #expect(try FileFingerprint(ova) == before)
     }
 }
