@@ -112,6 +112,85 @@ enum HostileLayout {
         throw KDCTError(.notFound, "no grain marker in \(path)")
     }
 
+    /// File offset of a dynamic VHD's dynamic header (the footer copy's data offset).
+    static func vhdDynamicHeader(_ path: String) throws -> Int {
+        Int(try ImageBytes.bigEndian(path, at: 16, width: 8))
+    }
+
+    /// The VHD checksum: one's complement of the byte sum with the checksum field (at `field`) taken as zero.
+    static func vhdChecksum(_ bytes: [UInt8], field: Int) -> UInt32 {
+        var sum: UInt32 = 0
+        for (index, byte) in bytes.enumerated() where !(field..<(field + 4)).contains(index) { sum &+= UInt32(byte) }
+        return ~sum
+    }
+
+    /// Applies `change` to both footers of a dynamic VHD (the copy at 0 and the one at the end) with valid checksums.
+    static func patchVHDFooters(_ path: String, _ change: (inout [UInt8]) -> Void) throws {
+        let bytes = try ImageBytes.read(path)
+        for offset in [0, bytes.count - 512] {
+            var footer = Array(bytes[offset..<(offset + 512)])
+            change(&footer)
+            footer.replaceSubrange(64..<68, with: ImageBytes.be32(vhdChecksum(footer, field: 64)))
+            try ImageBytes.patch(path, at: offset, footer)
+        }
+    }
+
+    /// Turns a dynamic VHD into a differencing disk whose parent is `parent` (unicode name and a W2ku locator).
+    static func makeVHDDifferencing(_ path: String, parent: String) throws {
+        try patchVHDFooters(path) { $0.replaceSubrange(60..<64, with: ImageBytes.be32(4)) }
+        let headerOffset = try vhdDynamicHeader(path)
+        var header = Array(try ImageBytes.read(path)[headerOffset..<(headerOffset + 1024)])
+        let name = Array(parent.utf16).flatMap { [UInt8($0 >> 8), UInt8($0 & 0xFF)] }
+        header.replaceSubrange(64..<(64 + name.count), with: name)
+        // Locator data: a sector inserted before the footer at the end of the file.
+        var bytes = try ImageBytes.read(path)
+        let dataOffset = UInt64(bytes.count - 512)
+        let little = Array(parent.utf16).flatMap { [UInt8($0 & 0xFF), UInt8($0 >> 8)] }
+        precondition(little.count <= 512)
+        let locator = Array("W2ku".utf8) + ImageBytes.be32(512) + ImageBytes.be32(UInt32(little.count)) + ImageBytes.be32(0)
+            + ImageBytes.be64(dataOffset)
+        header.replaceSubrange(576..<600, with: locator)
+        header.replaceSubrange(36..<40, with: ImageBytes.be32(vhdChecksum(header, field: 36)))
+        bytes.replaceSubrange(headerOffset..<(headerOffset + 1024), with: header)
+        let footer = Array(bytes.suffix(512))
+        bytes.removeLast(512)
+        bytes += little + [UInt8](repeating: 0, count: 512 - little.count) + footer
+        try ImageBytes.write(bytes, to: path)
+    }
+
+    /// VHDX region GUIDs as stored (little-endian first three fields).
+    static let vhdxBATRegion: [UInt8] = [0x66, 0x77, 0xC2, 0x2D, 0x23, 0xF6, 0x00, 0x42, 0x9D, 0x64, 0x11, 0x5E, 0x9B, 0xFD, 0x4A, 0x08]
+    static let vhdxMetadataRegion: [UInt8] = [0x06, 0xA2, 0x7C, 0x8B, 0x90, 0x47, 0x9A, 0x4B, 0xB8, 0xFE, 0x57, 0x5F, 0x05, 0x0F, 0x88, 0x6E]
+    static let vhdxFileParametersItem: [UInt8] = [0x37, 0x67, 0xA1, 0xCA, 0x36, 0xFA, 0x43, 0x4D, 0xB3, 0xB6, 0x33, 0xF0, 0xAA, 0x44, 0xE7, 0x6B]
+
+    /// File offset of the VHDX region with `guid`, from the first region table (at 192 KiB).
+    static func vhdxRegion(_ path: String, guid: [UInt8]) throws -> Int {
+        let bytes = try ImageBytes.read(path)
+        let table = 0x30000
+        let count = Int(try ImageBytes.littleEndian(path, at: table + 8, width: 4))
+        for index in 0..<count {
+            let entry = table + 16 + 32 * index
+            if Array(bytes[entry..<(entry + 16)]) == guid {
+                return Int(try ImageBytes.littleEndian(path, at: entry + 16, width: 8))
+            }
+        }
+        throw KDCTError(.notFound, "no region \(guid) in \(path)")
+    }
+
+    /// File offset of the VHDX file parameters item (block size first).
+    static func vhdxFileParameters(_ path: String) throws -> Int {
+        let metadata = try vhdxRegion(path, guid: vhdxMetadataRegion)
+        let bytes = try ImageBytes.read(path)
+        let count = Int(try ImageBytes.littleEndian(path, at: metadata + 10, width: 2))
+        for index in 0..<count {
+            let entry = metadata + 32 + 32 * index
+            if Array(bytes[entry..<(entry + 16)]) == vhdxFileParametersItem {
+                return metadata + Int(try ImageBytes.littleEndian(path, at: entry + 16, width: 4))
+            }
+        }
+        throw KDCTError(.notFound, "no file parameters item in \(path)")
+    }
+
     /// Rewrites the embedded descriptor of a hosted sparse VMDK with `transform` (the area keeps its size).
     static func rewriteEmbeddedDescriptor(_ path: String, _ transform: (String) -> String) throws {
         let offset = Int(try ImageBytes.littleEndian(path, at: 28, width: 8)) * 512
@@ -133,7 +212,8 @@ enum HostileLayout {
     typealias L = HostileLayout
     typealias P = ImageBytes
 
-    static let cases: [HostileCase] = qcow2Cases + qcowCases + qedCases + vdiCases + vmdkCases + rawCases + polyglotCases
+    static let cases: [HostileCase] = qcow2Cases + qcowCases + qedCases + vdiCases + vmdkCases + vhdCases + vhdxCases + rawCases
+        + polyglotCases
 
     // MARK: QCOW2
 
@@ -531,6 +611,77 @@ enum HostileLayout {
 
         """
     }
+
+    // MARK: VHD
+
+    static let vhdCases: [HostileCase] = [
+        HostileCase(description: "CVE-2014-0142 vhd block size 0", expected: ["block size"]) { d in
+            let path = try B.image(d, "disk.vhd", format: "vpc", options: "subformat=dynamic")
+            try P.patch(path, at: try L.vhdDynamicHeader(path) + 32, P.be32(0))
+            return path
+        },
+        HostileCase(description: "CVE-2014-0143 vhd max table entries 0x40000000", expected: ["max table entries", "limit"]) { d in
+            let path = try B.image(d, "disk.vhd", format: "vpc", options: "subformat=dynamic")
+            try P.patch(path, at: try L.vhdDynamicHeader(path) + 28, P.be32(0x4000_0000))
+            return path
+        },
+        HostileCase(description: "CVE-2014-0143 vhd current size 2^62", expected: ["limit"]) { d in
+            let path = try B.image(d, "disk.vhd", format: "vpc", options: "subformat=dynamic,force_size=on")
+            try L.patchVHDFooters(path) { footer in footer.replaceSubrange(48..<56, with: P.be64(1 << 62)) }
+            return path
+        },
+        HostileCase(description: "CVE-2014-0144 vhd BAT offset past end of file", expected: ["table offset"]) { d in
+            let path = try B.image(d, "disk.vhd", format: "vpc", options: "subformat=dynamic")
+            try P.patch(path, at: try L.vhdDynamicHeader(path) + 16, P.be64(1 << 40))
+            return path
+        },
+        HostileCase(description: "vhd BAT entry past end of file", expected: ["BAT entry 0", "past the end"]) { d in
+            let path = try B.image(d, "disk.vhd", format: "vpc", options: "subformat=dynamic")
+            let table = Int(try P.bigEndian(path, at: try L.vhdDynamicHeader(path) + 16, width: 8))
+            try P.patch(path, at: table, P.be32(0x7FFF_0000))
+            return path
+        },
+        HostileCase(description: "vhd dynamic header checksum", expected: ["checksum"]) { d in
+            let path = try B.image(d, "disk.vhd", format: "vpc", options: "subformat=dynamic")
+            try P.patch(path, at: try L.vhdDynamicHeader(path) + 1000, [0x01])
+            return path
+        },
+        HostileCase(description: "CVE-2024-32498 vhd differencing disk naming a host file, strict mode",
+                    arguments: ["--untrusted"], expected: ["parent", "strict mode"],
+                    info: .reportsReference("secret.vhd")) { d in
+            let path = try B.image(d, "disk.vhd", format: "vpc", options: "subformat=dynamic")
+            try L.makeVHDDifferencing(path, parent: try B.secret(d).replacingOccurrences(of: ".raw", with: ".vhd"))
+            return path
+        },
+        HostileCase(description: "CVE-2024-32498 vhd differencing disk naming a host file", expected: ["parent", "absolute"],
+                    info: .reportsReference("secret.vhd")) { d in
+            let path = try B.image(d, "disk.vhd", format: "vpc", options: "subformat=dynamic")
+            try L.makeVHDDifferencing(path, parent: try B.secret(d).replacingOccurrences(of: ".raw", with: ".vhd"))
+            return path
+        },
+    ]
+
+    // MARK: VHDX
+
+    static let vhdxCases: [HostileCase] = [
+        // CVE-2014-0148: VHDX block size 0 (division by zero) and unchecked metadata.
+        HostileCase(description: "CVE-2014-0148 vhdx block size 0", expected: ["block size"]) { d in
+            let path = try B.image(d, "disk.vhdx", format: "vhdx", options: "block_size=1M")
+            try P.patch(path, at: try L.vhdxFileParameters(path), P.le32(0))
+            return path
+        },
+        HostileCase(description: "CVE-2014-0148 vhdx region table checksum", expected: ["region table checksum"]) { d in
+            let path = try B.image(d, "disk.vhdx", format: "vhdx", options: "block_size=1M")
+            try P.patch(path, at: 0x30000 + 8, P.le32(0x7FFF))
+            try P.patch(path, at: 0x40000 + 8, P.le32(0x7FFF))
+            return path
+        },
+        HostileCase(description: "vhdx BAT entry past end of file", expected: ["BAT entry 0"]) { d in
+            let path = try B.image(d, "disk.vhdx", format: "vhdx", options: "block_size=1M")
+            try P.patch(path, at: try L.vhdxRegion(path, guid: L.vhdxBATRegion), P.le64(0xFFFFF << 20 | 6))
+            return path
+        },
+    ]
 
     // MARK: RAW and guest-written headers
 
