@@ -21,13 +21,14 @@ import Testing
             process.executableURL = URL(fileURLWithPath: CLI.binary)
             process.arguments = ["convert", "-m", "1"] + arguments + [source, destination]
             try process.run()
-            // Wait until the temporary output exists and has bytes: the conversion is then part-way.
+            // Wait (up to a minute, for a loaded machine) until the temporary output exists with a size: the
+            // conversion is then part-way (a raw output is sized first, a qcow2 one grows as data streams).
             var temporary: String?
-            for _ in 0..<4000 {
+            for _ in 0..<30_000 {
                 let listing = directoryListing(directory.path)
                 if let part = listing.first(where: { $0.hasPrefix(".\(name).kdct-") && $0.hasSuffix(".part") }) {
                     var st = stat()
-                    if stat(directory.file(part), &st) == 0, st.st_blocks > 0 {
+                    if stat(directory.file(part), &st) == 0, st.st_blocks > 0 || st.st_size > 0 {
                         temporary = part
                         break
                     }
