@@ -16,8 +16,21 @@ import Testing
         try ImageBytes.write(bytes, to: path)
     }
 
-    /// Host byte ranges holding guest data, from qemu-img map (the oracle).
+    /// Host byte ranges holding guest data, from qemu-img map (the oracle); for VHDX, whose map qemu gives without
+    /// offsets, from the BAT's fully-present payload entries read directly (no differencing disk here, so no
+    /// sector bitmap entries).
     static func dataRanges(_ path: String, format: String) throws -> [Range<UInt64>] {
+        if format == "vhdx" {
+            let blockSize = try ImageBytes.littleEndian(path, at: try HostileLayout.vhdxFileParameters(path), width: 4)
+            let bat = try HostileLayout.vhdxRegion(path, guid: HostileLayout.vhdxBATRegion)
+            var ranges: [Range<UInt64>] = []
+            for index in 0..<64 {
+                let entry = try ImageBytes.littleEndian(path, at: bat + 8 * index, width: 8)
+                let offset = (entry >> 20) << 20
+                if entry & 7 == 6 { ranges.append(offset..<(offset + blockSize)) }
+            }
+            return ranges
+        }
         let map = try qemuImg("map", "--output=json", "-f", format, path)
         let entries = try JSONSerialization.jsonObject(with: Data(map.stdout.utf8)) as? [[String: Any]] ?? []
         return entries.compactMap { entry in
@@ -29,12 +42,12 @@ import Testing
 
     /// `info --untrusted` interprets only metadata: apart from the probes (reads at offset 0 of at most 64 KiB and
     /// the last 512/511 bytes, looked at for signatures only), no read of the image touches a host range that holds guest data.
-    @Test(arguments: ["qcow2", "qcow", "qed", "vdi", "vmdk"])
+    @Test(arguments: ["qcow2", "qcow", "qed", "vdi", "vmdk", "vpc", "vhdx"])
     func infoReadsOnlyMetadata(_ format: String) throws {
         let directory = try TemporaryDirectory("kdct-strict")
         let raw = directory.file("guest.raw")
         try Self.writeGuest(raw)
-        let image = directory.file("disk.\(format)")
+        let image = directory.file("disk.\(format == "vpc" ? "vhd" : format)")
         try qemuImg("convert", "-f", "raw", "-O", format, raw, image)
         let data = try Self.dataRanges(image, format: format)
         #expect(!data.isEmpty)
