@@ -830,3 +830,47 @@ extension HostileCase {
         return copy
     }
 }
+
+/// Hostile appliances (OVA/OVF): descriptors are XML parsed by Foundation's XMLParser, which the OVA fuzz harness
+/// crashed (the process died) with an element name that is not valid UTF-8.
+@Suite struct HostileApplianceTests {
+    /// An OVF descriptor whose root element name holds bytes that are not UTF-8 (the fuzzer's finding, reduced).
+    static func invalidUTF8Descriptor(_ directory: TemporaryDirectory) throws -> [UInt8] {
+        let disk = try HostileBase.image(directory, "disk1.vmdk", format: "vmdk", options: "subformat=streamOptimized")
+        let text = ApplianceBuilder(dir: directory).descriptor(disks: [(FilePaths.lastComponent(of: disk), HostileBase.guestSize, nil, nil)])
+        var bytes = Array(text.utf8)
+        guard let root = text.range(of: "<Envelope") else { throw KDCTError(.notFound, "no Envelope") }
+        let index = text.utf8.distance(from: text.utf8.startIndex, to: root.lowerBound) + 6
+        bytes.insert(contentsOf: [UInt8](repeating: 0xFD, count: 40), at: index)
+        return bytes
+    }
+
+    @Test(arguments: ["ovf", "ova"])
+    func invalidUTF8DescriptorIsAnErrorNotACrash(_ container: String) throws {
+        let directory = try TemporaryDirectory("kdct-hostile")
+        let descriptor = try Self.invalidUTF8Descriptor(directory)
+        let input: String
+        if container == "ovf" {
+            input = directory.file("vm.ovf")
+            try ImageBytes.write(descriptor, to: input)
+        } else {
+            let stage = directory.file("stage")
+            try FileManager.default.createDirectory(atPath: stage, withIntermediateDirectories: true)
+            try ImageBytes.write(descriptor, to: stage + "/vm.ovf")
+            try FileManager.default.copyItem(atPath: directory.file("disk1.vmdk"), toPath: stage + "/disk1.vmdk")
+            input = directory.file("vm.ova")
+            let tar = try runProcess(["tar", "--format=ustar", "-cf", input, "-C", stage, "vm.ovf", "disk1.vmdk"])
+            #expect(tar.status == 0, "\(tar.stderr)")
+        }
+        let before = try FileFingerprint(input)
+        for command in [["info", input], ["convert", input, directory.file("out")], ["info", "--untrusted", input]] {
+            let result = try ConfinedCLI.run(command)
+            #expect(result.status == 1, "\(command): status \(result.status) \(result.stderr)")
+            #expect(result.stderr.split(separator: "\n").count == 1, "\(command): \(result.stderr)")
+            #expect(result.stderr.contains(FilePaths.lastComponent(of: input)) && result.stderr.contains("UTF-8"),
+                    "\(command): \(result.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: directory.file("out")))
+        #expect(try FileFingerprint(input) == before)
+    }
+}
