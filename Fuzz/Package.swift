@@ -3,7 +3,7 @@
 // -sanitize=fuzzer,address; the root package's `swift build` / `swift test` never see this package.
 import PackageDescription
 
-let formats = ["raw", "qcow2", "qcow", "qed", "vdi", "vmdk", "vhd", "vhdx"]
+let formats = ["raw", "qcow2", "qcow", "qed", "vdi", "vmdk", "vhd", "vhdx", "ova"]
 
 let package = Package(
     name: "kdct-fuzz",

@@ -5,7 +5,7 @@
 # Needs qemu-img, qemu-io and python3. The run script adds Fixtures/images (truncated by -max_len) as extra seeds.
 set -euo pipefail
 cd "$(dirname "$0")"
-rm -rf seeds && mkdir -p seeds/{raw,qcow2,qcow,qed,vdi,vmdk,vhd,vhdx}
+rm -rf seeds && mkdir -p seeds/{raw,qcow2,qcow,qed,vdi,vmdk,vhd,vhdx,ova}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -124,6 +124,41 @@ import sys
 data = open(sys.argv[1], "rb").read()
 open(sys.argv[2], "wb").write(data[:0x40000])
 PY
+
+# OVA: a tar of a small OVF descriptor, its manifest and a tiny streamOptimized disk; the bare OVF too.
+make_ova() {
+    local disk=$1 format=$2 out=$3 stage
+    stage=$(mktemp -d -p "$work")
+    cp "$disk" "$stage/disk1.$format"
+    local capacity=65536 size
+    size=$(stat -c %s "$disk")
+    cat > "$stage/vm.ovf" <<XML
+<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData">
+  <References><File ovf:href="disk1.$format" ovf:id="file1" ovf:size="$size"/></References>
+  <DiskSection><Info>disks</Info><Disk ovf:capacity="$capacity" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/></DiskSection>
+  <VirtualSystem ovf:id="vm"><Info>vm</Info><Name>vm</Name>
+    <OperatingSystemSection ovf:id="101"><Info>os</Info></OperatingSystemSection>
+    <VirtualHardwareSection><Info>hw</Info>
+      <System><vssd:InstanceID>0</vssd:InstanceID><vssd:VirtualSystemType>vmx-14</vssd:VirtualSystemType></System>
+      <Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>2</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>512</rasd:VirtualQuantity></Item>
+      <Item><rasd:Address>0</rasd:Address><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceSubType>lsilogic</rasd:ResourceSubType><rasd:ResourceType>6</rasd:ResourceType></Item>
+      <Item><rasd:AddressOnParent>0</rasd:AddressOnParent><rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource><rasd:InstanceID>10</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+      <Item><rasd:Connection>VM Network</rasd:Connection><rasd:InstanceID>20</rasd:InstanceID><rasd:ResourceSubType>E1000</rasd:ResourceSubType><rasd:ResourceType>10</rasd:ResourceType></Item>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+XML
+    (cd "$stage" && echo "SHA256(vm.ovf)= $(sha256sum vm.ovf | cut -d' ' -f1)" > vm.mf \
+        && echo "SHA256(disk1.$format)= $(sha256sum "disk1.$format" | cut -d' ' -f1)" >> vm.mf \
+        && tar --format=ustar -cf "$out" vm.ovf vm.mf "disk1.$format")
+    cp "$stage/vm.ovf" "$(dirname "$out")/$(basename "$out" .ova).ovf"
+}
+qemu-img convert -q -f raw -O vmdk -o subformat=streamOptimized "$work/g.raw" "$work/small.vmdk"
+make_ova "$work/small.vmdk" vmdk "$PWD/seeds/ova/stream.ova"
+qemu-img convert -q -f raw -O qcow2 -o cluster_size=4096 "$work/g.raw" "$work/small.qcow2"
+make_ova "$work/small.qcow2" qcow2 "$PWD/seeds/ova/qcow2.ova"
 
 find seeds -type f -size +100k -print | sed 's/^/large seed (not committed?): /'
 du -sh seeds

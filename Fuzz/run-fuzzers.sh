@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses (Fuzz/Package.swift, -sanitize=fuzzer,address) and runs them one after another at
 # nice 10: `Fuzz/run-fuzzers.sh [SECONDS_PER_HARNESS] [harness...]` (default 60 s, every harness).
-# Harness names: raw qcow2 qcow qed vdi vmdk vhd vhdx.
+# Harness names: raw qcow2 qcow qed vdi vmdk vhd vhdx ova.
 #
 # Each run uses libFuzzer's fork mode (one job), so a crash, timeout or out-of-memory input is saved and fuzzing goes
 # on. Inputs found interesting are kept in Fuzz/.work/corpus/<harness> (not committed) and reused by later runs;
@@ -17,7 +17,7 @@ root=$(cd .. && pwd)
 seconds=${1:-60}
 shift || true
 harnesses=("$@")
-if [ ${#harnesses[@]} -eq 0 ]; then harnesses=(raw qcow2 qcow qed vdi vmdk vhd vhdx); fi
+if [ ${#harnesses[@]} -eq 0 ]; then harnesses=(raw qcow2 qcow qed vdi vmdk vhd vhdx ova); fi
 mkdir -p .work
 log=".work/fuzz-$(date -u +%Y%m%dT%H%M%SZ).log"
 exec > >(tee -a "$log") 2>&1
@@ -75,7 +75,7 @@ fixture_seeds() {
     for f in "$root"/Fixtures/images/*; do
         local ext=${f##*.}
         case "$harness:$ext" in
-            raw:raw|qcow2:qcow2|qcow:qcow|qed:qed|vdi:vdi|vmdk:vmdk|vhd:vhd|vhdx:vhdx)
+            raw:raw|qcow2:qcow2|qcow:qcow|qed:qed|vdi:vdi|vmdk:vmdk|vhd:vhd|vhdx:vhdx|ova:ova|ova:ovf)
                 # Keep the first 256 KiB: headers and tables, where hostile inputs matter.
                 head -c 262144 "$f" > "$dir/$(basename "$f")" ;;
         esac
@@ -97,7 +97,8 @@ for harness in "${harnesses[@]}"; do
     run_log=".work/$harness-last.log"
     start_epoch=$(date +%s)
     set +e
-    ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=0 nice -n 10 "$exe" \
+    ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=0 LSAN_OPTIONS="suppressions=$fuzz_dir/lsan.supp" \
+        nice -n 10 "$exe" \
         -fork="${FUZZ_JOBS:-1}" -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024 -max_len=262144 \
         -artifact_prefix="$artifacts/" -print_final_stats=1 \

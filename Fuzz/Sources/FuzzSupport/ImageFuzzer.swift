@@ -30,7 +30,7 @@ public enum ImageFuzzer {
     static let chunk = 1 << 20
 
     nonisolated(unsafe) private static var descriptor: Int32 = -1
-    nonisolated(unsafe) private static var path = ""
+    nonisolated(unsafe) static var path = ""
 
     /// Runs one input; returns 0 (libFuzzer's convention).
     public static func run(format: ImageFormat, data: UnsafePointer<UInt8>?, size: Int) -> Int32 {
@@ -63,7 +63,7 @@ public enum ImageFuzzer {
     }
 
     /// Puts the input into the backing memfd (created once per process).
-    private static func writeInput(_ bytes: UnsafeRawBufferPointer) {
+    static func writeInput(_ bytes: UnsafeRawBufferPointer) {
         if descriptor < 0 {
             descriptor = makeMemoryFile()
             path = "/proc/self/fd/\(descriptor)"
@@ -131,7 +131,7 @@ public enum ImageFuzzer {
     }()
 
     /// Walks extents from 0 and reads them (data fully, zero/absent checked to read as zeros), within the budgets.
-    private static func walk(_ device: any BlockDevice) throws {
+    static func walk(_ device: any BlockDevice) throws {
         let size = device.virtualSize
         var offset: UInt64 = 0
         var budget = maxGuestBytesRead
