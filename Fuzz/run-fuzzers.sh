@@ -97,7 +97,9 @@ for harness in "${harnesses[@]}"; do
     run_log=".work/$harness-last.log"
     start_epoch=$(date +%s)
     set +e
-    ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=0 LSAN_OPTIONS="suppressions=$fuzz_dir/lsan.supp" \
+    # SWIFT_BACKTRACE=enable=no: Swift's crash backtracer trips ASan (and can hang) when a Swift trap is the finding.
+    SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=0 \
+        LSAN_OPTIONS="suppressions=$fuzz_dir/lsan.supp" \
         nice -n 10 "$exe" \
         -fork="${FUZZ_JOBS:-1}" -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024 -max_len=262144 \
