@@ -555,6 +555,14 @@ enum HostileLayout {
             }
             return path
         },
+        HostileCase(description: "vmdk hosted sparse file claiming a split disk, strict mode", arguments: ["--untrusted"],
+                    expected: ["createType", "twoGbMaxExtentSparse"]) { d in
+            let path = try B.image(d, "disk.vmdk", format: "vmdk", options: "subformat=monolithicSparse")
+            try L.rewriteEmbeddedDescriptor(path) {
+                $0.replacingOccurrences(of: "createType=\"monolithicSparse\"", with: "createType=\"twoGbMaxExtentSparse\"")
+            }
+            return path
+        },
         HostileCase(description: "CVE-2014-0142 vmdk grain size 0", expected: ["grain"]) { d in
             let path = try B.image(d, "disk.vmdk", format: "vmdk", options: "subformat=monolithicSparse")
             try P.patch(path, at: 20, P.le64(0))
@@ -748,6 +756,13 @@ enum HostileLayout {
                     expected: ["more than one format", "VMDK descriptor"]) { d in
             let path = try B.image(d, "disk.img", format: "qcow2")
             try P.patch(path, at: 1024, Array(descriptor(createType: "monolithicFlat", extents: ["RW 8 FLAT \"/etc/passwd\" 0"]).utf8))
+            return path
+        },
+        // A guest that wrote a qcow2 header into the first sector of its fixed VHD.
+        HostileCase(description: "fixed VHD holding a guest-written qcow2 header", arguments: ["--untrusted"],
+                    expected: ["more than one format", "qcow2", "vhd"]) { d in
+            let path = try B.image(d, "disk.vhd", format: "vpc", options: "subformat=fixed")
+            try P.patch(path, at: 0, [0x51, 0x46, 0x49, 0xFB, 0, 0, 0, 3])
             return path
         },
         HostileCase(description: "VDI with a qcow2 magic", arguments: ["--untrusted"],
