@@ -117,6 +117,31 @@ TXT
 # VHD and VHDX: tiny dynamic and fixed images, for when the readers land.
 qemu-img create -q -f vpc -o subformat=dynamic seeds/vhd/dynamic-empty.vhd 64K
 q -O vpc -o subformat=fixed,force_size=on seeds/vhd/fixed.vhd
+# A dynamic VHD with 4 KiB blocks (qemu writes 2 MiB ones): blocks present, absent, and one partly present.
+python3 - seeds/vhd/dynamic-empty.vhd seeds/vhd/dynamic-4k.vhd <<'PY'
+import struct, sys
+src = bytearray(open(sys.argv[1], "rb").read())
+footer = bytearray(src[:512])
+header = bytearray(src[512:1536])
+def checksum(b, field):
+    total = sum(x for i, x in enumerate(b) if not field <= i < field + 4) & 0xFFFFFFFF
+    return struct.pack(">I", ~total & 0xFFFFFFFF)
+blocks = 17                                     # 68 KiB guest (qemu rounds 64K up to CHS) / 4 KiB blocks
+struct.pack_into(">Q", header, 16, 1536)        # BAT offset
+struct.pack_into(">I", header, 28, blocks)      # max table entries
+struct.pack_into(">I", header, 32, 4096)        # block size
+header[36:40] = checksum(header, 36)
+bat = bytearray(b"\xff" * 512)
+data = bytearray()
+sector = 2048 // 512                            # first block after footer copy, header and BAT
+for index, fill in [(0, 0x61), (3, 0x62), (9, 0x63)]:
+    struct.pack_into(">I", bat, 4 * index, sector + len(data) // 512)
+    bitmap = bytearray(512)
+    bitmap[0] = 0xFF if fill != 0x63 else 0xF0  # block 9: only its first 4 sectors present
+    data += bitmap + bytes([fill]) * 4096
+out = footer + header + bat + data + footer
+open(sys.argv[2], "wb").write(out)
+PY
 q -O vhdx -o block_size=1M,log_size=1M "$work/d.vhdx"
 # A VHDX is at least 4 MiB of mostly zeros (headers, log, BAT, metadata); keep its metadata regions only.
 python3 - "$work/d.vhdx" seeds/vhdx/head.vhdx <<'PY'
