@@ -142,13 +142,11 @@ for index, fill in [(0, 0x61), (3, 0x62), (9, 0x63)]:
 out = footer + header + bat + data + footer
 open(sys.argv[2], "wb").write(out)
 PY
+# A VHDX is at least 4 MiB of mostly zeros (1 MiB-aligned regions): the vhdx harness takes sparse descriptions.
 q -O vhdx -o block_size=1M,log_size=1M "$work/d.vhdx"
-# A VHDX is at least 4 MiB of mostly zeros (headers, log, BAT, metadata); keep its metadata regions only.
-python3 - "$work/d.vhdx" seeds/vhdx/head.vhdx <<'PY'
-import sys
-data = open(sys.argv[1], "rb").read()
-open(sys.argv[2], "wb").write(data[:0x40000])
-PY
+./sparse-seed.py "$work/d.vhdx" seeds/vhdx/data.sparse
+qemu-img create -q -f vhdx -o block_size=8M "$work/e.vhdx" 64M
+./sparse-seed.py "$work/e.vhdx" seeds/vhdx/empty.sparse
 
 # OVA: a tar of a small OVF descriptor, its manifest and a tiny streamOptimized disk; the bare OVF too.
 make_ova() {

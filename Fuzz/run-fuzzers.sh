@@ -77,7 +77,11 @@ fixture_seeds() {
         case "$harness:$ext" in
             raw:raw|qcow2:qcow2|qcow:qcow|qed:qed|vdi:vdi|vmdk:vmdk|vhd:vhd|vhdx:vhdx|ova:ova|ova:ovf)
                 # Keep the first 256 KiB: headers and tables, where hostile inputs matter.
-                head -c 262144 "$f" > "$dir/$(basename "$f")" ;;
+                if [ "$harness" = vhdx ]; then
+                    ./sparse-seed.py "$f" "$dir/$(basename "$f").sparse"   # the vhdx harness takes sparse descriptions
+                else
+                    head -c 262144 "$f" > "$dir/$(basename "$f")"
+                fi ;;
         esac
     done
 }

@@ -32,10 +32,19 @@ public enum ImageFuzzer {
     nonisolated(unsafe) private static var descriptor: Int32 = -1
     nonisolated(unsafe) static var path = ""
 
-    /// Runs one input; returns 0 (libFuzzer's convention).
-    public static func run(format: ImageFormat, data: UnsafePointer<UInt8>?, size: Int) -> Int32 {
+    /// Largest file a sparse input may describe (64 MiB).
+    public static let maxSparseFileSize = 64 << 20
+
+    /// Runs one input; returns 0 (libFuzzer's convention). With `sparse`, the input is not the file itself but a
+    /// description of a sparse file (see `writeSparseInput`), so formats whose smallest valid file is megabytes
+    /// of mostly zeros (VHDX: 1 MiB-aligned regions) are fuzzed with inputs of a few KiB.
+    public static func run(format: ImageFormat, data: UnsafePointer<UInt8>?, size: Int, sparse: Bool = false) -> Int32 {
         guard let data else { return 0 }
-        writeInput(UnsafeRawBufferPointer(start: data, count: size))
+        if sparse {
+            writeSparseInput(UnsafeRawBufferPointer(start: data, count: size))
+        } else {
+            writeInput(UnsafeRawBufferPointer(start: data, count: size))
+        }
 
         var strict = OpenOptions(format: format)
         strict.untrusted = true
@@ -74,6 +83,28 @@ public enum ImageFuzzer {
             let n = pwrite(descriptor, bytes.baseAddress! + done, bytes.count - done, off_t(done))
             if n < 0 { if errno == EINTR { continue }; fatalError("pwrite failed: \(errno)") }
             done += n
+        }
+    }
+
+    /// Builds the file from a sparse description: a little-endian u32 file size (capped at `maxSparseFileSize`),
+    /// then records of a u32 offset, a u16 length and that many bytes, written at the offset (clipped to the file
+    /// size); everything else is a hole. `Fuzz/make-seeds.sh` turns real images into this form.
+    static func writeSparseInput(_ input: UnsafeRawBufferPointer) {
+        writeInput(UnsafeRawBufferPointer(start: nil, count: 0))
+        guard input.count >= 4 else { return }
+        func u32(_ at: Int) -> Int { Int(input.loadUnaligned(fromByteOffset: at, as: UInt32.self).littleEndian) }
+        let fileSize = min(u32(0), maxSparseFileSize)
+        guard ftruncate(descriptor, off_t(fileSize)) == 0 else { fatalError("ftruncate failed: \(errno)") }
+        var at = 4
+        while at + 6 <= input.count {
+            let offset = u32(at)
+            let length = Int(input.loadUnaligned(fromByteOffset: at + 4, as: UInt16.self).littleEndian)
+            at += 6
+            let count = min(length, input.count - at, max(0, fileSize - offset))
+            if count > 0, offset < fileSize {
+                _ = pwrite(descriptor, input.baseAddress! + at, count, off_t(offset))
+            }
+            at += length
         }
     }
 
