@@ -1,4 +1,5 @@
 import ArgumentParser
+import KDCTExport
 import KDCTFormats
 #if canImport(Glibc)
 import Glibc
@@ -37,8 +38,11 @@ struct Convert: ParsableCommand {
     @Argument(help: "Source image, or an appliance (.ova archive or .ovf descriptor).")
     var sourceImage: String
 
-    @Argument(help: "Destination file (an output directory for an appliance).")
+    @Argument(help: "Destination file (an output directory for an appliance), or sftp://USER@HOST[:PORT]/path to stream the image to a host.")
     var destination: String
+
+    @OptionGroup(title: "Remote destination (sftp://)")
+    var ssh: SSHOptions
 
     func validate() throws {
         guard let format = ImageFormat(name: outputFormat), format.isWritable else {
@@ -64,7 +68,8 @@ struct Convert: ParsableCommand {
                 }
                 options.qcow2.clusterSize = size
             case "compression_type":
-                guard let type = CompressionType(rawValue: parts[1]) else {
+                // qemu spells deflate "zlib".
+                guard let type = CompressionType(rawValue: parts[1] == "zlib" ? "deflate" : parts[1]) else {
                     throw ValidationError("compression_type must be deflate or zstd (qemu calls deflate 'zlib')")
                 }
                 options.qcow2.compressionType = type
@@ -82,20 +87,22 @@ struct Convert: ParsableCommand {
                 throw ValidationError("unknown -o option '\(parts[0])'")
             }
         }
-        if outputOptions.joined().contains("compression_type=zlib") { options.qcow2.compressionType = .deflate }
         return (options, vhdSize)
     }
 
     func run() throws {
         var (options, vhdSize) = try parsedOutputOptions()
+        options.overwrite = force
+        if let workers { options.pipeline.workers = workers }
+        let reporter = ProgressReporter(bar: progressBar, json: progressStyle == .json)
+        options.pipeline.progress = { reporter.report($0) }
+        options.pipeline.isCancelled = { Interruption.requested }
+        Interruption.install()
+        defer { reporter.finish() }
         if Appliance.isAppliance(path: sourceImage) {
-            options.overwrite = force
-            if let workers { options.pipeline.workers = workers }
-            let reporter = ProgressReporter(bar: progressBar, json: progressStyle == .json)
-            options.pipeline.progress = { reporter.report($0) }
-            options.pipeline.isCancelled = { Interruption.requested }
-            Interruption.install()
-            defer { reporter.finish() }
+            if RemoteLocation.isURL(destination) {
+                throw ValidationError("an appliance converts to a local directory; send its disks with 'kdct-native export'")
+            }
             return try runAppliance(options: options)
         }
         if appliance.config != nil || appliance.noVerify {
@@ -104,13 +111,10 @@ struct Convert: ParsableCommand {
         var openOptions = source.openOptions
         if let vhdSize { openOptions.vhdSizeMode = vhdSize }
         let device = try ImageOpener.open(sourceImage, options: openOptions)
-        options.overwrite = force
-        if let workers { options.pipeline.workers = workers }
-        let reporter = ProgressReporter(bar: progressBar, json: progressStyle == .json)
-        options.pipeline.progress = { reporter.report($0) }
-        options.pipeline.isCancelled = { Interruption.requested }
-        Interruption.install()
-        defer { reporter.finish() }
+        if RemoteLocation.isURL(destination) {
+            if appliance.domainXML != nil { throw ValidationError("--domain-xml needs a local destination") }
+            return try RemoteConvert.run(device, destination: destination, options: options, ssh: ssh)
+        }
         try DiskConverter.convert(device, toFile: destination, options: options)
         try writeSingleDiskDomain(source: device, format: options.outputFormat)
     }

@@ -6,6 +6,9 @@ struct SegmentPlanner {
     let alignment: UInt64
     let segmentSize: UInt64
     private(set) var cursor: UInt64 = 0
+    /// The last extent the device returned: consecutive queries inside it are answered without asking again
+    /// (for a raw file each query is two lseek calls).
+    private var lastExtent: Extent?
 
     init(device: any BlockDevice, alignment: UInt64, segmentSize: UInt64) {
         self.device = device
@@ -16,11 +19,21 @@ struct SegmentPlanner {
     private func alignDown(_ value: UInt64) -> UInt64 { value / alignment * alignment }
     private func alignUp(_ value: UInt64) -> UInt64 { (value + alignment - 1) / alignment * alignment }
 
+    /// The extent holding `offset`, reusing the last one when it covers `offset`.
+    private mutating func extent(at offset: UInt64) throws -> Extent {
+        if let last = lastExtent, last.offset <= offset, offset < last.end {
+            return Extent(offset: offset, length: last.end - offset, status: last.status)
+        }
+        let extent = try device.extent(at: offset, maxLength: device.virtualSize - offset)
+        lastExtent = extent
+        return extent
+    }
+
     /// The first data byte in `[from, before)`, and the end of the data extent holding it.
-    private func firstData(from start: UInt64, before end: UInt64) throws -> (offset: UInt64, runEnd: UInt64)? {
+    private mutating func firstData(from start: UInt64, before end: UInt64) throws -> (offset: UInt64, runEnd: UInt64)? {
         var offset = start
         while offset < end {
-            let extent = try device.extent(at: offset, maxLength: end - offset)
+            let extent = try self.extent(at: offset)
             if extent.status == .data { return (offset, extent.end) }
             guard extent.length > 0 else { break }
             offset += extent.length

@@ -35,6 +35,10 @@ public struct KDCTError: Error, CustomStringConvertible, Sendable {
         case alreadyExists = "already-exists"
         /// The operation was cancelled.
         case cancelled = "cancelled"
+        /// A remote host's key is unknown, changed or revoked, so the connection was refused (KDCTExport).
+        case hostKeyRefused = "host-key-refused"
+        /// No authentication method was accepted by a remote host (KDCTExport).
+        case authenticationFailed = "authentication-failed"
     }
 
     /// What kind of failure this is.
@@ -126,6 +130,8 @@ extension KDCTError.Kind {
         case .invalidArgument: return "invalid argument"
         case .alreadyExists: return "already exists"
         case .cancelled: return "cancelled"
+        case .hostKeyRefused: return "host key refused"
+        case .authenticationFailed: return "authentication failed"
         }
     }
 }
