@@ -27,6 +27,7 @@ extension Info {
     func runAppliance(configuration: String?) throws {
         var options = ApplianceOptions(configuration: configuration)
         options.referencePolicy = source.openOptions.effectiveReferencePolicy
+        options.untrusted = source.untrusted
         let appliance = try Appliance(path: image, options: options)
         switch output {
         case .json: print(appliance.infoValue.jsonText())
@@ -43,6 +44,7 @@ extension Convert {
         }
         var openOptions = ApplianceOptions(configuration: appliance.config)
         openOptions.referencePolicy = source.openOptions.effectiveReferencePolicy
+        openOptions.untrusted = source.untrusted
         let opened = try Appliance(path: sourceImage, options: openOptions)
         var options = ApplianceConvertOptions()
         options.convert = convertOptions

@@ -55,7 +55,7 @@ import KDCTTestSupport
         expectError(.unsupported, field: "version") { $0.u32be(4, at: 4) }
         expectError(.unsupported, field: "crypt_method") { $0.u32be(1, at: 32) }
         expectError(.unsupported, field: "incompatible_features") { $0.u64be(1 << 9, at: 72) }
-        expectError(.unsupported, field: "incompatible_features") { $0.u64be(1 << 2, at: 72) }
+        expectError(.unsupported, field: "data_file") { $0.u64be(1 << 2, at: 72) }
         expectError(.corrupt, field: "refcount_order") { $0.u32be(7, at: 96) }
         expectError(.corrupt, field: "header_length") { $0.u32be(50, at: 100) }
         expectError(.corrupt, field: "header_length") { $0.u32be(0x20000, at: 100) }

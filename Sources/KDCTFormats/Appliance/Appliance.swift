@@ -7,6 +7,9 @@ public struct ApplianceOptions: Sendable {
     /// Which files an OVF descriptor on disk may name (members of an OVA are always read from the archive, and the
     /// disks inside an OVA may not reference any file outside it).
     public var referencePolicy: ReferencePolicy = .sameDirectory
+    /// Strict mode for untrusted input (`OpenOptions.untrusted`), applied to every disk of the appliance: no
+    /// references, ambiguous disk files and risky VMDK subformats refused.
+    public var untrusted = false
 
     /// Default options.
     public init(configuration: String? = nil) { self.configuration = configuration }
@@ -196,6 +199,7 @@ public final class Appliance: Sendable {
         var openOptions = OpenOptions(format: disk.declaredFormat)
         openOptions.limits = options.limits
         openOptions.referencePolicy = container == .ova ? .none : options.referencePolicy
+        openOptions.untrusted = options.untrusted
         let context = OpenContext(options: openOptions, depth: 0, visited: [file.identity])
         let device = try ImageOpener.open(file: file, context: context)
         if let capacity = disk.capacity, capacity != device.virtualSize {

@@ -78,6 +78,14 @@ public enum XMLTree {
             throw KDCTError(.unsupported, "the XML holds a DTD (<!DOCTYPE or <!ENTITY); refused so no entity is expanded",
                             file: file, field: "DOCTYPE")
         }
+        // Foundation's XMLParser traps (the process dies) on names that are not valid UTF-8, which libxml2 passes
+        // through from a document it takes as UTF-8 (found by the OVA fuzz harness). So a descriptor without a
+        // byte-order mark must be valid UTF-8, unless its XML declaration names another encoding (libxml2 then
+        // transcodes it to valid UTF-8 itself).
+        if !hasByteOrderMark(bytes), !declaresOtherEncoding(bytes), let offset = invalidUTF8Offset(bytes) {
+            throw KDCTError(.invalidFormat, "the XML is not valid UTF-8 (byte offset \(offset)) and declares no other encoding",
+                            file: file, field: "XML encoding")
+        }
         let parser = XMLParser(data: Data(bytes))
         parser.shouldProcessNamespaces = true
         parser.shouldReportNamespacePrefixes = false
@@ -92,6 +100,35 @@ public enum XMLTree {
             throw KDCTError(.invalidFormat, "not well-formed XML near line \(line): \(reason)", file: file, field: "XML")
         }
         return root
+    }
+
+    /// True when the bytes start with a UTF-16 or UTF-32 byte-order mark (libxml2 transcodes those).
+    static func hasByteOrderMark(_ bytes: [UInt8]) -> Bool {
+        bytes.starts(with: [0xFF, 0xFE]) || bytes.starts(with: [0xFE, 0xFF]) || bytes.starts(with: [0, 0, 0xFE, 0xFF])
+    }
+
+    /// True when the XML declaration names an encoding other than UTF-8 (`<?xml ... encoding="ISO-8859-1"?>`).
+    static func declaresOtherEncoding(_ bytes: [UInt8]) -> Bool {
+        let head = bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? Array(bytes.dropFirst(3).prefix(256)) : Array(bytes.prefix(256))
+        guard head.starts(with: Array("<?xml".utf8)), let end = head.firstIndex(of: UInt8(ascii: ">")) else { return false }
+        let declaration = String(decoding: head[..<end], as: UTF8.self).lowercased()
+        guard let range = declaration.range(of: "encoding=") else { return false }
+        let value = declaration[range.upperBound...].dropFirst().prefix { $0 != "\"" && $0 != "'" }
+        return !value.isEmpty && value != "utf-8" && value != "utf8"
+    }
+
+    /// The byte offset of the first invalid UTF-8 sequence, or nil when `bytes` is valid UTF-8.
+    static func invalidUTF8Offset(_ bytes: [UInt8]) -> Int? {
+        var parser = Unicode.UTF8.ForwardParser()
+        var iterator = bytes.makeIterator()
+        var offset = 0
+        while true {
+            switch parser.parseScalar(from: &iterator) {
+            case let .valid(scalar): offset += scalar.count
+            case .emptyInput: return nil
+            case .error: return offset
+            }
+        }
     }
 
     /// True when the bytes declare a DTD or entities. Checked on the raw bytes with NULs dropped and ASCII

@@ -10,8 +10,20 @@ public enum FormatProbe {
     public struct Result: Sendable, Equatable {
         /// Every format whose signature matched, best first; empty means raw.
         public var matches: [ImageFormat]
-        /// Other signatures seen that are not disk image formats (e.g. `ISO 9660`), for ambiguity checks.
+        /// Other signatures seen that are not disk image formats (`ISO 9660`, `MBR boot signature`, `GPT header`,
+        /// `VMDK descriptor text`), for ambiguity checks.
         public var foreignSignatures: [String]
+        /// True when the file starts with guest data, not a header: the only match is a fixed VHD recognised by its
+        /// footer. Foreign signatures at the start are then the guest's own (a partitioned or ISO disk), not a
+        /// second format.
+        public var guestDataAtStart = false
+
+        /// A probe result.
+        public init(matches: [ImageFormat], foreignSignatures: [String], guestDataAtStart: Bool = false) {
+            self.matches = matches
+            self.foreignSignatures = foreignSignatures
+            self.guestDataAtStart = guestDataAtStart
+        }
 
         /// The detected format: the best match, or raw.
         public var format: ImageFormat { matches.first ?? .raw }
@@ -59,9 +71,32 @@ public enum FormatProbe {
         if !matches.contains(.vhd), has(conectix, at: 0, in: tail) || has(conectix, at: 0, in: tail511) {
             matches.append(.vhd)
         }
+        // Signatures of things that are not image formats but that other tools act on (OpenStack's format
+        // inspector refuses such polyglots): an ISO 9660 volume descriptor (sectors 16-18), an MBR boot signature,
+        // a GPT header, and VMDK descriptor text behind another format's header (a descriptor at offset 0 is a VMDK).
         var foreign: [String] = []
-        if has(Array("CD001".utf8), at: 0x8001, in: head) { foreign.append("ISO 9660") }
-        return Result(matches: matches, foreignSignatures: foreign)
+        if [0x8001, 0x8801, 0x9001].contains(where: { has(Array("CD001".utf8), at: $0, in: head) }) {
+            foreign.append("ISO 9660")
+        }
+        if has([0x55, 0xAA], at: 510, in: head) { foreign.append("MBR boot signature") }
+        if has(Array("EFI PART".utf8), at: 512, in: head) { foreign.append("GPT header") }
+        if !matches.isEmpty, !matches.contains(.vmdk), containsDescriptorText(head) {
+            foreign.append("VMDK descriptor text")
+        }
+        let guestDataAtStart = matches == [.vhd] && !has(conectix, at: 0, in: head)
+        return Result(matches: matches, foreignSignatures: foreign, guestDataAtStart: guestDataAtStart)
+    }
+
+    /// True when `head` holds VMDK descriptor text (`# Disk DescriptorFile`) starting at a 512-byte sector boundary
+    /// (where VMware and qemu embed it).
+    static func containsDescriptorText(_ head: [UInt8]) -> Bool {
+        let marker = Array("# Disk DescriptorFile".utf8)
+        var offset = 0
+        while offset + marker.count <= head.count {
+            if head[offset] == marker[0], Array(head[offset..<(offset + marker.count)]) == marker { return true }
+            offset += 512
+        }
+        return false
     }
 
     /// A VMDK text descriptor: ASCII text whose first lines carry `# Disk DescriptorFile` or a `createType=` key.

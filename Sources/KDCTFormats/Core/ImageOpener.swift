@@ -49,7 +49,13 @@ public final class OpenContext: @unchecked Sendable {
                             file: imagePath, field: kind.rawValue)
         }
         let child = OpenContext(options: childOptions, depth: depth + 1, visited: visited.union([file.identity]))
-        return try ImageOpener.open(file: file, context: child)
+        do {
+            return try ImageOpener.open(file: file, context: child)
+        } catch var error as KDCTError {
+            // The error names the file at fault; say which image referred to it, so the one line names both.
+            error.message += " (\(kind.rawValue) of \(imagePath))"
+            throw error
+        }
     }
 
     /// Opens a file that is part of the same image (a VMDK extent) under the reference policy; returns nil when
@@ -85,8 +91,10 @@ public enum ImageOpener {
         let probe = try FormatProbe.probe(file)
         let detected = probe.format
         if options.untrusted {
+            // A raw disk (no format) or a fixed VHD (guest data at the start) may hold a partition table or an ISO
+            // file system; behind any other format's header such a signature makes the file a polyglot.
             var signatures = probe.matches.map(\.rawValue)
-            if !probe.matches.isEmpty { signatures += probe.foreignSignatures }
+            if !probe.matches.isEmpty && !probe.guestDataAtStart { signatures += probe.foreignSignatures }
             if signatures.count > 1 {
                 throw KDCTError(.invalidFormat,
                                 "content matches more than one format (\(signatures.joined(separator: ", "))); refused in strict mode",

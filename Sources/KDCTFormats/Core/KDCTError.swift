@@ -5,7 +5,8 @@ import Glibc
 /// The one error type of KDCTFormats: a small, stable `kind`, a human message, and where the problem is
 /// (file, field, guest or file offset) plus the underlying errno or cause.
 ///
-/// The `description` is a single line suitable for a CLI's stderr, e.g.
+/// The `description` is a single line suitable for a CLI's stderr (naming the field in parentheses when the message
+/// does not already), e.g.
 /// `disk.vmdk: corrupt image: grain table entry 17 points past the end of the file (offset 0x12340000, file size 4096)`.
 public struct KDCTError: Error, CustomStringConvertible, Sendable {
     /// The stable classification of an error. New kinds are added rarely; scripts may rely on `code`.
@@ -71,6 +72,8 @@ public struct KDCTError: Error, CustomStringConvertible, Sendable {
         var text = ""
         if let file { text += "\(file): " }
         text += "\(kind.humanName): \(message)"
+        // The field or table entry is part of the one line a user sees, unless the message already names it.
+        if let field, !field.isEmpty, !message.contains(field) { text += " (\(field))" }
         if let errno { text += " (\(String(cString: strerror(errno))))" }
         if let underlying { text += " [\(underlying)]" }
         return text

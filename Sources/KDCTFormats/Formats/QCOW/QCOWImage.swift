@@ -97,7 +97,7 @@ public final class QCOWImage: BlockDevice {
         let entry = QCOWClusterEntry(raw: raw, clusterBits: header.clusterBits)
         let fileSize = file.size
         let cluster = location.cluster
-        let what = "L2 entry \(location.index) of the table at offset \(location.l2Offset) (cluster \(cluster))"
+        let what = "L2 entry \(location.index) of the table at offset \(location.l2Offset) (cluster \(cluster), guest offset \(cluster << clusterBits))"
         switch entry {
         case .unallocated:
             return entry
@@ -221,7 +221,7 @@ public final class QCOWImage: BlockDevice {
             }
         }
         if !ok {
-            throw KDCTError.corrupt("compressed cluster \(cluster) (\(input.count) bytes at offset \(host)) does not inflate to \(clusterSize) bytes",
+            throw KDCTError.corrupt("compressed cluster \(cluster) (guest offset \(cluster << clusterBits); \(input.count) bytes at offset \(host)) does not inflate to \(clusterSize) bytes",
                                     file: file.path, field: "compressed cluster")
         }
     }

@@ -77,6 +77,16 @@ public struct QCOW2Header: Sendable, Equatable {
     /// at most 2 MiB).
     public static let maximumHeaderRead = 2 << 20
 
+    /// Bytes to read for the header of `file`: its first cluster only (the header, its extensions and the backing
+    /// file name live there), so opening never reads guest data clusters; 2 MiB when `cluster_bits` is invalid (the
+    /// decoder then reports it).
+    public static func headerReadLength(file: ReadOnlyFile) throws -> UInt64 {
+        guard file.size >= 24 else { return file.size }
+        let clusterBits = try ByteReader(try file.readBytes(count: 24, at: 0, what: "qcow2 header"),
+                                         structure: "qcow2 header").u32be(20)
+        return (9...21).contains(clusterBits) ? 1 << UInt64(clusterBits) : UInt64(maximumHeaderRead)
+    }
+
     /// Decodes the header from the first bytes of the file (`bytes` holds at least the first cluster, or the whole
     /// file when shorter). Validates every field against the file size; `limits` caps the tables.
     public static func decode(_ bytes: [UInt8], fileSize: UInt64, limits: ImageLimits) throws -> QCOW2Header {
@@ -109,6 +119,13 @@ public struct QCOW2Header: Sendable, Equatable {
         }
         try header.validate(fileSize: fileSize, limits: limits)
         try header.decodeExtensions(r, fileSize: fileSize)
+        // An external data file is a reference like a backing file, but one qemu opens even for `info`
+        // (CVE-2024-4467: a json: data file naming a host file). Refused whatever its name; never opened.
+        if header.incompatibleFeatures & IncompatibleFeature.externalDataFile != 0 || header.externalDataFile != nil {
+            let name = header.externalDataFile.map { " \"\($0.prefix(200))\"" } ?? ""
+            throw KDCTError.unsupported("guest data is in an external data file\(name) (data_file); not supported, and never opened",
+                                        field: "data_file")
+        }
         return header
     }
 
@@ -126,10 +143,6 @@ public struct QCOW2Header: Sendable, Equatable {
         let unknown = incompatibleFeatures & ~IncompatibleFeature.known
         if unknown != 0 {
             throw KDCTError.unsupported("unknown incompatible feature bits 0x\(String(unknown, radix: 16))",
-                                        field: "incompatible_features")
-        }
-        if incompatibleFeatures & IncompatibleFeature.externalDataFile != 0 {
-            throw KDCTError.unsupported("guest data is in an external data file (data_file); not supported",
                                         field: "incompatible_features")
         }
         if refcountOrder > 6 {

@@ -36,7 +36,7 @@ public final class QCOW2Image: BlockDevice {
     /// Opens `file` as a QCOW2 image (without its backing file).
     public init(file: ReadOnlyFile, limits: ImageLimits = ImageLimits()) throws {
         self.file = file
-        let headBytes = try file.readBytes(count: Int(min(UInt64(QCOW2Header.maximumHeaderRead), file.size)), at: 0,
+        let headBytes = try file.readBytes(count: Int(min(QCOW2Header.headerReadLength(file: file), file.size)), at: 0,
                                            what: "qcow2 header")
         let header = try QCOW2Header.decode(headBytes, fileSize: file.size, limits: limits)
         self.header = header
@@ -122,6 +122,10 @@ public final class QCOW2Image: BlockDevice {
     private func l2Table(_ index: Int) throws -> [UInt64]? {
         guard index < l1.count else { return nil }
         let entry = l1[index]
+        if entry & QCOW2Entry.l1ReservedMask != 0 {
+            throw KDCTError.corrupt("L1 entry \(index) (0x\(String(entry, radix: 16))) has reserved bits 0x\(String(entry & QCOW2Entry.l1ReservedMask, radix: 16)) set",
+                                    file: file.path, field: "L1 entry \(index)")
+        }
         let offset = entry & QCOW2Entry.offsetMask
         guard offset != 0 else { return nil }
         if offset % header.clusterSize != 0 {

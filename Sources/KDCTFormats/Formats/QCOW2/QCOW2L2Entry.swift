@@ -18,6 +18,11 @@ public enum QCOW2Entry {
     public static let compressedFlag: UInt64 = 1 << 62
     /// Bit 0 of a standard L2 entry (version 3): the cluster reads as zeros.
     public static let zeroFlag: UInt64 = 1
+    /// Bits 1-8 and 56-61 of a standard L2 entry for an uncompressed cluster: reserved, must be zero (qemu's
+    /// `L2E_STD_RESERVED_MASK`).
+    public static let standardReservedMask: UInt64 = 0x3F00_0000_0000_01FE
+    /// Bits 0-8 and 56-62 of an L1 entry: reserved, must be zero (qemu's `L1E_RESERVED_MASK`).
+    public static let l1ReservedMask: UInt64 = 0x7F00_0000_0000_01FF
 
     /// Decodes a standard (64-bit) L2 entry for a cluster.
     /// - Throws: `corrupt` for an unaligned host offset or a zero flag in a version 2 image.
@@ -29,6 +34,10 @@ public enum QCOW2Entry {
             return .compressed(host: host, size: sectors * 512 - (host & 511))
         }
         let host = entry & offsetMask
+        if entry & standardReservedMask != 0 {
+            throw KDCTError.corrupt("reserved bits 0x\(String(entry & standardReservedMask, radix: 16)) are set (L2 entry 0x\(String(entry, radix: 16)))",
+                                    field: "L2 entry")
+        }
         if entry & zeroFlag != 0 && !header.extendedL2 {
             guard header.version >= 3 else {
                 throw KDCTError.corrupt("zero cluster flag in a version 2 image (L2 entry 0x\(String(entry, radix: 16)))",

@@ -93,7 +93,7 @@ public final class QEDImage: BlockDevice {
     private func checked(_ raw: UInt64, _ location: TwoLevelTable.Location) throws -> QEDClusterEntry {
         let entry = QEDClusterEntry(raw: raw)
         guard case let .data(offset) = entry else { return entry }
-        let what = "L2 entry \(location.index) of the table at offset \(location.l2Offset) (cluster \(location.cluster))"
+        let what = "L2 entry \(location.index) of the table at offset \(location.l2Offset) (cluster \(location.cluster), guest offset \(location.cluster << clusterBits))"
         // The low bits of an offset are reserved and must be zero; cluster alignment covers them.
         if offset % clusterSize != 0 || offset < header.headerBytes {
             throw KDCTError.corrupt("\(what) is \(offset), not a cluster-aligned offset after the header",

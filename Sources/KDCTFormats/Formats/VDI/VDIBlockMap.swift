@@ -68,7 +68,7 @@ public struct VDIBlockMap: Sendable {
             let needed = min(blockSize, virtualSize - guestStart)
             if start > fileSize || needed > fileSize - start {
                 throw KDCTError.corrupt(
-                    "block map entry \(index) points to block slot \(entry) at file offset \(start), past the end of the file (\(fileSize) bytes)",
+                    "block map entry \(index) (guest offset \(guestStart)) points to block slot \(entry) at file offset \(start), past the end of the file (\(fileSize) bytes)",
                     field: "block map entry \(index)")
             }
         }

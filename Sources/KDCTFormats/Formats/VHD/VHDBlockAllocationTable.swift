@@ -21,12 +21,12 @@ public struct VHDBlockAllocationTable: Sendable {
         for (index, entry) in entries.enumerated() where entry != unallocated {
             let start = UInt64(entry) * 512  // at most 2^41: no overflow
             if let clash = reserved.first(where: { $0.overlaps(start..<(start + span)) }) {
-                throw KDCTError.corrupt("BAT entry \(index) places block \(index) at file offset \(start), overlapping metadata at \(clash.lowerBound)..\(clash.upperBound) (footer copy, dynamic header or BAT)",
+                throw KDCTError.corrupt("BAT entry \(index) places block \(index) (guest offset \(UInt64(index) * blockSize)) at file offset \(start), overlapping metadata at \(clash.lowerBound)..\(clash.upperBound) (footer copy, dynamic header or BAT)",
                                         file: file, field: "BAT entry \(index)")
             }
             if start + span > fileSize {
                 throw KDCTError(.truncated,
-                                "BAT entry \(index) places block \(index) at file offset \(start)..\(start + span), past the end of the file (\(fileSize) bytes)",
+                                "BAT entry \(index) places block \(index) (guest offset \(UInt64(index) * blockSize)) at file offset \(start)..\(start + span), past the end of the file (\(fileSize) bytes)",
                                 file: file, field: "BAT entry \(index)")
             }
             starts.append((start, index))

@@ -148,7 +148,7 @@ public struct VHDXBlockAllocationTable: Sendable {
             case .fullyPresent:
                 let blockStart = block * geometry.blockSize
                 let length = min(geometry.blockSize, virtualSize - blockStart)
-                try place(index, entry, length: length, what: "payload block \(block)")
+                try place(index, entry, length: length, what: "payload block \(block) (guest offset \(blockStart))")
             }
         }
         placed.sort { $0.start < $1.start }

@@ -1,0 +1,24 @@
+// swift-tools-version:6.1
+// libFuzzer harnesses for every image reader (issue 7). Built only by run-fuzzers.sh, with
+// -sanitize=fuzzer,address; the root package's `swift build` / `swift test` never see this package.
+import PackageDescription
+
+let formats = ["raw", "qcow2", "qcow", "qed", "vdi", "vmdk", "vhd", "vhdx", "ova"]
+
+let package = Package(
+    name: "kdct-fuzz",
+    dependencies: [.package(name: "kdct-native", path: "..")],
+    targets: [
+        .target(
+            name: "FuzzSupport",
+            dependencies: [.product(name: "KDCTFormats", package: "kdct-native")],
+            path: "Sources/FuzzSupport"
+        ),
+    ] + formats.map { format in
+        .executableTarget(
+            name: "fuzz-\(format)",
+            dependencies: ["FuzzSupport", .product(name: "KDCTFormats", package: "kdct-native")],
+            path: "Sources/fuzz-\(format)"
+        )
+    }
+)

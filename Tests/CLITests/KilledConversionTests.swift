@@ -1,0 +1,50 @@
+import Foundation
+import KDCTFormats
+import KDCTTestSupport
+import Testing
+
+/// A conversion killed with SIGKILL part-way (no chance to clean up) leaves nothing under the destination name:
+/// raw, qcow2 and compressed qcow2 outputs are written to a temporary file beside it and renamed only when complete.
+@Suite(.serialized) struct KilledConversionTests {
+    @Test func sigkillPartWayLeavesNoDestination() throws {
+        let directory = try TemporaryDirectory("kdct-kill")
+        let source = directory.file("src.raw")
+        try TestPattern.writeRaw(to: source, size: 1 << 30)
+        // 768 MiB of guest data, so every conversion below takes a while.
+        _ = try runProcess(["qemu-io", "-f", "raw", "-c", "write -P 0x61 0 768M", source])
+        let sourceBefore = try FileFingerprint(source)
+
+        for (name, arguments) in [("out.raw", ["-O", "raw"]), ("out.qcow2", ["-O", "qcow2"]),
+                                  ("out-c.qcow2", ["-O", "qcow2", "-c"])] {
+            let destination = directory.file(name)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: CLI.binary)
+            process.arguments = ["convert", "-m", "1"] + arguments + [source, destination]
+            try process.run()
+            // Wait (up to a minute, for a loaded machine) until the temporary output exists with a size: the
+            // conversion is then part-way (a raw output is sized first, a qcow2 one grows as data streams).
+            var temporary: String?
+            for _ in 0..<30_000 {
+                let listing = directoryListing(directory.path)
+                if let part = listing.first(where: { $0.hasPrefix(".\(name).kdct-") && $0.hasSuffix(".part") }) {
+                    var st = stat()
+                    if stat(directory.file(part), &st) == 0, st.st_blocks > 0 || st.st_size > 0 {
+                        temporary = part
+                        break
+                    }
+                }
+                usleep(2_000)
+            }
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            #expect(temporary != nil, "\(name): no temporary output appeared")
+            #expect(process.terminationReason == .uncaughtSignal, "\(name): the conversion finished before the kill")
+            #expect(!FileManager.default.fileExists(atPath: destination), "\(name) exists after SIGKILL")
+            // The partial file keeps its temporary name (nothing runs after SIGKILL to remove it).
+            for leftover in directoryListing(directory.path) where leftover.hasSuffix(".part") {
+                FilePaths.remove(directory.file(leftover))
+            }
+        }
+        #expect(try FileFingerprint(source) == sourceBefore)
+    }
+}
