@@ -64,7 +64,7 @@ import Testing
     @Test func errorsAreOneLineWithStatusOneAndNoOutput() throws {
         let dir = try TemporaryDirectory()
         let fake = dir.file("disk.vmdk")
-        FileManager.default.createFile(atPath: fake, contents: Data(repeating: 0x41, count: 4096))
+        try Data(repeating: 0x41, count: 4096).write(to: URL(fileURLWithPath: fake))
         let out = dir.file("out.qcow2")
         let result = try CLI.run(["convert", "-O", "qcow2", fake, out])
         #expect(result.status == 1)
@@ -74,7 +74,7 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: out))
 
         let exists = dir.file("exists.raw")
-        FileManager.default.createFile(atPath: exists, contents: Data("x".utf8))
+        try Data("x".utf8).write(to: URL(fileURLWithPath: exists))
         let source = try TestPattern.writeRaw(to: dir.file("src.raw"), size: 1 << 20)
         let refused = try CLI.run(["convert", source, exists])
         #expect(refused.status == 1)

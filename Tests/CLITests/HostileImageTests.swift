@@ -60,7 +60,7 @@ enum HostileBase {
         let outside = directory.file("outside")
         try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
         let path = outside + "/secret.raw"
-        FileManager.default.createFile(atPath: path, contents: Data(repeating: 0x53, count: 1 << 20))
+        try Data(repeating: 0x53, count: 1 << 20).write(to: URL(fileURLWithPath: path))
         return path
     }
 
@@ -716,7 +716,7 @@ enum HostileLayout {
         },
         HostileCase(description: "junk with an image extension is not raw", expected: ["format", "matches no image format"]) { d in
             let path = d.file("disk.qcow2")
-            FileManager.default.createFile(atPath: path, contents: Data(repeating: 0x41, count: 65536))
+            try Data(repeating: 0x41, count: 65536).write(to: URL(fileURLWithPath: path))
             return path
         },
         HostileCase(description: "declared format differs from the content, strict mode", arguments: ["--untrusted", "-f", "vmdk"],

@@ -263,7 +263,7 @@ struct ExportTransferTests {
 
 /// Writes `data` as a partial upload owned by the test user (as the interrupted exporter would have).
 func writePartial(_ data: Data, to path: String) throws {
-    FileManager.default.createFile(atPath: path, contents: data)
+    try data.write(to: URL(fileURLWithPath: path))
     let chowned = try runProcess(["chown", TestSSHServer.user, path])
     #expect(chowned.status == 0)
 }

@@ -28,8 +28,10 @@ final class TestSSHServer: @unchecked Sendable {
             .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
         if password.isEmpty {
             password = "kdct-" + UUID().uuidString
-            FileManager.default.createFile(atPath: passwordFile, contents: Data(password.utf8),
-                                           attributes: [.posixPermissions: 0o600])
+            guard FileManager.default.createFile(atPath: passwordFile, contents: Data(password.utf8),
+                                                 attributes: [.posixPermissions: 0o600]) else {
+                throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: passwordFile])
+            }
         }
         let changed = try runProcess(["chpasswd"], stdin: Data("\(user):\(password)\n".utf8))
         guard changed.status == 0 else { throw KDCTError(.io, "chpasswd failed: \(changed.stderr)") }
@@ -67,8 +69,10 @@ final class TestSSHServer: @unchecked Sendable {
         }
         let authorized = try String(contentsOfFile: clientKey + ".pub", encoding: .utf8)
             + String(contentsOfFile: encryptedClientKey + ".pub", encoding: .utf8)
-        FileManager.default.createFile(atPath: directory.file("authorized_keys"), contents: Data(authorized.utf8),
-                                       attributes: [.posixPermissions: 0o644])
+        guard FileManager.default.createFile(atPath: directory.file("authorized_keys"), contents: Data(authorized.utf8),
+                                             attributes: [.posixPermissions: 0o644]) else {
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: directory.file("authorized_keys")])
+        }
         remoteDirectory = directory.file("remote")
         try FileManager.default.createDirectory(atPath: remoteDirectory, withIntermediateDirectories: false)
         let chowned = try runProcess(["chown", Self.user, remoteDirectory])
@@ -313,5 +317,5 @@ func writeRandomFile(_ path: String, size: Int, seed: UInt64 = 1) throws {
             words[index] = state
         }
     }
-    FileManager.default.createFile(atPath: path, contents: Data(bytes))
+    try Data(bytes).write(to: URL(fileURLWithPath: path))
 }

@@ -58,7 +58,7 @@ import KDCTTestSupport
         content.replaceSubrange(0..<4, with: [0x51, 0x46, 0x49, 0xFB])
         content.replaceSubrange(4..<8, with: [0, 0, 0, 3])
         content.replaceSubrange(0x8001..<0x8006, with: Array("CD001".utf8))
-        FileManager.default.createFile(atPath: iso, contents: Data(content))
+        try Data(content).write(to: URL(fileURLWithPath: iso))
         #expect(throws: KDCTError.self) { try ImageOpener.open(iso, options: strict) }
     }
 
@@ -66,7 +66,7 @@ import KDCTTestSupport
         let dir = try TemporaryDirectory()
         for ext in ["vdi", "vmdk", "vhd", "vhdx", "qcow2", "qcow", "qed"] {
             let path = dir.file("disk.\(ext)")
-            FileManager.default.createFile(atPath: path, contents: Data(repeating: 0x33, count: 8192))
+            try Data(repeating: 0x33, count: 8192).write(to: URL(fileURLWithPath: path))
             do {
                 _ = try ImageOpener.open(path)
                 Issue.record(".\(ext) with junk opened as raw")
@@ -77,7 +77,7 @@ import KDCTTestSupport
         }
         // The same junk named .img is raw.
         let raw = dir.file("disk.img")
-        FileManager.default.createFile(atPath: raw, contents: Data(repeating: 0x33, count: 8192))
+        try Data(repeating: 0x33, count: 8192).write(to: URL(fileURLWithPath: raw))
         #expect(try ImageOpener.open(raw).info.format == .raw)
         // A declaration the content contradicts is an error, either way round.
         #expect(throws: KDCTError.self) { try ImageOpener.open(raw, options: OpenOptions(format: .qcow2)) }
@@ -101,11 +101,11 @@ import KDCTTestSupport
     @Test func policies() throws {
         let dir = try TemporaryDirectory()
         let image = dir.file("top.qcow2")
-        FileManager.default.createFile(atPath: dir.file("base.qcow2"), contents: Data())
+        try Data().write(to: URL(fileURLWithPath: dir.file("base.qcow2")))
         try FileManager.default.createDirectory(atPath: dir.file("sub"), withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: dir.file("sub/inner.qcow2"), contents: Data())
+        try Data().write(to: URL(fileURLWithPath: dir.file("sub/inner.qcow2")))
         let outside = try TemporaryDirectory()
-        FileManager.default.createFile(atPath: outside.file("secret.img"), contents: Data())
+        try Data().write(to: URL(fileURLWithPath: outside.file("secret.img")))
         try FileManager.default.createSymbolicLink(atPath: dir.file("escape.qcow2"), withDestinationPath: outside.file("secret.img"))
 
         func resolve(_ name: String, _ policy: ReferencePolicy) throws -> String {

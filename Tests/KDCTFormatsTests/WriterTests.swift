@@ -39,7 +39,7 @@ import KDCTTestSupport
         var bytes = [UInt8](repeating: 0, count: 1 << 20)
         var state: UInt64 = 12345
         for i in bytes.indices { state ^= state << 13; state ^= state >> 7; state ^= state << 17; bytes[i] = UInt8(truncatingIfNeeded: state) }
-        FileManager.default.createFile(atPath: source, contents: Data(bytes))
+        try Data(bytes).write(to: URL(fileURLWithPath: source))
         let out = dir.file("out.qcow2")
         let result = try convertImage(source, to: out, format: .qcow2, compress: true)
         #expect(result.compressedClusters == 0)
@@ -76,7 +76,7 @@ import KDCTTestSupport
         let dir = try TemporaryDirectory()
         let source = try TestPattern.writeRaw(to: dir.file("src.raw"), size: 1 << 20)
         let out = dir.file("out.qcow2")
-        FileManager.default.createFile(atPath: out, contents: Data("keep".utf8))
+        try Data("keep".utf8).write(to: URL(fileURLWithPath: out))
         do {
             try convertImage(source, to: out, format: .qcow2)
             Issue.record("overwrote an existing file")

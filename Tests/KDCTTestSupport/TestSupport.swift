@@ -121,7 +121,7 @@ public enum TestPattern {
     /// Writes a sparse raw image of `size` bytes holding the pattern; returns its path.
     @discardableResult
     public static func writeRaw(to path: String, size: UInt64) throws -> String {
-        FileManager.default.createFile(atPath: path, contents: nil)
+        try Data().write(to: URL(fileURLWithPath: path))
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         defer { try? handle.close() }
         try handle.truncate(atOffset: size)
