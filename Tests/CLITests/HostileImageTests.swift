@@ -27,6 +27,18 @@ struct HostileCase: Sendable, CustomStringConvertible {
     var build: @Sendable (_ directory: TemporaryDirectory) throws -> String
 }
 
+extension HostileCase {
+    /// A case that patches bytes of a base image (`HostileBase.image`): each patch is a file offset and the bytes.
+    static func patching(description: String, arguments: [String] = [], expected: [String], info: InfoOutcome = .fails,
+                         image name: String, format: String, patches: [(Int, [UInt8])]) -> HostileCase {
+        HostileCase(description: description, arguments: arguments, expected: expected, info: info) { d in
+            let path = try HostileBase.image(d, name, format: format)
+            for (offset, bytes) in patches { try ImageBytes.patch(path, at: offset, bytes) }
+            return path
+        }
+    }
+}
+
 /// Makes the base images the hostile cases patch: a 4 MiB guest with TestPattern content, converted by qemu-img.
 enum HostileBase {
     static let guestSize: UInt64 = 4 << 20
@@ -53,6 +65,13 @@ enum HostileBase {
     static func create(_ directory: TemporaryDirectory, _ arguments: [String]) throws {
         let result = try runProcess(["sh", "-c", "cd \"$0\" && exec qemu-img create -q \"$@\"", directory.path] + arguments)
         guard result.status == 0 else { throw KDCTError(.io, "qemu-img create failed: \(result.stderr)") }
+    }
+
+    /// Makes `disk.<format>` in the directory, a 4 MiB image over the raw backing file `backing` (not checked);
+    /// returns its path.
+    static func image(_ directory: TemporaryDirectory, format: String, backedBy backing: String) throws -> String {
+        try create(directory, ["-f", format, "-u", "-b", backing, "-F", "raw", "disk.\(format)", "4M"])
+        return directory.file("disk.\(format)")
     }
 
     /// A file outside the image's directory that a hostile image names (it must never be opened).
@@ -219,46 +238,23 @@ enum HostileLayout {
 
     static let qcow2Cases: [HostileCase] = [
         // CVE-2014-0142 class: a zero or absurd block size (division by zero, shifts past 63).
-        HostileCase(description: "CVE-2014-0142 qcow2 cluster_bits 0", expected: ["cluster_bits"]) { d in
-            let path = try B.image(d, "disk.qcow2", format: "qcow2")
-            try P.patch(path, at: 20, P.be32(0))
-            return path
-        },
+        HostileCase.patching(description: "CVE-2014-0142 qcow2 cluster_bits 0", expected: ["cluster_bits"],
+            image: "disk.qcow2", format: "qcow2", patches: [(20, P.be32(0))]),
         // CVE-2014-0143 class: integer overflow in table sizes (l1_size * 8, size rounded up to clusters).
-        HostileCase(description: "CVE-2014-0143 qcow2 l1_size 0x10000000", expected: ["l1_size"]) { d in
-            let path = try B.image(d, "disk.qcow2", format: "qcow2")
-            try P.patch(path, at: 36, P.be32(0x1000_0000))
-            return path
-        },
-        HostileCase(description: "CVE-2014-0143 qcow2 size 2^63", expected: ["size", "limit"]) { d in
-            let path = try B.image(d, "disk.qcow2", format: "qcow2")
-            try P.patch(path, at: 24, P.be64(1 << 63))
-            return path
-        },
+        HostileCase.patching(description: "CVE-2014-0143 qcow2 l1_size 0x10000000", expected: ["l1_size"],
+            image: "disk.qcow2", format: "qcow2", patches: [(36, P.be32(0x1000_0000))]),
+        HostileCase.patching(description: "CVE-2014-0143 qcow2 size 2^63", expected: ["size", "limit"],
+            image: "disk.qcow2", format: "qcow2", patches: [(24, P.be64(1 << 63))]),
         // CVE-2014-0144 class: header fields not validated (header_length, backing name length, table offsets).
-        HostileCase(description: "CVE-2014-0144 qcow2 header_length 50", expected: ["header_length"]) { d in
-            let path = try B.image(d, "disk.qcow2", format: "qcow2")
-            try P.patch(path, at: 100, P.be32(50))
-            return path
-        },
-        HostileCase(description: "CVE-2014-0144 qcow2 backing_file_size 5000", expected: ["backing_file_size"]) { d in
-            let path = try B.image(d, "disk.qcow2", format: "qcow2")
-            try P.patch(path, at: 8, P.be64(512))
-            try P.patch(path, at: 16, P.be32(5000))
-            return path
-        },
-        HostileCase(description: "CVE-2014-0144 qcow2 l1_table_offset past end of file", expected: ["l1_table_offset"]) { d in
-            let path = try B.image(d, "disk.qcow2", format: "qcow2")
-            try P.patch(path, at: 40, P.be64(1 << 40))
-            return path
-        },
+        HostileCase.patching(description: "CVE-2014-0144 qcow2 header_length 50", expected: ["header_length"],
+            image: "disk.qcow2", format: "qcow2", patches: [(100, P.be32(50))]),
+        HostileCase.patching(description: "CVE-2014-0144 qcow2 backing_file_size 5000", expected: ["backing_file_size"],
+            image: "disk.qcow2", format: "qcow2", patches: [(8, P.be64(512)), (16, P.be32(5000))]),
+        HostileCase.patching(description: "CVE-2014-0144 qcow2 l1_table_offset past end of file", expected: ["l1_table_offset"],
+            image: "disk.qcow2", format: "qcow2", patches: [(40, P.be64(1 << 40))]),
         // CVE-2014-0145 class: snapshot table sizes (count, per-entry lengths) trusted.
-        HostileCase(description: "CVE-2014-0145 qcow2 nb_snapshots 0x7fffffff", expected: ["nb_snapshots"]) { d in
-            let path = try B.image(d, "disk.qcow2", format: "qcow2")
-            try P.patch(path, at: 60, P.be32(0x7FFF_FFFF))
-            try P.patch(path, at: 64, P.be64(0x10000))
-            return path
-        },
+        HostileCase.patching(description: "CVE-2014-0145 qcow2 nb_snapshots 0x7fffffff", expected: ["nb_snapshots"],
+            image: "disk.qcow2", format: "qcow2", patches: [(60, P.be32(0x7FFF_FFFF)), (64, P.be64(0x10000))]),
         HostileCase(description: "CVE-2014-0145 qcow2 snapshot extra data size", expected: ["snapshot"]) { d in
             let path = try B.image(d, "disk.qcow2", format: "qcow2")
             _ = try qemuImg("snapshot", "-c", "s1", path)
@@ -318,15 +314,11 @@ enum HostileLayout {
         // CVE-2024-32498 class: a backing file naming a host file (absolute, .., symlink out, json:).
         HostileCase(description: "CVE-2024-32498 qcow2 backing file absolute path", expected: ["backing-file", "absolute"],
                     info: .reportsReference("secret.raw")) { d in
-            let secret = try B.secret(d)
-            try B.create(d, ["-f", "qcow2", "-u", "-b", secret, "-F", "raw", "disk.qcow2", "4M"])
-            return d.file("disk.qcow2")
+            try B.image(d, format: "qcow2", backedBy: B.secret(d))
         },
         HostileCase(description: "CVE-2024-32498 qcow2 backing file absolute path, strict mode", arguments: ["--untrusted"],
                     expected: ["backing-file", "strict mode"], info: .reportsReference("secret.raw")) { d in
-            let secret = try B.secret(d)
-            try B.create(d, ["-f", "qcow2", "-u", "-b", secret, "-F", "raw", "disk.qcow2", "4M"])
-            return d.file("disk.qcow2")
+            try B.image(d, format: "qcow2", backedBy: B.secret(d))
         },
         HostileCase(description: "CVE-2024-32498 qcow2 backing file with ..", expected: ["backing-file", ".."],
                     info: .reportsReference("../outside/secret.raw")) { d in
@@ -347,9 +339,7 @@ enum HostileLayout {
         },
         HostileCase(description: "CVE-2024-32498 qcow2 json: backing file", expected: ["backing-file", "json:"],
                     info: .reportsReference("json:")) { d in
-            let secret = try B.secret(d)
-            try B.create(d, ["-f", "qcow2", "-u", "-b", #"json:{"file.filename":"\#(secret)"}"#, "-F", "raw", "disk.qcow2", "4M"])
-            return d.file("disk.qcow2")
+            try B.image(d, format: "qcow2", backedBy: #"json:{"file.filename":"\#(try B.secret(d))"}"#)
         },
         // The error names the file at fault: the backing file whose content contradicts the declared format.
         HostileCase(description: "qcow2 backing format raw over a qcow2 backing file", expected: ["base.qcow2", "declared format raw"],
@@ -369,28 +359,16 @@ enum HostileLayout {
     // MARK: QCOW (version 1)
 
     static let qcowCases: [HostileCase] = [
-        HostileCase(description: "CVE-2014-0142 qcow cluster_bits 0", expected: ["cluster_bits"]) { d in
-            let path = try B.image(d, "disk.qcow", format: "qcow")
-            try P.patch(path, at: 32, [0])
-            return path
-        },
+        HostileCase.patching(description: "CVE-2014-0142 qcow cluster_bits 0", expected: ["cluster_bits"],
+            image: "disk.qcow", format: "qcow", patches: [(32, [0])]),
         // CVE-2014-0222: L2 table size computed from l2_bits overflowed.
-        HostileCase(description: "CVE-2014-0222 qcow l2_bits 30", expected: ["l2_bits"]) { d in
-            let path = try B.image(d, "disk.qcow", format: "qcow")
-            try P.patch(path, at: 33, [30])
-            return path
-        },
+        HostileCase.patching(description: "CVE-2014-0222 qcow l2_bits 30", expected: ["l2_bits"],
+            image: "disk.qcow", format: "qcow", patches: [(33, [30])]),
         // CVE-2014-0223: image size overflowed the L1 size computation.
-        HostileCase(description: "CVE-2014-0223 qcow size 2^63", expected: ["virtual size", "limit"]) { d in
-            let path = try B.image(d, "disk.qcow", format: "qcow")
-            try P.patch(path, at: 24, P.be64(1 << 63))
-            return path
-        },
-        HostileCase(description: "CVE-2014-0144 qcow l1_table_offset past end of file", expected: ["l1_table_offset"]) { d in
-            let path = try B.image(d, "disk.qcow", format: "qcow")
-            try P.patch(path, at: 40, P.be64(1 << 40))
-            return path
-        },
+        HostileCase.patching(description: "CVE-2014-0223 qcow size 2^63", expected: ["virtual size", "limit"],
+            image: "disk.qcow", format: "qcow", patches: [(24, P.be64(1 << 63))]),
+        HostileCase.patching(description: "CVE-2014-0144 qcow l1_table_offset past end of file", expected: ["l1_table_offset"],
+            image: "disk.qcow", format: "qcow", patches: [(40, P.be64(1 << 40))]),
         HostileCase(description: "qcow L2 entry past end of file", expected: ["L2 entry 0", "guest offset 0", "past the end"],
                     info: .succeeds) { d in
             let path = try B.image(d, "disk.qcow", format: "qcow")
@@ -413,35 +391,21 @@ enum HostileLayout {
         },
         HostileCase(description: "CVE-2024-32498 qcow backing file absolute path", expected: ["backing-file", "absolute"],
                     info: .reportsReference("secret.raw")) { d in
-            let secret = try B.secret(d)
-            try B.create(d, ["-f", "qcow", "-u", "-b", secret, "-F", "raw", "disk.qcow", "4M"])
-            return d.file("disk.qcow")
+            try B.image(d, format: "qcow", backedBy: B.secret(d))
         },
     ]
 
     // MARK: QED
 
     static let qedCases: [HostileCase] = [
-        HostileCase(description: "CVE-2014-0142 qed cluster_size 0", expected: ["cluster size", "cluster_size"]) { d in
-            let path = try B.image(d, "disk.qed", format: "qed")
-            try P.patch(path, at: 4, P.le32(0))
-            return path
-        },
-        HostileCase(description: "CVE-2014-0142 qed table_size 0", expected: ["table_size"]) { d in
-            let path = try B.image(d, "disk.qed", format: "qed")
-            try P.patch(path, at: 8, P.le32(0))
-            return path
-        },
-        HostileCase(description: "CVE-2014-0143 qed image_size 2^62", expected: ["image_size"]) { d in
-            let path = try B.image(d, "disk.qed", format: "qed")
-            try P.patch(path, at: 48, P.le64(1 << 62))
-            return path
-        },
-        HostileCase(description: "CVE-2014-0144 qed l1_table_offset past end of file", expected: ["l1_table_offset"]) { d in
-            let path = try B.image(d, "disk.qed", format: "qed")
-            try P.patch(path, at: 40, P.le64(1 << 40))
-            return path
-        },
+        HostileCase.patching(description: "CVE-2014-0142 qed cluster_size 0", expected: ["cluster size", "cluster_size"],
+            image: "disk.qed", format: "qed", patches: [(4, P.le32(0))]),
+        HostileCase.patching(description: "CVE-2014-0142 qed table_size 0", expected: ["table_size"],
+            image: "disk.qed", format: "qed", patches: [(8, P.le32(0))]),
+        HostileCase.patching(description: "CVE-2014-0143 qed image_size 2^62", expected: ["image_size"],
+            image: "disk.qed", format: "qed", patches: [(48, P.le64(1 << 62))]),
+        HostileCase.patching(description: "CVE-2014-0144 qed l1_table_offset past end of file", expected: ["l1_table_offset"],
+            image: "disk.qed", format: "qed", patches: [(40, P.le64(1 << 40))]),
         HostileCase(description: "qed L1 entry past end of file", expected: ["L1 entry 0"]) { d in
             let path = try B.image(d, "disk.qed", format: "qed")
             let l1 = Int(try P.littleEndian(path, at: 40, width: 8))
@@ -463,41 +427,25 @@ enum HostileLayout {
         },
         HostileCase(description: "CVE-2024-32498 qed backing file absolute path", expected: ["backing-file", "absolute"],
                     info: .reportsReference("secret.raw")) { d in
-            let secret = try B.secret(d)
-            try B.create(d, ["-f", "qed", "-u", "-b", secret, "-F", "raw", "disk.qed", "4M"])
-            return d.file("disk.qed")
+            try B.image(d, format: "qed", backedBy: B.secret(d))
         },
         HostileCase(description: "CVE-2024-32498 qed json: backing file", expected: ["backing-file", "json:"],
                     info: .reportsReference("json:")) { d in
-            let secret = try B.secret(d)
-            try B.create(d, ["-f", "qed", "-u", "-b", #"json:{"file.filename":"\#(secret)"}"#, "-F", "raw", "disk.qed", "4M"])
-            return d.file("disk.qed")
+            try B.image(d, format: "qed", backedBy: #"json:{"file.filename":"\#(try B.secret(d))"}"#)
         },
     ]
 
     // MARK: VDI
 
     static let vdiCases: [HostileCase] = [
-        HostileCase(description: "CVE-2014-0142 vdi block size 0", expected: ["block size"]) { d in
-            let path = try B.image(d, "disk.vdi", format: "vdi")
-            try P.patch(path, at: 0x178, P.le32(0))
-            return path
-        },
-        HostileCase(description: "CVE-2014-0143 vdi block count 0xffffffff", expected: ["block"]) { d in
-            let path = try B.image(d, "disk.vdi", format: "vdi")
-            try P.patch(path, at: 0x180, P.le32(0xFFFF_FFFF))
-            return path
-        },
-        HostileCase(description: "CVE-2014-0143 vdi disk size 2^63", expected: ["size"]) { d in
-            let path = try B.image(d, "disk.vdi", format: "vdi")
-            try P.patch(path, at: 0x170, P.le64(1 << 63))
-            return path
-        },
-        HostileCase(description: "CVE-2014-0144 vdi block map offset past end of file", expected: ["block map"]) { d in
-            let path = try B.image(d, "disk.vdi", format: "vdi")
-            try P.patch(path, at: 0x154, P.le32(0x7FFF_0000))
-            return path
-        },
+        HostileCase.patching(description: "CVE-2014-0142 vdi block size 0", expected: ["block size"],
+            image: "disk.vdi", format: "vdi", patches: [(0x178, P.le32(0))]),
+        HostileCase.patching(description: "CVE-2014-0143 vdi block count 0xffffffff", expected: ["block"],
+            image: "disk.vdi", format: "vdi", patches: [(0x180, P.le32(0xFFFF_FFFF))]),
+        HostileCase.patching(description: "CVE-2014-0143 vdi disk size 2^63", expected: ["size"],
+            image: "disk.vdi", format: "vdi", patches: [(0x170, P.le64(1 << 63))]),
+        HostileCase.patching(description: "CVE-2014-0144 vdi block map offset past end of file", expected: ["block map"],
+            image: "disk.vdi", format: "vdi", patches: [(0x154, P.le32(0x7FFF_0000))]),
         HostileCase(description: "vdi block map entry past end of file", expected: ["block map entry 0", "past the end"]) { d in
             let path = try B.image(d, "disk.vdi", format: "vdi")
             let map = Int(try P.littleEndian(path, at: 0x154, width: 4))
