@@ -200,14 +200,14 @@ def write_results(path, rows, runs):
         "durability kdct-native provides. CPU is user+sys seconds of the tool itself (median).", "",
         "Workload: an 8 GiB virtual ext4 image with about 1.6 GB of files from /usr (`mkfs.ext4 -d`), converted by",
         "qemu-img into each input format.", "",
-        "| case | kdct-native (s) | qemu-img (s) | ratio | qemu-img + fsync (s) | ratio | CPU kdct / qemu (s) | peak RSS kdct / qemu (MiB) | output kdct / qemu (MB) | outputs identical |",
+        "| case | kdct-native (s) | qemu-img (s) | ratio | qemu-img + fsync (s) | ratio | CPU kdct / qemu (s) | peak RSS kdct / qemu (MiB) | output kdct / qemu (MB allocated) | outputs identical |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         wb = f"{r['qemu_wb']:.2f} | {r['ratio_wb']:.2f}" if r["qemu_wb"] is not None else "- | -"
         lines.append(f"| {r['case']} | {r['kdct']:.2f} | {r['qemu']:.2f} | {r['ratio']:.2f} | {wb} | "
                      f"{r['kdct_cpu']:.1f} / {r['qemu_cpu']:.1f} | "
-                     f"{r['kdct_rss'] // 1024} / {r['qemu_rss'] // 1024} | {r['kdct_size'] / 1e6:.0f} / {r['qemu_size'] / 1e6:.0f} | "
+                     f"{r['kdct_rss'] // 1024} / {r['qemu_rss'] // 1024} | {r['kdct_size'] / 1e6:.2f} / {r['qemu_size'] / 1e6:.2f} | "
                      f"{'yes' if r['identical'] else 'NO'} |")
     lines += ["", "## Runs and commands", ""]
     for r in rows:
