@@ -1,7 +1,7 @@
 /// Writes a QCOW2 version 3 image as a stream: data clusters are appended in guest order, completed L2 tables are
-/// kept until `l2Budget` bytes of them are pending (then appended together), and the L1 table, refcount blocks,
-/// refcount table and header come at the end. Host writes therefore only ever move forward (which suits remote
-/// targets), and memory holds the L1 table, the pending L2 tables and a 16-bit refcount per host cluster.
+/// kept until `l2Budget` bytes of them are pending (then appended together), and the refcount blocks, refcount
+/// table, L1 table and header come at the end (the file ends with the L1 entries, inside the L1 cluster). Host
+/// writes therefore only ever move forward (which suits remote targets), and memory holds the L1 table, the pending L2 tables and a 16-bit refcount per host cluster.
 ///
 /// Compressed output is packed densely: within each `packingWindow` of the guest (a fixed 4 MiB, independent of how
 /// the converter cuts segments, so the output bytes never depend on it) the compressed clusters are written first,
@@ -292,10 +292,10 @@ public final class QCOW2Writer: ImageWriter {
         let cs = UInt64(clusterSize)
         let l1Bytes = max(l1.count * 8, 1)
         let l1Clusters = (l1Bytes + clusterSize - 1) / clusterSize
-        let l1Host = allocateClusters(l1Clusters)
 
-        // Refcount blocks must also count themselves and the refcount table: grow both until they cover all.
-        let usedClusters = Int((nextHost + cs - 1) / cs)
+        // Refcount blocks must also count themselves, the refcount table and the L1 table: grow both until they
+        // cover all.
+        let usedClusters = Int((nextHost + cs - 1) / cs) + l1Clusters
         let entriesPerBlock = clusterSize / 2
         var blocks = 0
         var tableClusters = 0
@@ -309,13 +309,11 @@ public final class QCOW2Writer: ImageWriter {
         }
         let blocksHost = allocateClusters(blocks)
         let tableHost = allocateClusters(tableClusters)
-
-        var l1Encoded = [UInt8](repeating: 0, count: l1Clusters * clusterSize)
-        l1Encoded.withUnsafeMutableBytes { raw in
-            for (i, entry) in l1.enumerated() { raw.storeBytes(of: entry.bigEndian, toByteOffset: i * 8, as: UInt64.self) }
-        }
-        try l1Encoded.withUnsafeBytes { try stage($0, at: l1Host) }
-        l1Encoded = []
+        // The L1 table comes last and the file ends where its entries end (rounded up to a sector), not at the end
+        // of its cluster: reads past the end of an image file return zeros in qemu, and a small disk's L1 table
+        // uses a few bytes of its cluster. qemu's compressed images likewise end inside their last cluster.
+        let l1Host = allocateClusters(l1Clusters)
+        let l1Stored = (l1Bytes + 511) / 512 * 512
 
         var block = [UInt8](repeating: 0, count: clusterSize)
         for b in 0..<blocks {
@@ -335,11 +333,16 @@ public final class QCOW2Writer: ImageWriter {
             }
         }
         try table.withUnsafeBytes { try stage($0, at: tableHost) }
+        var l1Encoded = [UInt8](repeating: 0, count: l1Stored)
+        l1Encoded.withUnsafeMutableBytes { raw in
+            for (i, entry) in l1.enumerated() { raw.storeBytes(of: entry.bigEndian, toByteOffset: i * 8, as: UInt64.self) }
+        }
+        try l1Encoded.withUnsafeBytes { try stage($0, at: l1Host) }
         try flushStaging()
 
         let header = encodeHeader(l1Offset: l1Host, refcountTableOffset: tableHost, refcountTableClusters: tableClusters)
         try header.withUnsafeBytes { try target.write($0, at: 0) }
-        try target.setLength(tableHost + UInt64(tableClusters) * cs)
+        try target.setLength(l1Host + UInt64(l1Stored))
     }
 
     /// The version 3 header (qcow2.txt, "Header"), 112 bytes plus the end-of-extensions marker, padded to a cluster.
