@@ -3,11 +3,11 @@
 /// table, L1 table and header come at the end (the file ends with the L1 entries, inside the L1 cluster). Host
 /// writes therefore only ever move forward (which suits remote targets), and memory holds the L1 table, the pending L2 tables and a 16-bit refcount per host cluster.
 ///
-/// Compressed output is packed densely: within each `packingWindow` of the guest (a fixed 4 MiB, independent of how
-/// the converter cuts segments, so the output bytes never depend on it) the compressed clusters are written first,
-/// back to back, and the clusters that did not shrink after them. An uncompressed cluster therefore breaks the
-/// packing at most once per window (qemu breaks it at every switch and at every L2 table), and the output is
-/// smaller than qemu-img's.
+/// Compressed output is packed densely: compressed clusters are written back to back as they come, and the clusters
+/// that did not shrink are held back (up to `deferredBudget` bytes of them, over at most `deferredSpan` of guest) and
+/// written together, so an incompressible cluster does not break the packing each time (qemu breaks it at every
+/// switch and at every L2 table). When they are written depends only on the sequence of clusters, never on how the
+/// converter cuts segments, so the output bytes are identical for any worker count.
 ///
 /// Layout rules are qemu's (docs/interop/qcow2.txt): 16-bit refcounts (`refcount_order` 4), the COPIED flag on
 /// every L1/L2 entry whose cluster has refcount 1, compressed clusters packed byte-contiguously with the
@@ -50,12 +50,14 @@ public final class QCOW2Writer: ImageWriter {
     private var pendingL2: [(index: Int, entries: [UInt64])] = []
     /// Pending L2 tables are written out when they reach this many bytes.
     private let l2Budget = 32 << 20
-    /// Guest bytes per packing window when compressing.
-    static let packingWindow: UInt64 = 4 << 20
-    /// Clusters of the current packing window that did not shrink, held until the window ends.
+    /// Bytes of clusters that did not shrink held back at most when compressing.
+    static let deferredBudget = 16 << 20
+    /// Guest bytes from the first held cluster after which the held clusters are written (this bounds the L2 tables
+    /// kept open for them).
+    static let deferredSpan: UInt64 = 256 << 20
+    /// Guest cluster numbers of the held clusters, in guest order; their bytes are in `deferredBytes`.
     private var deferredClusters: [UInt64] = []
     private var deferredBytes: UnsafeMutableRawBufferPointer?
-    private var currentWindow: UInt64 = 0
     /// Refcount of every host cluster so far, indexed by host cluster number.
     private var refcounts: [UInt16] = [1]
     /// The next free host byte (compressed data packs from here; other structures start at the next cluster).
@@ -234,17 +236,17 @@ public final class QCOW2Writer: ImageWriter {
         }
     }
 
-    /// With compression: compressed clusters are packed at once; clusters that did not shrink wait for the end of
-    /// their packing window.
+    /// With compression: compressed clusters are packed at once; clusters that did not shrink are held back until
+    /// `deferredBudget` bytes of them are held or the guest has moved `deferredSpan` past the first of them.
     private func writePacked(_ segment: SegmentBuffer) throws {
         guard let compressed = segment.compressed else { return }
         let firstCluster = segment.guestOffset / UInt64(clusterSize)
+        let spanClusters = max(Self.deferredSpan / UInt64(clusterSize), 1)
+        let budgetClusters = max(Self.deferredBudget / clusterSize, 1)
         for (index, encoding) in segment.clusters.enumerated() {
             let guestCluster = firstCluster + UInt64(index)
-            let window = guestCluster * UInt64(clusterSize) / Self.packingWindow
-            if window != currentWindow {
+            if let first = deferredClusters.first, guestCluster - first >= spanClusters {
                 try flushDeferredClusters()
-                currentWindow = window
             }
             switch encoding {
             case .zero:
@@ -254,16 +256,18 @@ public final class QCOW2Writer: ImageWriter {
                 try stage(UnsafeRawBufferPointer(rebasing: compressed[offset..<(offset + length)]), at: host)
                 setL2Entry(guestCluster: guestCluster, compressedDescriptor(host: host, length: length))
             case .data:
-                let buffer = deferredBytes ?? .allocate(byteCount: Int(max(Self.packingWindow, UInt64(clusterSize))), alignment: 4096)
+                let buffer = deferredBytes ?? .allocate(byteCount: budgetClusters * clusterSize, alignment: 4096)
                 deferredBytes = buffer
                 let slot = deferredClusters.count * clusterSize
-                UnsafeMutableRawBufferPointer(rebasing: buffer[slot..<(slot + clusterSize)]).copyMemory(from: segment.clusterBytes(index))
+                UnsafeMutableRawBufferPointer(rebasing: buffer[slot..<(slot + clusterSize)])
+                    .copyMemory(from: segment.clusterBytes(index))
                 deferredClusters.append(guestCluster)
+                if deferredClusters.count == budgetClusters { try flushDeferredClusters() }
             }
         }
     }
 
-    /// Writes the held uncompressed clusters of the current window, in runs of consecutive guest clusters.
+    /// Writes the held uncompressed clusters, in runs of consecutive guest clusters.
     private func flushDeferredClusters() throws {
         guard let buffer = deferredBytes, !deferredClusters.isEmpty else { return }
         var start = 0
