@@ -3,8 +3,6 @@
 // -sanitize=fuzzer,address; the root package's `swift build` / `swift test` never see this package.
 import PackageDescription
 
-let formats = ["raw", "qcow2", "qcow", "qed", "vdi", "vmdk", "vhd", "vhdx", "ova"]
-
 let package = Package(
     name: "kdct-fuzz",
     dependencies: [.package(name: "kdct-native", path: "..")],
@@ -14,11 +12,11 @@ let package = Package(
             dependencies: [.product(name: "KDCTFormats", package: "kdct-native")],
             path: "Sources/FuzzSupport"
         ),
-    ] + formats.map { format in
+        // One harness binary; run-fuzzers.sh runs it as fuzz-raw, fuzz-qcow2 ... fuzz-ova.
         .executableTarget(
-            name: "fuzz-\(format)",
+            name: "fuzz-image",
             dependencies: ["FuzzSupport", .product(name: "KDCTFormats", package: "kdct-native")],
-            path: "Sources/fuzz-\(format)"
-        )
-    }
+            path: "Sources/fuzz-image"
+        ),
+    ]
 )

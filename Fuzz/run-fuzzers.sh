@@ -32,8 +32,13 @@ built=$(swift build --package-path "$fuzz_dir" -c release --show-bin-path)
 # Run copies, so a rebuild while this script runs does not swap binaries under libFuzzer's fork-mode jobs.
 bin=".work/bin-$$"
 rm -rf "$bin" && mkdir -p "$bin"
-cp "$built"/fuzz-* "$bin"/ 2>/dev/null || true
-find "$bin" -type f ! -perm -u+x -delete
+# One binary serves every harness: it fuzzes the reader its name says (fuzz-qcow2, fuzz-ova...).
+for harness in "${harnesses[@]}"; do
+    case " raw qcow2 qcow qed vdi vmdk vhd vhdx ova " in
+        *" $harness "*) cp "$built/fuzz-image" "$bin/fuzz-$harness" ;;
+        *) echo "no harness named $harness (raw qcow2 qcow qed vdi vmdk vhd vhdx ova)"; exit 1 ;;
+    esac
+done
 trap 'rm -rf "$bin"' EXIT
 
 write_results() {
