@@ -39,6 +39,19 @@ extension HostileCase {
     }
 }
 
+extension HostileCase {
+    /// A case that changes the first L2 entry of a qcow2 base image (damage only a read reaches: `info` succeeds).
+    static func changingFirstQCOW2L2Entry(description: String, expected: [String],
+                                          _ change: @escaping @Sendable (UInt64) -> UInt64) -> HostileCase {
+        HostileCase(description: description, expected: expected, info: .succeeds) { d in
+            let path = try HostileBase.image(d, "disk.qcow2", format: "qcow2")
+            let entry = try HostileLayout.qcow2FirstL2Entry(path)
+            try ImageBytes.patch(path, at: entry, ImageBytes.be64(change(try ImageBytes.bigEndian(path, at: entry, width: 8))))
+            return path
+        }
+    }
+}
+
 /// Makes the base images the hostile cases patch: a 4 MiB guest with TestPattern content, converted by qemu-img.
 enum HostileBase {
     static let guestSize: UInt64 = 4 << 20
@@ -276,22 +289,10 @@ enum HostileLayout {
             try P.patch(path, at: try L.qcow2FirstL2Entry(path), P.be64(1 << 63 | 1 << 40))
             return path
         },
-        HostileCase(description: "qcow2 L2 entry not cluster-aligned", expected: ["L2 table 0 entry 0", "not cluster-aligned"],
-                    info: .succeeds) { d in
-            let path = try B.image(d, "disk.qcow2", format: "qcow2")
-            let entry = try L.qcow2FirstL2Entry(path)
-            let value = try P.bigEndian(path, at: entry, width: 8)
-            try P.patch(path, at: entry, P.be64(value + 0x200))
-            return path
-        },
-        HostileCase(description: "qcow2 L2 entry reserved bits", expected: ["L2 table 0 entry 0", "reserved bits"],
-                    info: .succeeds) { d in
-            let path = try B.image(d, "disk.qcow2", format: "qcow2")
-            let entry = try L.qcow2FirstL2Entry(path)
-            let value = try P.bigEndian(path, at: entry, width: 8)
-            try P.patch(path, at: entry, P.be64(value | 0x2))
-            return path
-        },
+        HostileCase.changingFirstQCOW2L2Entry(description: "qcow2 L2 entry not cluster-aligned",
+                                              expected: ["L2 table 0 entry 0", "not cluster-aligned"]) { $0 + 0x200 },
+        HostileCase.changingFirstQCOW2L2Entry(description: "qcow2 L2 entry reserved bits",
+                                              expected: ["L2 table 0 entry 0", "reserved bits"]) { $0 | 0x2 },
         HostileCase(description: "qcow2 compressed cluster that does not inflate to one cluster",
                     expected: ["compressed cluster", "guest offset 0"], info: .succeeds) { d in
             let path = try B.image(d, "disk.qcow2", format: "qcow2", compress: true)
