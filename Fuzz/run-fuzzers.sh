@@ -57,7 +57,7 @@ with open("RESULTS.md", "w") as out:
     out.write("built with `-sanitize=fuzzer,address`, each input opened in strict mode, default mode with references\n")
     out.write("refused, and `info` mode, then up to 4096 extents walked and read (8 MiB of guest per open, plus the\n")
     out.write("first 4 KiB of every extent); qcow2 also runs `check`. libFuzzer: fork mode, `-timeout=10`, `-rss_limit_mb=2048`,\n")
-    out.write("`-malloc_limit_mb=1024`, `-max_len=262144`, nice 10, one harness at a time on a shared 2-core machine.\n")
+    out.write("`-malloc_limit_mb=1024`, `-max_len=262144`, nice 10, one or two harnesses at a time on a shared 2-core machine.\n")
     out.write("The vhdx harness takes a sparse description of the file (u32 size, then offset/length/bytes records; see\n")
     out.write("`ImageFuzzer.writeSparseInput`) in every vhdx run after the first: a VHDX is at least 4 MiB of\n")
     out.write("1 MiB-aligned regions, and the first, byte-for-byte vhdx run (15 min) never got past the region table\n")
