@@ -292,14 +292,8 @@ public final class SSHConnection {
     /// Puts the host key algorithms of keys already recorded for this host first (as OpenSSH does), so a host
     /// with several keys presents the one known_hosts can vouch for.
     private static func preferHostKeyTypes(_ recorded: [HostKeyType], session: OpaquePointer) throws {
-        var supportedList: UnsafeMutablePointer<UnsafePointer<CChar>?>?
-        let count = libssh2_session_supported_algs(session, LIBSSH2_METHOD_HOSTKEY, &supportedList)
-        guard count > 0, let supportedList else { return }
-        var supported = Set<String>()
-        for index in 0..<Int(count) {
-            if let name = supportedList[index] { supported.insert(String(cString: name)) }
-        }
-        libssh2_free(session, supportedList)
+        let supported = Set(supportedAlgorithms(session: session, method: LIBSSH2_METHOD_HOSTKEY))
+        guard !supported.isEmpty else { return }
         var order: [String] = []
         for type in recorded + HostKeyType.preference {
             for name in type.algorithms where supported.contains(name) && !order.contains(name) { order.append(name) }
@@ -313,19 +307,22 @@ public final class SSHConnection {
     /// default. The rest of libssh2's list follows, so a server without CTR ciphers still negotiates.
     private static func preferCiphers(session: OpaquePointer) {
         for method in [LIBSSH2_METHOD_CRYPT_CS, LIBSSH2_METHOD_CRYPT_SC] {
-            var supportedList: UnsafeMutablePointer<UnsafePointer<CChar>?>?
-            let count = libssh2_session_supported_algs(session, method, &supportedList)
-            guard count > 0, let supportedList else { continue }
-            var supported: [String] = []
-            for index in 0..<Int(count) {
-                if let name = supportedList[index] { supported.append(String(cString: name)) }
-            }
-            libssh2_free(session, supportedList)
+            let supported = supportedAlgorithms(session: session, method: method)
             let preferred = ["aes128-ctr", "aes192-ctr", "aes256-ctr"].filter(supported.contains)
             let order = preferred + supported.filter { !preferred.contains($0) && $0 != "none" }
             guard !order.isEmpty else { continue }
             _ = libssh2_session_method_pref(session, method, order.joined(separator: ","))
         }
+    }
+
+    /// The algorithms libssh2 supports for `method` (`LIBSSH2_METHOD_HOSTKEY`, `LIBSSH2_METHOD_CRYPT_CS`...), in
+    /// its order of preference; empty when it cannot say.
+    private static func supportedAlgorithms(session: OpaquePointer, method: Int32) -> [String] {
+        var list: UnsafeMutablePointer<UnsafePointer<CChar>?>?
+        let count = libssh2_session_supported_algs(session, method, &list)
+        guard count > 0, let list else { return [] }
+        defer { libssh2_free(session, list) }
+        return (0..<Int(count)).compactMap { list[$0].map { String(cString: $0) } }
     }
 
     private static func presentedKey(session: OpaquePointer, endpoint: SSHEndpoint) throws -> HostKey {

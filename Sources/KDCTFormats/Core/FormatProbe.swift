@@ -47,10 +47,6 @@ public enum FormatProbe {
     /// Probes from the first bytes of a file (`head`, up to 64 KiB) and its last 512 and 511 bytes.
     public static func probe(head: [UInt8], tail: [UInt8] = [], tail511: [UInt8] = []) -> Result {
         var matches: [ImageFormat] = []
-        func has(_ magic: [UInt8], at offset: Int, in bytes: [UInt8]) -> Bool {
-            guard bytes.count >= offset + magic.count else { return false }
-            return Array(bytes[offset..<(offset + magic.count)]) == magic
-        }
         let reader = ByteReader(head, structure: "file header")
 
         if has(Array("vhdxfile".utf8), at: 0, in: head) { matches.append(.vhdx) }
@@ -87,16 +83,17 @@ public enum FormatProbe {
         return Result(matches: matches, foreignSignatures: foreign, guestDataAtStart: guestDataAtStart)
     }
 
+    /// True when `bytes` holds `magic` at `offset`.
+    static func has(_ magic: [UInt8], at offset: Int, in bytes: [UInt8]) -> Bool {
+        guard offset >= 0, bytes.count >= offset + magic.count else { return false }
+        return bytes[offset..<(offset + magic.count)].elementsEqual(magic)
+    }
+
     /// True when `head` holds VMDK descriptor text (`# Disk DescriptorFile`) starting at a 512-byte sector boundary
     /// (where VMware and qemu embed it).
     static func containsDescriptorText(_ head: [UInt8]) -> Bool {
         let marker = Array("# Disk DescriptorFile".utf8)
-        var offset = 0
-        while offset + marker.count <= head.count {
-            if head[offset] == marker[0], Array(head[offset..<(offset + marker.count)]) == marker { return true }
-            offset += 512
-        }
-        return false
+        return stride(from: 0, to: head.count, by: 512).contains { has(marker, at: $0, in: head) }
     }
 
     /// A VMDK text descriptor: ASCII text whose first lines carry `# Disk DescriptorFile` or a `createType=` key.

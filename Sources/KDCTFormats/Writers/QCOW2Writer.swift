@@ -1,7 +1,8 @@
 /// Writes a QCOW2 version 3 image as a stream: data clusters are appended in guest order, completed L2 tables are
 /// kept until `l2Budget` bytes of them are pending (then appended together), and the refcount blocks, refcount
 /// table, L1 table and header come at the end (the file ends with the L1 entries, inside the L1 cluster). Host
-/// writes therefore only ever move forward (which suits remote targets), and memory holds the L1 table, the pending L2 tables and a 16-bit refcount per host cluster.
+/// writes therefore only ever move forward (which suits remote targets), and memory holds the L1 table, the pending
+/// L2 tables and a 16-bit refcount per host cluster.
 ///
 /// Compressed output is packed densely: compressed clusters are written back to back as they come, and the clusters
 /// that did not shrink are held back (up to `deferredBudget` bytes of them, over at most `deferredSpan` of guest) and
@@ -55,6 +56,9 @@ public final class QCOW2Writer: ImageWriter {
     /// Guest bytes from the first held cluster after which the held clusters are written (this bounds the L2 tables
     /// kept open for them).
     static let deferredSpan: UInt64 = 256 << 20
+    /// `deferredBudget` and `deferredSpan` in clusters of this image.
+    private let deferredBudgetClusters: Int
+    private let deferredSpanClusters: UInt64
     /// Guest cluster numbers of the held clusters, in guest order; their bytes are in `deferredBytes`.
     private var deferredClusters: [UInt64] = []
     private var deferredBytes: UnsafeMutableRawBufferPointer?
@@ -89,6 +93,8 @@ public final class QCOW2Writer: ImageWriter {
                             field: "cluster_size")
         }
         l1 = [UInt64](repeating: 0, count: Int(l1Count))
+        deferredBudgetClusters = max(Self.deferredBudget / size, 1)
+        deferredSpanClusters = max(Self.deferredSpan / UInt64(size), 1)
         nextHost = UInt64(size)
         staging = .allocate(byteCount: Self.stagingCapacity, alignment: 4096)
     }
@@ -241,11 +247,9 @@ public final class QCOW2Writer: ImageWriter {
     private func writePacked(_ segment: SegmentBuffer) throws {
         guard let compressed = segment.compressed else { return }
         let firstCluster = segment.guestOffset / UInt64(clusterSize)
-        let spanClusters = max(Self.deferredSpan / UInt64(clusterSize), 1)
-        let budgetClusters = max(Self.deferredBudget / clusterSize, 1)
         for (index, encoding) in segment.clusters.enumerated() {
             let guestCluster = firstCluster + UInt64(index)
-            if let first = deferredClusters.first, guestCluster - first >= spanClusters {
+            if let first = deferredClusters.first, guestCluster - first >= deferredSpanClusters {
                 try flushDeferredClusters()
             }
             switch encoding {
@@ -256,13 +260,13 @@ public final class QCOW2Writer: ImageWriter {
                 try stage(UnsafeRawBufferPointer(rebasing: compressed[offset..<(offset + length)]), at: host)
                 setL2Entry(guestCluster: guestCluster, compressedDescriptor(host: host, length: length))
             case .data:
-                let buffer = deferredBytes ?? .allocate(byteCount: budgetClusters * clusterSize, alignment: 4096)
+                let buffer = deferredBytes ?? .allocate(byteCount: deferredBudgetClusters * clusterSize, alignment: 4096)
                 deferredBytes = buffer
                 let slot = deferredClusters.count * clusterSize
                 UnsafeMutableRawBufferPointer(rebasing: buffer[slot..<(slot + clusterSize)])
                     .copyMemory(from: segment.clusterBytes(index))
                 deferredClusters.append(guestCluster)
-                if deferredClusters.count == budgetClusters { try flushDeferredClusters() }
+                if deferredClusters.count == deferredBudgetClusters { try flushDeferredClusters() }
             }
         }
     }

@@ -73,18 +73,23 @@ public struct QCOW2Header: Sendable, Equatable {
     /// Not closed cleanly (dirty bit).
     public var isDirty: Bool { incompatibleFeatures & IncompatibleFeature.dirty != 0 }
 
-    /// Bytes to read from the start of the file to decode the header and its extensions (the first cluster,
-    /// at most 2 MiB).
+    /// Bytes read for the header when `cluster_bits` is invalid (the decoder then reports it): qemu's 2 MiB cap on
+    /// a cluster.
     public static let maximumHeaderRead = 2 << 20
 
-    /// Bytes to read for the header of `file`: its first cluster only (the header, its extensions and the backing
-    /// file name live there), so opening never reads guest data clusters; 2 MiB when `cluster_bits` is invalid (the
-    /// decoder then reports it).
-    public static func headerReadLength(file: ReadOnlyFile) throws -> UInt64 {
-        guard file.size >= 24 else { return file.size }
-        let clusterBits = try ByteReader(try file.readBytes(count: 24, at: 0, what: "qcow2 header"),
-                                         structure: "qcow2 header").u32be(20)
-        return (9...21).contains(clusterBits) ? 1 << UInt64(clusterBits) : UInt64(maximumHeaderRead)
+    /// The first cluster of `file` (or the whole file when shorter): the header, its extensions and the backing
+    /// file name live there, so opening never reads guest data clusters. The first 512 bytes (the smallest
+    /// cluster) are read first for `cluster_bits`, then only the rest of the cluster, so no byte is read twice.
+    public static func readFirstCluster(of file: ReadOnlyFile) throws -> [UInt8] {
+        var bytes = try file.readBytes(count: Int(min(file.size, 512)), at: 0, what: "qcow2 header")
+        guard bytes.count >= 24 else { return bytes }
+        let clusterBits = try ByteReader(bytes, structure: "qcow2 header").u32be(20)
+        let wanted = (9...21).contains(clusterBits) ? UInt64(1) << UInt64(clusterBits) : UInt64(maximumHeaderRead)
+        let length = min(wanted, file.size)
+        if length > UInt64(bytes.count) {
+            bytes += try file.readBytes(count: Int(length) - bytes.count, at: UInt64(bytes.count), what: "qcow2 header")
+        }
+        return bytes
     }
 
     /// Decodes the header from the first bytes of the file (`bytes` holds at least the first cluster, or the whole

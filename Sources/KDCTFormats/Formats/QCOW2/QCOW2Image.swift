@@ -36,8 +36,7 @@ public final class QCOW2Image: BlockDevice {
     /// Opens `file` as a QCOW2 image (without its backing file).
     public init(file: ReadOnlyFile, limits: ImageLimits = ImageLimits()) throws {
         self.file = file
-        let headBytes = try file.readBytes(count: Int(min(QCOW2Header.headerReadLength(file: file), file.size)), at: 0,
-                                           what: "qcow2 header")
+        let headBytes = try QCOW2Header.readFirstCluster(of: file)
         let header = try QCOW2Header.decode(headBytes, fileSize: file.size, limits: limits)
         self.header = header
         backingFileName = try header.backingFileName(from: headBytes)
