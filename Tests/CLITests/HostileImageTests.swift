@@ -28,18 +28,17 @@ struct HostileCase: Sendable, CustomStringConvertible {
 }
 
 extension HostileCase {
-    /// A case that patches bytes of a base image (`HostileBase.image`): each patch is a file offset and the bytes.
+    /// A case that patches bytes of the base image `disk.<format>` (`HostileBase.image`): each patch is a file
+    /// offset and the bytes.
     static func patching(description: String, arguments: [String] = [], expected: [String], info: InfoOutcome = .fails,
-                         image name: String, format: String, patches: [(Int, [UInt8])]) -> HostileCase {
+                         format: String, patches: [(Int, [UInt8])]) -> HostileCase {
         HostileCase(description: description, arguments: arguments, expected: expected, info: info) { d in
-            let path = try HostileBase.image(d, name, format: format)
+            let path = try HostileBase.image(d, "disk.\(format)", format: format)
             for (offset, bytes) in patches { try ImageBytes.patch(path, at: offset, bytes) }
             return path
         }
     }
-}
 
-extension HostileCase {
     /// A case that changes the first L2 entry of a qcow2 base image (damage only a read reaches: `info` succeeds).
     static func changingFirstQCOW2L2Entry(description: String, expected: [String],
                                           _ change: @escaping @Sendable (UInt64) -> UInt64) -> HostileCase {
@@ -252,22 +251,22 @@ enum HostileLayout {
     static let qcow2Cases: [HostileCase] = [
         // CVE-2014-0142 class: a zero or absurd block size (division by zero, shifts past 63).
         HostileCase.patching(description: "CVE-2014-0142 qcow2 cluster_bits 0", expected: ["cluster_bits"],
-            image: "disk.qcow2", format: "qcow2", patches: [(20, P.be32(0))]),
+            format: "qcow2", patches: [(20, P.be32(0))]),
         // CVE-2014-0143 class: integer overflow in table sizes (l1_size * 8, size rounded up to clusters).
         HostileCase.patching(description: "CVE-2014-0143 qcow2 l1_size 0x10000000", expected: ["l1_size"],
-            image: "disk.qcow2", format: "qcow2", patches: [(36, P.be32(0x1000_0000))]),
+            format: "qcow2", patches: [(36, P.be32(0x1000_0000))]),
         HostileCase.patching(description: "CVE-2014-0143 qcow2 size 2^63", expected: ["size", "limit"],
-            image: "disk.qcow2", format: "qcow2", patches: [(24, P.be64(1 << 63))]),
+            format: "qcow2", patches: [(24, P.be64(1 << 63))]),
         // CVE-2014-0144 class: header fields not validated (header_length, backing name length, table offsets).
         HostileCase.patching(description: "CVE-2014-0144 qcow2 header_length 50", expected: ["header_length"],
-            image: "disk.qcow2", format: "qcow2", patches: [(100, P.be32(50))]),
+            format: "qcow2", patches: [(100, P.be32(50))]),
         HostileCase.patching(description: "CVE-2014-0144 qcow2 backing_file_size 5000", expected: ["backing_file_size"],
-            image: "disk.qcow2", format: "qcow2", patches: [(8, P.be64(512)), (16, P.be32(5000))]),
+            format: "qcow2", patches: [(8, P.be64(512)), (16, P.be32(5000))]),
         HostileCase.patching(description: "CVE-2014-0144 qcow2 l1_table_offset past end of file", expected: ["l1_table_offset"],
-            image: "disk.qcow2", format: "qcow2", patches: [(40, P.be64(1 << 40))]),
+            format: "qcow2", patches: [(40, P.be64(1 << 40))]),
         // CVE-2014-0145 class: snapshot table sizes (count, per-entry lengths) trusted.
         HostileCase.patching(description: "CVE-2014-0145 qcow2 nb_snapshots 0x7fffffff", expected: ["nb_snapshots"],
-            image: "disk.qcow2", format: "qcow2", patches: [(60, P.be32(0x7FFF_FFFF)), (64, P.be64(0x10000))]),
+            format: "qcow2", patches: [(60, P.be32(0x7FFF_FFFF)), (64, P.be64(0x10000))]),
         HostileCase(description: "CVE-2014-0145 qcow2 snapshot extra data size", expected: ["snapshot"]) { d in
             let path = try B.image(d, "disk.qcow2", format: "qcow2")
             _ = try qemuImg("snapshot", "-c", "s1", path)
@@ -361,15 +360,15 @@ enum HostileLayout {
 
     static let qcowCases: [HostileCase] = [
         HostileCase.patching(description: "CVE-2014-0142 qcow cluster_bits 0", expected: ["cluster_bits"],
-            image: "disk.qcow", format: "qcow", patches: [(32, [0])]),
+            format: "qcow", patches: [(32, [0])]),
         // CVE-2014-0222: L2 table size computed from l2_bits overflowed.
         HostileCase.patching(description: "CVE-2014-0222 qcow l2_bits 30", expected: ["l2_bits"],
-            image: "disk.qcow", format: "qcow", patches: [(33, [30])]),
+            format: "qcow", patches: [(33, [30])]),
         // CVE-2014-0223: image size overflowed the L1 size computation.
         HostileCase.patching(description: "CVE-2014-0223 qcow size 2^63", expected: ["virtual size", "limit"],
-            image: "disk.qcow", format: "qcow", patches: [(24, P.be64(1 << 63))]),
+            format: "qcow", patches: [(24, P.be64(1 << 63))]),
         HostileCase.patching(description: "CVE-2014-0144 qcow l1_table_offset past end of file", expected: ["l1_table_offset"],
-            image: "disk.qcow", format: "qcow", patches: [(40, P.be64(1 << 40))]),
+            format: "qcow", patches: [(40, P.be64(1 << 40))]),
         HostileCase(description: "qcow L2 entry past end of file", expected: ["L2 entry 0", "guest offset 0", "past the end"],
                     info: .succeeds) { d in
             let path = try B.image(d, "disk.qcow", format: "qcow")
@@ -400,13 +399,13 @@ enum HostileLayout {
 
     static let qedCases: [HostileCase] = [
         HostileCase.patching(description: "CVE-2014-0142 qed cluster_size 0", expected: ["cluster size", "cluster_size"],
-            image: "disk.qed", format: "qed", patches: [(4, P.le32(0))]),
+            format: "qed", patches: [(4, P.le32(0))]),
         HostileCase.patching(description: "CVE-2014-0142 qed table_size 0", expected: ["table_size"],
-            image: "disk.qed", format: "qed", patches: [(8, P.le32(0))]),
+            format: "qed", patches: [(8, P.le32(0))]),
         HostileCase.patching(description: "CVE-2014-0143 qed image_size 2^62", expected: ["image_size"],
-            image: "disk.qed", format: "qed", patches: [(48, P.le64(1 << 62))]),
+            format: "qed", patches: [(48, P.le64(1 << 62))]),
         HostileCase.patching(description: "CVE-2014-0144 qed l1_table_offset past end of file", expected: ["l1_table_offset"],
-            image: "disk.qed", format: "qed", patches: [(40, P.le64(1 << 40))]),
+            format: "qed", patches: [(40, P.le64(1 << 40))]),
         HostileCase(description: "qed L1 entry past end of file", expected: ["L1 entry 0"]) { d in
             let path = try B.image(d, "disk.qed", format: "qed")
             let l1 = Int(try P.littleEndian(path, at: 40, width: 8))
@@ -440,13 +439,13 @@ enum HostileLayout {
 
     static let vdiCases: [HostileCase] = [
         HostileCase.patching(description: "CVE-2014-0142 vdi block size 0", expected: ["block size"],
-            image: "disk.vdi", format: "vdi", patches: [(0x178, P.le32(0))]),
+            format: "vdi", patches: [(0x178, P.le32(0))]),
         HostileCase.patching(description: "CVE-2014-0143 vdi block count 0xffffffff", expected: ["block"],
-            image: "disk.vdi", format: "vdi", patches: [(0x180, P.le32(0xFFFF_FFFF))]),
+            format: "vdi", patches: [(0x180, P.le32(0xFFFF_FFFF))]),
         HostileCase.patching(description: "CVE-2014-0143 vdi disk size 2^63", expected: ["size"],
-            image: "disk.vdi", format: "vdi", patches: [(0x170, P.le64(1 << 63))]),
+            format: "vdi", patches: [(0x170, P.le64(1 << 63))]),
         HostileCase.patching(description: "CVE-2014-0144 vdi block map offset past end of file", expected: ["block map"],
-            image: "disk.vdi", format: "vdi", patches: [(0x154, P.le32(0x7FFF_0000))]),
+            format: "vdi", patches: [(0x154, P.le32(0x7FFF_0000))]),
         HostileCase(description: "vdi block map entry past end of file", expected: ["block map entry 0", "past the end"]) { d in
             let path = try B.image(d, "disk.vdi", format: "vdi")
             let map = Int(try P.littleEndian(path, at: 0x154, width: 4))

@@ -51,7 +51,7 @@ import Testing
         try qemuImg("convert", "-f", "raw", "-O", format, raw, image)
         let data = try Self.dataRanges(image, format: format)
         #expect(!data.isEmpty)
-        let size = UInt64(try FileFingerprint(image).size)
+        let size = try ReadOnlyFile(path: image).size
 
         let trace = directory.file("pread.log")
         let result = try runProcess(["strace", "-y", "-s", "0", "-e", "trace=pread64", "-o", trace, CLI.binary,
@@ -115,11 +115,7 @@ import Testing
         let raw = directory.file("guest.raw")
         try Self.writeGuest(raw)
         let image = directory.file("disk.\(format)")
-        if options.isEmpty {
-            try qemuImg("convert", "-f", "raw", "-O", format, raw, image)
-        } else {
-            try qemuImg("convert", "-f", "raw", "-O", format, "-o", options, raw, image)
-        }
+        try qemuImg(["convert", "-f", "raw", "-O", format] + (options.isEmpty ? [] : ["-o", options]) + [raw, image])
         let output = directory.file("out.raw")
         let result = try ConfinedCLI.run(["convert", "--untrusted", "-f", format, image, output])
         #expect(result.status == 0, "\(result.stderr)")

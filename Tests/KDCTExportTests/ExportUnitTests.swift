@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 @testable import KDCTExport
 import KDCTFormats
+import KDCTTestSupport
 import Testing
 
 @Suite("Export building blocks (no server)")
@@ -109,17 +110,7 @@ struct ExportUnitTests {
                 == prelude + "tail -c +1 < 'f' | head -c 10 | h && tail -c +11 < 'f' | h")
         // Both tools, run here on known data, print what the parser accepts.
         for tool in [["sha256sum"], ["openssl", "dgst", "-sha256", "-r"]] {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = tool
-            let input = Pipe(), output = Pipe()
-            process.standardInput = input
-            process.standardOutput = output
-            try? process.run()
-            input.fileHandleForWriting.write(Data("abc".utf8))
-            try? input.fileHandleForWriting.close()
-            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
+            let text = (try? runProcess(tool, stdin: Data("abc".utf8)))?.stdout ?? ""
             #expect(RemoteHasher.digest(inLine: Substring(text.split(separator: "\n").first ?? ""))
                     == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "\(tool): \(text)")
         }

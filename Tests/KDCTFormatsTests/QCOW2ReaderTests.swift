@@ -150,10 +150,7 @@ import KDCTTestSupport
         for method: UInt8 in [1, 2] {
             let encrypted = dir.file("enc\(method).qcow2")
             try runChecked(["qemu-img", "create", "-f", "qcow2", encrypted, "4M"])
-            let handle = try FileHandle(forUpdating: URL(fileURLWithPath: encrypted))
-            try handle.seek(toOffset: 35)
-            handle.write(Data([method]))
-            try handle.close()
+            try ImageBytes.patch(encrypted, at: 35, [method])  // the low byte of crypt_method
             do {
                 _ = try ImageOpener.open(encrypted)
                 Issue.record("encrypted image opened")

@@ -56,6 +56,12 @@ public func runProcess(_ arguments: [String], stdin: Data? = nil, environment: [
 /// Runs qemu-img (the test oracle) and fails the test with its stderr when it does not exit 0.
 @discardableResult
 public func qemuImg(_ arguments: String..., sourceLocation: SourceLocation = #_sourceLocation) throws -> ProcessResult {
+    try qemuImg(arguments, sourceLocation: sourceLocation)
+}
+
+/// `qemuImg` with the arguments as an array.
+@discardableResult
+public func qemuImg(_ arguments: [String], sourceLocation: SourceLocation = #_sourceLocation) throws -> ProcessResult {
     let result = try runProcess(["qemu-img"] + arguments)
     #expect(result.status == 0, "qemu-img \(arguments.joined(separator: " ")) failed: \(result.stderr)",
             sourceLocation: sourceLocation)
