@@ -28,22 +28,6 @@ func export(_ source: String, to server: TestSSHServer, as name: String,
     return try DiskExporter.export(localPath: source, to: server.location(name), options: options)
 }
 
-/// Asserts that `body` throws a KDCTError of `kind`; returns it.
-@discardableResult
-func expectKDCTError(_ kind: KDCTError.Kind, sourceLocation: SourceLocation = #_sourceLocation,
-                     _ body: () throws -> Void) -> KDCTError? {
-    do {
-        try body()
-        Issue.record("expected a \(kind.rawValue) error, but it succeeded", sourceLocation: sourceLocation)
-    } catch let error as KDCTError {
-        #expect(error.kind == kind, "expected \(kind.rawValue), got: \(error)", sourceLocation: sourceLocation)
-        return error
-    } catch {
-        Issue.record("expected a KDCTError, got \(error)", sourceLocation: sourceLocation)
-    }
-    return nil
-}
-
 @Suite("Export transfers against a real sshd")
 struct ExportTransferTests {
     @Test("upload by identity file; the arrived file's SHA-256 equals the local one")

@@ -69,6 +69,22 @@ public func qemuImg(_ arguments: [String], sourceLocation: SourceLocation = #_so
     return result
 }
 
+/// Asserts that `body` throws a KDCTError of `kind`; returns it.
+@discardableResult
+public func expectKDCTError(_ kind: KDCTError.Kind, sourceLocation: SourceLocation = #_sourceLocation,
+                            _ body: () throws -> Void) -> KDCTError? {
+    do {
+        try body()
+        Issue.record("expected a \(kind.rawValue) error, but it succeeded", sourceLocation: sourceLocation)
+    } catch let error as KDCTError {
+        #expect(error.kind == kind, "expected \(kind.rawValue), got: \(error)", sourceLocation: sourceLocation)
+        return error
+    } catch {
+        Issue.record("expected a KDCTError, got \(error)", sourceLocation: sourceLocation)
+    }
+    return nil
+}
+
 /// Asserts that qemu-img compare finds the two images identical (`-f`/`-F` given when known).
 public func expectQemuIdentical(_ a: String, _ b: String, formatA: String? = nil, formatB: String? = nil,
                          sourceLocation: SourceLocation = #_sourceLocation) throws {
