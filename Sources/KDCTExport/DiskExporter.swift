@@ -238,7 +238,7 @@ private struct SFTPUpload {
             try remote.close()
             progress?(ExportProgress(phase: .uploading, processedBytes: size, totalBytes: size, sentBytes: sent))
         } catch var error as KDCTError {
-            if error.kind == .cancelled { try? remote.close() } else { remote.closeDiscarding() }
+            if error.code == .cancelled { try? remote.close() } else { remote.closeDiscarding() }
             error.message += "; the partial upload is kept on the host as \(temporary): rerun with --resume to continue it"
             throw error
         } catch {

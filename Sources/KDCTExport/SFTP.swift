@@ -48,7 +48,7 @@ public final class SFTPSession {
     func error(_ operation: String, path: String, code: Int) -> KDCTError {
         guard code == Int(LIBSSH2_ERROR_SFTP_PROTOCOL) else { return connection.error(operation, code: code, file: remoteName(path)) }
         let status = lastStatus
-        let kind: KDCTError.Kind
+        let kind: KDCTError.Code
         switch status {
         case LIBSSH2_FX_NO_SUCH_FILE, LIBSSH2_FX_NO_SUCH_PATH: kind = .notFound
         case LIBSSH2_FX_FILE_ALREADY_EXISTS: kind = .alreadyExists
@@ -103,7 +103,7 @@ public final class SFTPSession {
                 throw KDCTError(.alreadyExists, "exists already", file: remoteName(path))
             }
             var failure = error(exclusive ? "create" : "open for writing", path: path, code: code)
-            if failure.kind == .notFound { failure.message += " (does the directory \(FilePaths.directory(of: path)) exist on the host?)" }
+            if failure.code == .notFound { failure.message += " (does the directory \(FilePaths.directory(of: path)) exist on the host?)" }
             throw failure
         }
         return SFTPFile(session: self, handle: handle, path: path, window: window)

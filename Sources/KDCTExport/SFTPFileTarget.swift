@@ -66,7 +66,7 @@ public final class SFTPFileTarget: OutputTarget {
             do {
                 created = (candidate, try sftp.openForWriting(candidate, exclusive: true, mode: 0o644, window: pipelineWindow))
                 break
-            } catch let error as KDCTError where error.kind == .alreadyExists {
+            } catch let error as KDCTError where error.code == .alreadyExists {
                 lastError = error
             }
         }

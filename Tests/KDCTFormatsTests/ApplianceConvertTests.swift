@@ -97,7 +97,7 @@ import KDCTTestSupport
         let error = #expect(throws: KDCTError.self) {
             try ApplianceConverter.convert(try Appliance(path: ova), toDirectory: out)
         }
-        #expect(error?.kind == .checksum)
+        #expect(error?.code == .checksum)
         #expect(error?.message.contains("system.qcow2") == true)
         #expect(!FileManager.default.fileExists(atPath: out), "the output directory is not left behind")
         // An existing output directory is left as it was.
@@ -116,12 +116,12 @@ import KDCTTestSupport
         let dir = try TemporaryDirectory()
         let disks = try makeDisks(dir)
         let builder = ApplianceBuilder(dir: dir)
-        func expectFailure(_ ova: String, _ kind: KDCTError.Kind, _ label: String) throws {
+        func expectFailure(_ ova: String, _ kind: KDCTError.Code, _ label: String) throws {
             let out = dir.file("out-\(label)")
             let error = #expect(throws: KDCTError.self, "\(label)") {
                 try ApplianceConverter.convert(try Appliance(path: ova), toDirectory: out)
             }
-            #expect(error?.kind == kind, "\(label): \(String(describing: error))")
+            #expect(error?.code == kind, "\(label): \(String(describing: error))")
             #expect(!FileManager.default.fileExists(atPath: out), "\(label): output left behind")
         }
         // A disk member shorter than the descriptor's ovf:size.
@@ -145,12 +145,12 @@ import KDCTTestSupport
         let cut = dir.file("cut.ova")
         try Data(try Data(contentsOf: URL(fileURLWithPath: whole)).prefix(1 << 20)).write(to: URL(fileURLWithPath: cut))
         let cutError = #expect(throws: KDCTError.self) { try Appliance(path: cut) }
-        #expect(cutError?.kind == .truncated)
+        #expect(cutError?.code == .truncated)
         // Something that is not a tar at all, named .ova.
         let notTar = dir.file("not-tar.ova")
         try Data("just text, not an archive".utf8).write(to: URL(fileURLWithPath: notTar))
         let notTarError = #expect(throws: KDCTError.self) { try Appliance(path: notTar) }
-        #expect(notTarError?.kind == .invalidFormat)
+        #expect(notTarError?.code == .invalidFormat)
         #expect(notTarError?.message.contains("tar") == true)
     }
 
@@ -172,14 +172,14 @@ import KDCTTestSupport
         let cancelled = #expect(throws: KDCTError.self) {
             try ApplianceConverter.convert(try Appliance(path: ova), toDirectory: out, options: options)
         }
-        #expect(cancelled?.kind == .cancelled)
+        #expect(cancelled?.code == .cancelled)
         #expect(firstDone.next() > 1, "the first disk was complete when the conversion was cancelled")
         #expect(!FileManager.default.fileExists(atPath: out))
         // Existing files are never replaced without overwrite.
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         try Data([1, 2, 3]).write(to: URL(fileURLWithPath: out + "/testvm.xml"))
         let exists = #expect(throws: KDCTError.self) { try ApplianceConverter.convert(try Appliance(path: ova), toDirectory: out) }
-        #expect(exists?.kind == .alreadyExists)
+        #expect(exists?.code == .alreadyExists)
         #expect(listing(out) == ["testvm.xml"])
         #expect(try Data(contentsOf: URL(fileURLWithPath: out + "/testvm.xml")) == Data([1, 2, 3]))
         options = ApplianceConvertOptions()
@@ -217,7 +217,7 @@ import KDCTTestSupport
         let error = #expect(throws: KDCTError.self) {
             try ApplianceConverter.convert(try Appliance(path: linkOVA), toDirectory: dir.file("link-out"))
         }
-        #expect(error?.kind == .unsupported)
+        #expect(error?.code == .unsupported)
         #expect(!FileManager.default.fileExists(atPath: dir.file("link-out")))
     }
 
@@ -250,7 +250,7 @@ import KDCTTestSupport
         let refused = #expect(throws: KDCTError.self) {
             try ApplianceConverter.convert(try Appliance(path: staged.directory + "/escape.ovf"), toDirectory: dir.file("esc"))
         }
-        #expect(refused?.kind == .referenceRefused)
+        #expect(refused?.code == .referenceRefused)
     }
 
     @Test func memberOver8GiBConverts() throws {
@@ -461,7 +461,7 @@ import KDCTTestSupport
         let out = dir.file("out")
         guard ImageOpener.canRead(.vmdk) else {
             let error = #expect(throws: KDCTError.self) { try ApplianceConverter.convert(try Appliance(path: ova), toDirectory: out) }
-            #expect(error?.kind == .unsupported)
+            #expect(error?.code == .unsupported)
             #expect(!FileManager.default.fileExists(atPath: out))
             print("ApplianceConvertTests: the VMDK reader is not in this build; the \(subformat) member was checked to fail cleanly only")
             return
@@ -490,7 +490,7 @@ import KDCTTestSupport
                 #expect(appliance.machine.disks.count == 1, "\(entry.file): one disk")
                 guard vmdkReadable else {
                     let error = #expect(throws: KDCTError.self) { try ApplianceConverter.convert(appliance, toDirectory: out) }
-                    #expect(error?.kind == .unsupported, "\(entry.file): \(String(describing: error))")
+                    #expect(error?.code == .unsupported, "\(entry.file): \(String(describing: error))")
                     #expect(!FileManager.default.fileExists(atPath: out))
                     print("ApplianceConvertTests: the VMDK reader is not in this build; \(entry.file) was checked to fail cleanly only")
                     continue
@@ -506,7 +506,7 @@ import KDCTTestSupport
                     try ApplianceConverter.convert(try Appliance(path: path), toDirectory: out)
                 }
                 if vmdkReadable || kind == "truncated" {
-                    #expect(error?.kind.rawValue == kind, "\(entry.file): \(String(describing: error))")
+                    #expect(error?.code.rawValue == kind, "\(entry.file): \(String(describing: error))")
                 }
                 #expect(error?.description.contains(FilePaths.lastComponent(of: entry.file)) == true, "the message names the file")
                 #expect(!FileManager.default.fileExists(atPath: out), "\(entry.file): output left behind")

@@ -101,7 +101,7 @@ struct OVFExpectation {
         let unknown = #expect(throws: KDCTError.self) {
             try Appliance(path: corpus.directory + "/cot/input.ovf", options: ApplianceOptions(configuration: "8CPU"))
         }
-        #expect(unknown?.kind == .invalidArgument)
+        #expect(unknown?.code == .invalidArgument)
         #expect(unknown?.message.contains("2CPU-2GB-1NIC") == true, "the offered configurations are listed")
 
         let vmware = try Appliance(path: corpus.directory + "/cot/vmware.ovf").machine
@@ -336,14 +336,14 @@ struct OVFExpectation {
         let large = try OVFDescriptor.parse(bytes, configuration: "large")
         #expect(large.cpuCount == 8 && large.networkAdapters.map(\.network) == ["a", "b"])
         let none = #expect(throws: KDCTError.self) { try OVFDescriptor.parse(Self.envelope(hardware: ""), configuration: "x") }
-        #expect(none?.kind == .invalidArgument)
+        #expect(none?.code == .invalidArgument)
     }
 
     // MARK: Refusals
 
     @Test func hostileAndInvalidDescriptorsAreRefused() throws {
-        func kind(_ bytes: [UInt8]) -> KDCTError.Kind? {
-            do { _ = try OVFDescriptor.parse(bytes, file: "x.ovf"); return nil } catch let error as KDCTError { return error.kind } catch { return nil }
+        func kind(_ bytes: [UInt8]) -> KDCTError.Code? {
+            do { _ = try OVFDescriptor.parse(bytes, file: "x.ovf"); return nil } catch let error as KDCTError { return error.code } catch { return nil }
         }
         // Entities are never expanded: a DTD is refused outright (billion laughs, external entities).
         let laughs = """

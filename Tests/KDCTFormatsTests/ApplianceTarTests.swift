@@ -188,7 +188,7 @@ struct TarBuilder {
         var block = TarBuilder.header(name: "disk.vmdk", size: 1)
         block[0] ^= 0x01
         let error = #expect(throws: KDCTError.self) { try TarHeader.decode(block, at: 4096, file: "x.ova") }
-        #expect(error?.kind == .corrupt)
+        #expect(error?.code == .corrupt)
         #expect(error?.field == "chksum")
         #expect(error?.message.contains("4096") == true)
         // Old archivers summed signed bytes: a name with bytes >= 0x80 and a signed sum is accepted.
@@ -300,8 +300,8 @@ struct TarBuilder {
             try body(&builder)
             return dir.file(name)
         }
-        func kind(_ path: String) -> KDCTError.Kind? {
-            do { _ = try TarArchive(path: path); return nil } catch let error as KDCTError { return error.kind } catch { return nil }
+        func kind(_ path: String) -> KDCTError.Code? {
+            do { _ = try TarArchive(path: path); return nil } catch let error as KDCTError { return error.code } catch { return nil }
         }
         // A member that runs past the end of the file.
         let cut = try build("cut.ova") { builder in

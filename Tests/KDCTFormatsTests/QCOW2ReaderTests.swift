@@ -132,7 +132,7 @@ import KDCTTestSupport
         try runChecked(["qemu-img", "create", "-f", "qcow2", "-b", "../base.qcow2", "-F", "qcow2", child])
         #expect(throws: KDCTError.self) { try ImageOpener.open(child) }
         do { _ = try ImageOpener.open(child) } catch let error as KDCTError {
-            #expect(error.kind == .referenceRefused)
+            #expect(error.code == .referenceRefused)
             #expect(error.description.contains("../base.qcow2"))
         }
         var wide = OpenOptions()

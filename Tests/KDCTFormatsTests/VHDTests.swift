@@ -8,7 +8,7 @@ import KDCTTestSupport
 enum VHDFamilyTest {
     /// Opens `path` expecting a `KDCTError` of `kind` whose message contains every string of `mentions`; returns it.
     @discardableResult
-    static func expectOpenError(_ path: String, _ kind: KDCTError.Kind, mentions: [String] = [],
+    static func expectOpenError(_ path: String, _ kind: KDCTError.Code, mentions: [String] = [],
                          options: OpenOptions = OpenOptions(), readAll: Bool = false,
                          sourceLocation: SourceLocation = #_sourceLocation) -> KDCTError? {
         do {
@@ -17,7 +17,7 @@ enum VHDFamilyTest {
             Issue.record("\(path) opened, expected a \(kind) error", sourceLocation: sourceLocation)
             return nil
         } catch let error as KDCTError {
-            #expect(error.kind == kind, "\(error)", sourceLocation: sourceLocation)
+            #expect(error.code == kind, "\(error)", sourceLocation: sourceLocation)
             for text in mentions {
                 #expect(error.description.contains(text), "\(error) does not mention \(text)", sourceLocation: sourceLocation)
             }

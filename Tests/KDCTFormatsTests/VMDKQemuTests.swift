@@ -117,7 +117,7 @@ import KDCTTestSupport
         let io = try runProcess(["qemu-io", "-f", "vmdk", "-c", "write -P 0x11 0 64k", dir.file("base.vmdk")])
         #expect(io.status == 0, "qemu-io: \(io.stderr)")
         let error = #expect(throws: KDCTError.self) { try ImageOpener.open(child) }
-        #expect(error?.kind == .corrupt)
+        #expect(error?.code == .corrupt)
         #expect(error?.message.contains("CID") == true, "\(String(describing: error))")
         // info reports the parent without opening it, so it still works.
         let info = try ImageOpener.inspect(child)
@@ -132,7 +132,7 @@ import KDCTTestSupport
         try qemuImg("create", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", child)
         try FileManager.default.removeItem(atPath: dir.file("base.vmdk"))
         let error = #expect(throws: KDCTError.self) { try ImageOpener.open(child) }
-        #expect(error?.kind == .notFound)
+        #expect(error?.code == .notFound)
         #expect(error?.message.contains("base.vmdk") == true)
     }
 

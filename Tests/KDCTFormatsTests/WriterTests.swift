@@ -90,7 +90,7 @@ import KDCTTestSupport
             try convertImage(source, to: out, format: .qcow2)
             Issue.record("overwrote an existing file")
         } catch let error as KDCTError {
-            #expect(error.kind == .alreadyExists)
+            #expect(error.code == .alreadyExists)
         }
         #expect(try String(contentsOfFile: out, encoding: .utf8) == "keep")
         var options = ConvertOptions(outputFormat: .qcow2)

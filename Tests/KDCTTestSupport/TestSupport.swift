@@ -71,13 +71,13 @@ public func qemuImg(_ arguments: [String], sourceLocation: SourceLocation = #_so
 
 /// Asserts that `body` throws a KDCTError of `kind`; returns it.
 @discardableResult
-public func expectKDCTError(_ kind: KDCTError.Kind, sourceLocation: SourceLocation = #_sourceLocation,
+public func expectKDCTError(_ kind: KDCTError.Code, sourceLocation: SourceLocation = #_sourceLocation,
                             _ body: () throws -> Void) -> KDCTError? {
     do {
         try body()
         Issue.record("expected a \(kind.rawValue) error, but it succeeded", sourceLocation: sourceLocation)
     } catch let error as KDCTError {
-        #expect(error.kind == kind, "expected \(kind.rawValue), got: \(error)", sourceLocation: sourceLocation)
+        #expect(error.code == kind, "expected \(kind.rawValue), got: \(error)", sourceLocation: sourceLocation)
         return error
     } catch {
         Issue.record("expected a KDCTError, got \(error)", sourceLocation: sourceLocation)

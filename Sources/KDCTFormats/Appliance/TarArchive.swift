@@ -88,7 +88,7 @@ public final class TarArchive: Sendable {
             let header: TarHeader
             do {
                 header = try TarHeader.decode(block, at: offset, file: file.path)
-            } catch let error as KDCTError where error.kind == .invalidFormat && offset > 0 {
+            } catch let error as KDCTError where error.code == .invalidFormat && offset > 0 {
                 throw KDCTError(.corrupt, "tar header at archive offset \(offset) is damaged: \(error.message)",
                                 file: file.path, field: "tar header")
             }

@@ -51,10 +51,9 @@ public final class OpenContext: @unchecked Sendable {
         let child = OpenContext(options: childOptions, depth: depth + 1, visited: visited.union([file.identity]))
         do {
             return try ImageOpener.open(file: file, context: child)
-        } catch var error as KDCTError {
-            // The error names the file at fault; say which image referred to it, so the one line names both.
-            error.message += " (\(kind.rawValue) of \(imagePath))"
-            throw error
+        } catch let error as KDCTError {
+            // The error names the file at fault; note which image referred to it, so the one line names both.
+            throw error.referred(by: imagePath, as: kind)
         }
     }
 

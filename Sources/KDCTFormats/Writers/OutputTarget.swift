@@ -57,7 +57,7 @@ public final class LocalFileTarget: OutputTarget {
                 self.file = file
                 self.temporaryPath = candidate
                 return
-            } catch let error as KDCTError where error.kind == .alreadyExists {
+            } catch let error as KDCTError where error.code == .alreadyExists {
                 lastError = error
             }
         }

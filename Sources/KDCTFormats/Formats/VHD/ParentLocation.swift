@@ -158,7 +158,7 @@ enum ParentFinder {
                 }
                 resolved = found
             } catch let error as KDCTError {
-                if error.kind == .referenceRefused, FilePaths.exists(FilePaths.join(directory, path)) {
+                if error.code == .referenceRefused, FilePaths.exists(FilePaths.join(directory, path)) {
                     refusedExisting = true
                 }
                 attempts.append("\(label)\(shown): \(error.message)")
@@ -172,7 +172,7 @@ enum ParentFinder {
             }
             return (device, candidate, resolved)
         }
-        let kind: KDCTError.Kind
+        let kind: KDCTError.Code
         if mismatched {
             kind = .corrupt
         } else if refusedExisting || context.options.effectiveReferencePolicy == .none {

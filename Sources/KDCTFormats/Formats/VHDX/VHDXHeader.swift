@@ -114,7 +114,7 @@ public struct VHDXHeader: Sendable, Equatable {
                 }
                 return "header \(n) has version \(h.version), not 1"
             }
-            let kind: KDCTError.Kind = headers.contains { $0.signatureIsValid && !$0.checksumIsValid } ? .checksum : .corrupt
+            let kind: KDCTError.Code = headers.contains { $0.signatureIsValid && !$0.checksumIsValid } ? .checksum : .corrupt
             throw KDCTError(kind, "no valid header: \(describe(first, 1)); \(describe(second, 2))",
                             file: file, field: "header")
         }

@@ -103,7 +103,7 @@ public final class VHDXImage: BlockDevice {
                                                      logRange: logRange, file: path)
                 if index == 1 { notes.append("the first region table is damaged (\(firstError?.message ?? "")); the copy was used") }
                 break
-            } catch let error as KDCTError where error.kind == .checksum || error.kind == .corrupt {
+            } catch let error as KDCTError where error.code == .checksum || error.code == .corrupt {
                 if firstError == nil { firstError = error }
             }
         }
