@@ -40,7 +40,7 @@ struct Compare: ParsableCommand {
                 throw CommandExit(code: 1)
             }
         } catch let error as KDCTError {
-            Console.error("kdct-native: \(error)\n")
+            Console.error("kdct-native: \(error.commandLineDescription)\n")
             throw CommandExit(code: 2)
         }
     }

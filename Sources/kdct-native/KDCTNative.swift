@@ -21,7 +21,7 @@ struct KDCTNative: ParsableCommand {
         } catch let status as CommandExit {
             Console.exit(status.code)
         } catch let error as KDCTError {
-            Console.error("kdct-native: \(error)\n")
+            Console.error("kdct-native: \(error.commandLineDescription)\n")
             Console.exit(1)
         } catch {
             let code = exitCode(for: error)

@@ -77,7 +77,8 @@ public enum ApplianceConverter {
                                options: ApplianceConvertOptions = ApplianceConvertOptions()) throws -> ApplianceConvertResult {
         let format = options.convert.outputFormat
         guard format == .raw || format == .qcow2 else {
-            throw KDCTError(.unsupported, "appliance disks are written as raw or qcow2, not \(format)", field: "-O")
+            throw KDCTError(.unsupported, "appliance disks are written as raw or qcow2, not \(format)",
+                            field: "outputFormat")
         }
         let machine = appliance.machine
         guard !machine.disks.isEmpty else {
@@ -139,7 +140,7 @@ public enum ApplianceConverter {
         }
         do {
             if !options.convert.overwrite, let existing = finals.first(where: { FilePaths.exists($0) }) {
-                throw KDCTError(.alreadyExists, "file exists (use --force to replace it)", file: existing)
+                throw KDCTError(.alreadyExists, "file exists", file: existing)
             }
             let stagingPrefix = ".kdct-\(getpid())-"
             func staging(_ final: String) -> String {

@@ -208,7 +208,7 @@ public enum LibvirtDomainXML {
     /// an existing `path` is an `alreadyExists` error unless `overwrite`.
     public static func write(_ xml: String, to path: String, overwrite: Bool = false) throws {
         if !overwrite && FilePaths.exists(path) {
-            throw KDCTError(.alreadyExists, "file exists (use --force to replace it)", file: path)
+            throw KDCTError(.alreadyExists, "file exists", file: path)
         }
         let temporary = FilePaths.join(FilePaths.directory(of: path),
                                        ".\(FilePaths.lastComponent(of: path)).kdct-\(getpid()).tmp")

@@ -108,8 +108,8 @@ public struct Manifest: Sendable, Equatable {
         let actual = try digest(of: file, algorithm: entry.algorithm, progress: progress, isCancelled: isCancelled)
         if actual != entry.digest {
             throw KDCTError(.checksum,
-                            "\(entry.algorithm.rawValue) of \(entry.name) is \(actual) but the manifest says \(entry.digest); refused (--no-verify converts anyway)",
-                            file: manifestPath ?? file.path, field: entry.name)
+                            "\(entry.algorithm.rawValue) of \(entry.name) is \(actual) but the manifest says \(entry.digest); refused",
+                            file: manifestPath ?? file.path, field: "manifest entry \(entry.name)")
         }
     }
 

@@ -378,9 +378,9 @@ public enum OVFDescriptor {
                 guard configurations.contains(where: { $0.id == requested }) else {
                     let offered = configurations.map(\.id)
                     throw KDCTError(.invalidArgument,
-                                    offered.isEmpty ? "the descriptor has no deployment configurations, so --config \(requested) does not apply"
+                                    offered.isEmpty ? "the descriptor has no deployment configurations, so configuration \"\(requested)\" does not apply"
                                                     : "no deployment configuration \"\(requested)\"; the descriptor offers: \(offered.joined(separator: ", "))",
-                                    file: file, field: "--config")
+                                    file: file, field: "DeploymentOptionSection")
                 }
                 return requested
             }

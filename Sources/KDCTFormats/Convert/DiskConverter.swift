@@ -23,14 +23,14 @@ public enum DiskConverter {
         switch options.outputFormat {
         case .raw:
             if options.qcow2.compress {
-                throw KDCTError(.invalidArgument, "compression (-c) needs a qcow2 output (-O qcow2)", field: "-c")
+                throw KDCTError(.invalidArgument, "compressed clusters need a qcow2 output", field: "qcow2.compress")
             }
             return try RawWriter(target: target, virtualSize: virtualSize, preallocation: options.rawPreallocation)
         case .qcow2:
             return try QCOW2Writer(target: target, virtualSize: virtualSize, options: options.qcow2)
         default:
             throw KDCTError(.unsupported, "cannot write \(options.outputFormat) images; output formats are raw and qcow2",
-                            field: "-O")
+                            field: "outputFormat")
         }
     }
 
