@@ -1,3 +1,5 @@
+import KDCTFormats
+
 /// How an appliance is opened.
 public struct ApplianceOptions: Sendable {
     /// The deployment configuration to describe (`--config`); nil takes the descriptor's default.
@@ -200,8 +202,7 @@ public final class Appliance: Sendable {
         openOptions.limits = options.limits
         openOptions.referencePolicy = container == .ova ? .none : options.referencePolicy
         openOptions.untrusted = options.untrusted
-        let context = OpenContext(options: openOptions, depth: 0, visited: [file.identity])
-        let device = try ImageOpener.open(file: file, context: context)
+        let device = try ImageOpener.open(file: file, options: openOptions)
         if let capacity = disk.capacity, capacity != device.virtualSize {
             notes.append("disk \(disk.diskID): the image holds \(device.virtualSize) bytes, the descriptor's capacity is \(capacity); the image's size is kept")
         }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import KDCTFormats
 
 /// Options of an appliance conversion.
 public struct ApplianceConvertOptions: Sendable {

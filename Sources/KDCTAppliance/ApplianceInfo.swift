@@ -1,3 +1,5 @@
+import KDCTFormats
+
 extension Appliance {
     /// The appliance described for `info --output json` (and, rendered as text, the human `info`).
     public var infoValue: InfoValue {

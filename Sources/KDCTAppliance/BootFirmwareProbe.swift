@@ -1,3 +1,5 @@
+import KDCTFormats
+
 /// Guesses the firmware a disk boots with from its partition table, for VMs whose description says nothing.
 ///
 /// A GPT disk (UEFI spec 2.x, chapter 5) with an EFI System Partition and no BIOS boot partition boots with UEFI

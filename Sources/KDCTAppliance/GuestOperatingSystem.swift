@@ -1,3 +1,5 @@
+import KDCTFormats
+
 /// The guest operating system an OVF descriptor declares, from every place producers put it.
 public struct GuestOperatingSystem: Sendable, Equatable {
     /// `OperatingSystemSection/@ovf:id`: the DMTF CIM_OperatingSystem.OSType code.

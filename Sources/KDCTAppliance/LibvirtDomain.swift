@@ -2,6 +2,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import KDCTFormats
 
 /// The bus converted disks are attached to in the generated libvirt domain.
 public enum DiskBus: String, Sendable, CaseIterable {

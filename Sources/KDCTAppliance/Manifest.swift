@@ -1,4 +1,5 @@
 import Crypto
+import KDCTFormats
 
 /// An OVF manifest (`.mf`, DSP0243 5.1): one line per file, `SHA1(name)= hex`, `SHA256(name)= hex` or
 /// `SHA512(name)= hex` (spaces around the parentheses and `=` tolerated, as govmomi and ovftool differ).
@@ -131,6 +132,6 @@ public struct Manifest: Sendable, Equatable {
     }
 
     private static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
-        digest.map { String($0, radix: 16).leftPadded(to: 2) }.joined()
+        digest.map { byte in byte < 0x10 ? "0" + String(byte, radix: 16) : String(byte, radix: 16) }.joined()
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import KDCTFormats
 
 /// Parses OVF descriptors (DMTF DSP0243, OVF 1.x and 2.0) as VMware, VirtualBox and other tools write them into a
 /// `VirtualMachineDescription`.

@@ -1,3 +1,5 @@
+import KDCTFormats
+
 /// OVF allocation units (DMTF DSP0004 "programmatic units", as used by `rasd:AllocationUnits` and
 /// `ovf:capacityAllocationUnits`): `byte`, `byte * 2^20`, `byte * 10^9`, `byte * 1024`, and the older names
 /// `KiloBytes`, `MegaBytes`, `GigaBytes`, `TeraBytes` that VMware and VirtualBox wrote as powers of 1024.

@@ -1,3 +1,5 @@
+import KDCTFormats
+
 /// One member of a tar archive: where its data lies, read in place (never extracted).
 public struct TarMember: Sendable, Equatable {
     /// The member's name, after pax `path` and GNU long-name overrides, without a leading `./`.

@@ -1,3 +1,5 @@
+import KDCTFormats
+
 /// One 512-byte tar header block, decoded: POSIX ustar (POSIX.1-1988, with the 155-byte name prefix), GNU tar
 /// (`ustar  ` magic, base-256 numbers) and the old v7 layout.
 ///

@@ -1,3 +1,5 @@
+import KDCTFormats
+
 /// The firmware a virtual machine boots with.
 public enum Firmware: String, Sendable, Equatable {
     /// Legacy PC BIOS.

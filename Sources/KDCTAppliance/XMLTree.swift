@@ -2,6 +2,7 @@ import Foundation
 #if canImport(FoundationXML)
 import FoundationXML
 #endif
+import KDCTFormats
 
 /// A small read-only XML element tree built with `XMLParser` (namespace-aware), enough to walk an OVF
 /// descriptor by local names.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import KDCTAppliance
 import KDCTFormats
 
 /// Options of `convert` that concern appliances (OVA/OVF) and the generated libvirt domain.

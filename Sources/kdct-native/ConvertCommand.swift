@@ -1,4 +1,5 @@
 import ArgumentParser
+import KDCTAppliance
 import KDCTExport
 import KDCTFormats
 #if canImport(Glibc)

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import KDCTFormats
+@testable import KDCTAppliance
+import KDCTFormats
 import KDCTTestSupport
 
 /// Appliances in, disks and libvirt domains out.

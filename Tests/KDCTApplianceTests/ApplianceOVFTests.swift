@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import KDCTFormats
+@testable import KDCTAppliance
+import KDCTFormats
 import KDCTTestSupport
 
 /// What a corpus manifest note says an OVF holds: "2 disks (disk1.vmdk, disk2.vmdk), 1 CPU, 2048 MB, 1 NIC",

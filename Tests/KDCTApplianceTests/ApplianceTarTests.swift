@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import KDCTFormats
+@testable import KDCTAppliance
+import KDCTFormats
 import KDCTTestSupport
 
 /// Builds tar archives byte by byte for tests that need what archivers cannot make cheaply: members over 8 GiB

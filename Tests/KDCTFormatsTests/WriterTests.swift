@@ -207,10 +207,3 @@ import KDCTTestSupport
         }
     }
 }
-
-/// A thread-safe counter for unique file names inside property checks.
-final class Counter: @unchecked Sendable {
-    private let lock = ConditionLock()
-    private var value = 0
-    func next() -> Int { lock.withLock { value += 1; return value } }
-}

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import KDCTFormats
 
@@ -268,4 +269,13 @@ public func expectConvertsIdentically(_ image: String, reference: String, refere
     try convertImage(image, to: qcow2, format: .qcow2, workers: workers, openOptions: options)
     try expectQemuIdentical(reference, qcow2, formatA: referenceFormat, formatB: "qcow2", sourceLocation: sourceLocation)
     try expectQemuCheckClean(qcow2, sourceLocation: sourceLocation)
+}
+
+/// A thread-safe counter (unique file names inside property checks, calls made from pipeline threads).
+public final class Counter: Sendable {
+    private let value = Atomic<Int>(0)
+    /// A counter at 0.
+    public init() {}
+    /// Adds one and returns the new value (1 on the first call).
+    public func next() -> Int { value.add(1, ordering: .relaxed).newValue }
 }

@@ -10,6 +10,13 @@ public struct ConvertProgress: Sendable {
     public var dataBytesRead: UInt64
     /// Fraction done, 0...1.
     public var fraction: Double { totalBytes == 0 ? 1 : Double(processedBytes) / Double(totalBytes) }
+
+    /// A progress report.
+    package init(processedBytes: UInt64, totalBytes: UInt64, dataBytesRead: UInt64) {
+        self.processedBytes = processedBytes
+        self.totalBytes = totalBytes
+        self.dataBytesRead = dataBytesRead
+    }
 }
 
 /// What a conversion did.

@@ -70,9 +70,12 @@ public final class OpenContext: @unchecked Sendable {
 public enum ImageOpener {
     /// Opens the image at `path` read-only.
     public static func open(_ path: String, options: OpenOptions = OpenOptions()) throws -> any BlockDevice {
-        let file = try ReadOnlyFile(path: path)
-        let context = OpenContext(options: options, depth: 0, visited: [file.identity])
-        return try open(file: file, context: context)
+        try open(file: ReadOnlyFile(path: path), options: options)
+    }
+
+    /// Opens an already-open file as the top image (an appliance's disk inside its archive, for example).
+    public static func open(file: ReadOnlyFile, options: OpenOptions) throws -> any BlockDevice {
+        try open(file: file, context: OpenContext(options: options, depth: 0, visited: [file.identity]))
     }
 
     /// True when `format` has a reader (not only recognition).
