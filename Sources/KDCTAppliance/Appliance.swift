@@ -2,7 +2,7 @@ import KDCTFormats
 
 /// How an appliance is opened.
 public struct ApplianceOptions: Sendable {
-    /// The deployment configuration to describe (`--config`); nil takes the descriptor's default.
+    /// The deployment configuration to describe (a `DeploymentOptionSection` id); nil takes the descriptor's default.
     public var configuration: String?
     /// Safety limits (descriptor and manifest size, and those of the disk readers).
     public var limits = ImageLimits()

@@ -11,13 +11,42 @@ public struct ApplianceConvertOptions: Sendable {
     public var diskBus: DiskBus?
     /// Model of every NIC; nil: virtio, or e1000 for a Windows guest.
     public var nicModel: NICModel?
-    /// Check the manifest digests before writing anything (`--no-verify` turns it off).
+    /// Check the manifest digests before writing anything.
     public var verifyManifest = true
     /// Called with (bytes hashed, bytes to hash) while the manifest is checked.
     public var verifyProgress: (@Sendable (UInt64, UInt64) -> Void)?
 
     /// Default options: qcow2 output, manifest checked.
     public init() {}
+}
+
+/// Something an appliance conversion wants its user to know, with what it is about, so a front end can add its own
+/// advice (a CLI names the flags that change it).
+public struct ApplianceNote: Sendable, Equatable, CustomStringConvertible {
+    /// What a note is about. Compare with `==`; more topics may be added.
+    public struct Topic: Hashable, Sendable {
+        private let rawValue: String
+        /// The disk bus and NIC model were chosen for a Windows guest without virtio drivers (sata, e1000).
+        public static let windowsDeviceDefaults = Topic(rawValue: "windows-device-defaults")
+        /// The appliance has a manifest and it was not checked (``ApplianceConvertOptions/verifyManifest`` off).
+        public static let manifestNotVerified = Topic(rawValue: "manifest-not-verified")
+        /// Anything else: a default chosen, a size mismatch tolerated, a firmware guessed.
+        public static let general = Topic(rawValue: "general")
+    }
+
+    /// What the note is about.
+    public var topic: Topic
+    /// The note, one line.
+    public var text: String
+
+    /// A note about `topic`.
+    public init(_ text: String, topic: Topic = .general) {
+        self.text = text
+        self.topic = topic
+    }
+
+    /// The text.
+    public var description: String { text }
 }
 
 /// What an appliance conversion wrote.
@@ -39,7 +68,7 @@ public struct ApplianceConvertResult: Sendable {
     /// The domain it describes.
     public var domain: LibvirtDomainSpec
     /// Things the user should know (defaults chosen for Windows, firmware guessed, files not verified...).
-    public var hints: [String]
+    public var hints: [ApplianceNote]
     /// What the manifest check did (nil with verification off).
     public var manifest: Appliance.ManifestReport?
 }
@@ -59,16 +88,17 @@ public enum ApplianceConverter {
         return (disks, name + ".xml")
     }
 
-    /// The bus and NIC model the domain gets, and a hint when Windows defaults were applied.
+    /// The bus and NIC model the domain gets, and a note when Windows defaults were applied.
     public static func deviceChoices(for machine: VirtualMachineDescription, diskBus: DiskBus?,
-                                     nicModel: NICModel?) -> (DiskBus, NICModel, String?) {
+                                     nicModel: NICModel?) -> (DiskBus, NICModel, ApplianceNote?) {
         let windows = machine.operatingSystem.isWindows
         let bus = diskBus ?? (windows ? .sata : .virtio)
         let nic = nicModel ?? (windows ? .e1000 : .virtio)
-        var hint: String?
+        var hint: ApplianceNote?
         if windows && (diskBus == nil || nicModel == nil) {
-            hint = "Windows guest (\(machine.operatingSystem.displayName)): disks on \(bus.rawValue) and NICs as \(nic.rawValue) so it boots "
-                + "without virtio drivers; install virtio-win in the guest, then switch to virtio (--disk-bus virtio --nic-model virtio) for speed"
+            hint = ApplianceNote("Windows guest (\(machine.operatingSystem.displayName)): disks on \(bus.rawValue) and NICs as "
+                                    + "\(nic.rawValue) so it boots without virtio drivers; install virtio-win in the guest, "
+                                    + "then switch both to virtio for speed", topic: .windowsDeviceDefaults)
         }
         return (bus, nic, hint)
     }
@@ -85,13 +115,13 @@ public enum ApplianceConverter {
         guard !machine.disks.isEmpty else {
             throw KDCTError(.unsupported, "the appliance has no disk to convert", file: appliance.path, field: "DiskSection")
         }
-        var hints = appliance.notes + machine.notes
+        var hints = (appliance.notes + machine.notes).map { ApplianceNote($0) }
 
         // 1. Open every disk: wrong sizes, formats or members fail here, before anything is written.
         var opened: [OpenedApplianceDisk] = []
         for disk in machine.disks {
             let disk = try appliance.openDisk(disk)
-            hints += disk.notes
+            hints += disk.notes.map { ApplianceNote($0) }
             opened.append(disk)
         }
 
@@ -102,9 +132,9 @@ public enum ApplianceConverter {
             let progress = options.verifyProgress
             let cancelled = options.convert.pipeline.isCancelled
             report = try appliance.verifyManifest(progress: { progress?($0, total) }, isCancelled: { cancelled?() == true })
-            hints += report?.notes ?? []
+            hints += (report?.notes ?? []).map { ApplianceNote($0) }
         } else if appliance.manifest != nil {
-            hints.append("manifest not checked (--no-verify)")
+            hints.append(ApplianceNote("manifest not checked", topic: .manifestNotVerified))
         }
 
         // 3. Firmware: the descriptor's, else what the first disk's partition table implies.
@@ -113,7 +143,7 @@ public enum ApplianceConverter {
            let guessed = try? BootFirmwareProbe.guess(first.device) {
             firmware = guessed
             if guessed == .efi {
-                hints.append("the descriptor names no firmware; UEFI chosen because the first disk is GPT with an EFI system partition")
+                hints.append(ApplianceNote("the descriptor names no firmware; UEFI chosen because the first disk is GPT with an EFI system partition"))
             }
         }
         let (bus, nic, windowsHint) = deviceChoices(for: machine, diskBus: options.diskBus, nicModel: options.nicModel)
@@ -190,7 +220,7 @@ public enum ApplianceConverter {
             staged = []
             FilePaths.syncDirectory(of: xmlPath)
             if machine.firmwareSource == .defaulted && firmware == .bios {
-                hints.append("the descriptor names no firmware; BIOS is used")
+                hints.append(ApplianceNote("the descriptor names no firmware; BIOS is used"))
             }
             return ApplianceConvertResult(disks: disks, domainXMLPath: xmlPath, domain: spec, hints: hints, manifest: report)
         } catch {
@@ -227,13 +257,13 @@ public enum ApplianceConverter {
     /// A minimal domain for one converted disk (`convert SRC DST --domain-xml FILE`): 2 vCPUs, 2 GiB, one NIC,
     /// firmware from the disk's partition table (BIOS when it says nothing).
     public static func singleDiskDomain(source: any BlockDevice, diskPath: String, format: ImageFormat,
-                                        diskBus: DiskBus?, nicModel: NICModel?) -> (LibvirtDomainSpec, [String]) {
-        var hints: [String] = []
+                                        diskBus: DiskBus?, nicModel: NICModel?) -> (LibvirtDomainSpec, [ApplianceNote]) {
+        var hints: [ApplianceNote] = []
         let guessed = (try? BootFirmwareProbe.guess(source)) ?? nil
         let firmware = guessed ?? .bios
-        hints.append(guessed == nil ? "firmware: BIOS (the partition table does not say)"
-                                    : "firmware: \(firmware == .efi ? "UEFI" : "BIOS") (from the partition table)")
-        hints.append("the domain has 2 vCPUs and 2 GiB of memory; adjust them with virsh edit")
+        hints.append(ApplianceNote(guessed == nil ? "firmware: BIOS (the partition table does not say)"
+                                                  : "firmware: \(firmware == .efi ? "UEFI" : "BIOS") (from the partition table)"))
+        hints.append(ApplianceNote("the domain has 2 vCPUs and 2 GiB of memory; adjust them with virsh edit"))
         var name = FilePaths.lastComponent(of: diskPath)
         if let dot = name.lastIndex(of: "."), dot != name.startIndex { name = String(name[..<dot]) }
         let absolute = FilePaths.canonical(diskPath) ?? diskPath

@@ -120,7 +120,7 @@ public final class TarArchive: Sendable {
                 case .paxExtended:
                     pendingPax += try PaxRecords.decode(data, file: file.path, at: offset)
                     if pendingPax.contains(where: { $0.0.hasPrefix("GNU.sparse.") }) {
-                        throw KDCTError(.unsupported, "member after offset \(offset) is a GNU sparse file (pax GNU.sparse.*); repack the archive without --sparse",
+                        throw KDCTError(.unsupported, "member after offset \(offset) is a GNU sparse file (pax GNU.sparse.*); repack it without tar's --sparse",
                                         file: file.path, field: "GNU.sparse")
                     }
                     pendingHeaderOffset = pendingHeaderOffset ?? offset
@@ -134,7 +134,7 @@ public final class TarArchive: Sendable {
                     pendingHeaderOffset = pendingHeaderOffset ?? offset
                 }
             case .gnuSparse:
-                throw KDCTError(.unsupported, "member \"\(header.name)\" is a GNU sparse file; repack the archive without --sparse",
+                throw KDCTError(.unsupported, "member \"\(header.name)\" is a GNU sparse file; repack it without tar's --sparse",
                                 file: file.path, field: header.name)
             default:
                 var name = pendingLongName ?? header.name

@@ -104,7 +104,7 @@ public struct NetworkAdapter: Sendable, Equatable {
 
 /// A deployment configuration (`DeploymentOptionSection/Configuration`).
 public struct DeploymentConfiguration: Sendable, Equatable {
-    /// `ovf:id`: the name `--config` takes.
+    /// `ovf:id`: the name ``ApplianceOptions/configuration`` takes.
     public var id: String
     /// `Label`.
     public var label: String?

@@ -56,7 +56,7 @@ extension Convert {
             Console.error("verifying the manifest (\(ByteCount.human(opened.bytesToVerify)))...\n")
         }
         let result = try ApplianceConverter.convert(opened, toDirectory: destination, options: options)
-        for hint in result.hints { Console.error("note: \(hint)\n") }
+        for hint in result.hints { Console.error("note: \(hint.commandLineText)\n") }
         if progressStyle != .json {
             for disk in result.disks { print("disk \(disk.diskID): \(disk.path)") }
             print("domain: \(result.domainXMLPath)  (virsh define \(result.domainXMLPath))")

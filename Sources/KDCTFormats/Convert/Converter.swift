@@ -35,7 +35,7 @@ public struct ConvertResult: Sendable {
 
 /// Options of the conversion pipeline itself (the output format's options go to its writer).
 public struct PipelineOptions: Sendable {
-    /// Worker threads that read, zero-detect and compress (`-m`); default: the number of CPUs.
+    /// Worker threads that read, zero-detect and compress; default: the number of CPUs.
     public var workers: Int = onlineProcessorCount()
     /// Guest bytes per segment (rounded to whole clusters).
     public var segmentSize: UInt64 = 4 << 20

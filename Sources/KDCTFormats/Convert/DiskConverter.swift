@@ -2,11 +2,11 @@
 public struct ConvertOptions: Sendable {
     /// RAW or QCOW2.
     public var outputFormat: ImageFormat = .raw
-    /// QCOW2 output options (`-o cluster_size=`, `-c`, `-o compression_type=`).
+    /// QCOW2 output options: cluster size, compression and its codec.
     public var qcow2 = QCOW2Writer.Options()
-    /// RAW output preallocation (`-o preallocation=`).
+    /// RAW output preallocation.
     public var rawPreallocation: RawPreallocation = .off
-    /// Replace an existing destination (`--force`).
+    /// Replace an existing destination.
     public var overwrite = false
     /// Workers, segment size, progress and cancellation.
     public var pipeline = PipelineOptions()

@@ -44,7 +44,7 @@ public enum ReferencePolicy: String, Sendable, CaseIterable {
 
 /// How an image is opened: format override, limits, reference policy, strictness.
 public struct OpenOptions: Sendable {
-    /// The declared format (`-f`); nil probes the content. A declaration the content contradicts is an error.
+    /// The declared format; nil probes the content. A declaration the content contradicts is an error.
     public var format: ImageFormat?
     /// Safety limits.
     public var limits = ImageLimits()

@@ -1,7 +1,10 @@
+import KDCTAppliance
 import KDCTFormats
 
-/// The CLI's advice on library errors. The libraries say what went wrong and where; only the CLI knows its flags,
-/// so it adds the one that changes the outcome, keyed on the error's stable code and field.
+// The CLI's advice on what the libraries report. The libraries say what went wrong and where; only the CLI knows
+// its flags, so it adds the one that changes the outcome, keyed on an error's stable code and field or a note's topic.
+
+/// Advice on library errors.
 extension KDCTError {
     /// The flag that changes the outcome and the words that say so, when one does.
     var commandLineHint: (flag: String, advice: String)? {
@@ -31,5 +34,17 @@ extension KDCTError {
         guard let hint = commandLineHint else { return line }
         let words = line.split { !$0.isLetter && !$0.isNumber && $0 != "-" }
         return words.contains(Substring(hint.flag)) ? line : line + " (\(hint.advice))"
+    }
+}
+
+/// Advice on appliance conversion notes.
+extension ApplianceNote {
+    /// The line the CLI prints after `note: `: the text, and the flags that change what it reports.
+    var commandLineText: String {
+        switch topic {
+        case .windowsDeviceDefaults: return text + " (--disk-bus virtio --nic-model virtio)"
+        case .manifestNotVerified: return text + " (--no-verify)"
+        default: return text
+        }
     }
 }
