@@ -10,6 +10,8 @@ import KDCTFormats
 /// Hardening: documents with a DTD (`<!DOCTYPE`, `<!ENTITY`) are refused before parsing, so no external or
 /// recursive entity is ever expanded; depth and element count are bounded.
 public final class XMLTreeElement: @unchecked Sendable {
+    // @unchecked: `children` and `text` are set only by the parser that builds the tree, before `XMLTree.parse`
+    // returns it; from then on the tree is immutable, which the compiler cannot see through `fileprivate(set)`.
     /// Local name (without prefix).
     public let name: String
     /// Namespace URI, when the element is in one.

@@ -4,7 +4,7 @@ import Testing
 import KDCTFormats
 
 /// A fresh directory under the system temp dir, removed when the value is released.
-public final class TemporaryDirectory: @unchecked Sendable {
+public final class TemporaryDirectory: Sendable {
     public let path: String
 
     public init(_ label: String = "kdct-test") throws {
@@ -43,15 +43,15 @@ public func runProcess(_ arguments: [String], stdin: Data? = nil, environment: [
     if let stdin { input.fileHandleForWriting.write(stdin) }
     try input.fileHandleForWriting.close()
     // Read both pipes concurrently so a chatty child cannot block on a full pipe.
-    nonisolated(unsafe) var errData = Data()
-    let errThread = Thread { errData = err.fileHandleForReading.readDataToEndOfFile() }
+    let errData = Mutex(Data())
+    let errThread = Thread { errData.withLock { $0 = err.fileHandleForReading.readDataToEndOfFile() } }
     errThread.start()
     let outData = out.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     while !errThread.isFinished { usleep(1000) }
     return ProcessResult(status: process.terminationStatus,
                          stdout: String(decoding: outData, as: UTF8.self),
-                         stderr: String(decoding: errData, as: UTF8.self))
+                         stderr: String(decoding: errData.withLock { $0 }, as: UTF8.self))
 }
 
 /// Runs qemu-img (the test oracle) and fails the test with its stderr when it does not exit 0.

@@ -77,7 +77,7 @@ public final class ZstdCompressor: ClusterCompressor {
 
 /// Decoders for compressed clusters and grains. Thread-safe: each call takes a decoder context from a pool.
 public enum ClusterDecompression {
-    private final class DeflateContext: @unchecked Sendable {
+    private final class DeflateContext {
         let pointer: OpaquePointer
         init() throws {
             guard let pointer = libdeflate_alloc_decompressor() else { throw KDCTError(.io, "libdeflate_alloc_decompressor failed") }
@@ -86,7 +86,7 @@ public enum ClusterDecompression {
         deinit { libdeflate_free_decompressor(pointer) }
     }
 
-    private final class ZstdContext: @unchecked Sendable {
+    private final class ZstdContext {
         let pointer: OpaquePointer
         init() throws {
             guard let pointer = ZSTD_createDCtx() else { throw KDCTError(.io, "ZSTD_createDCtx failed") }

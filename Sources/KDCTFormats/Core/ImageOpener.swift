@@ -1,5 +1,5 @@
 /// State carried while opening an image and the files it references: options, chain depth, files already open.
-public final class OpenContext: @unchecked Sendable {
+public final class OpenContext: Sendable {
     /// The options the outermost open was called with.
     public let options: OpenOptions
     /// How many references were followed to reach the image being opened (0 for the top image).
