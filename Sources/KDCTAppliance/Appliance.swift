@@ -32,7 +32,7 @@ public final class Appliance: Sendable {
     /// OVA or OVF.
     public let container: Container
     /// The archive, for an OVA.
-    public let archive: TarArchive?
+    let archive: TarArchive?
     /// The descriptor's name (the OVA member or the file's path).
     public let descriptorName: String
     /// The VM the descriptor describes, for the selected deployment configuration.
@@ -145,7 +145,7 @@ public final class Appliance: Sendable {
 
     /// Opens the appliance file named `href` (an OVA member, or a file beside the descriptor under the reference
     /// policy) as a `ReadOnlyFile`.
-    public func openFile(named href: String) throws -> ReadOnlyFile {
+    func openFile(named href: String) throws -> ReadOnlyFile {
         if let archive {
             // hrefs are relative to the descriptor, which may sit in a folder of the archive.
             let folder = descriptorName.contains("/") ? FilePaths.directory(of: descriptorName) + "/" : ""
@@ -162,7 +162,7 @@ public final class Appliance: Sendable {
 
     /// Opens `file` checked against what the descriptor says about it: compressed and chunked files are refused,
     /// and a file shorter than its `ovf:size` is `truncated`.
-    public func openChecked(_ file: ApplianceFile) throws -> ReadOnlyFile {
+    func openChecked(_ file: ApplianceFile) throws -> ReadOnlyFile {
         if let compression = file.compression {
             throw KDCTError(.unsupported, "\(file.href) is stored \(compression)-compressed (ovf:compression); decompress the appliance first",
                             file: path, field: "ovf:compression")
@@ -285,27 +285,27 @@ public struct OpenedApplianceDisk: Sendable {
 }
 
 /// An all-zero disk: an OVF disk with a capacity but no file.
-public final class BlankDisk: BlockDevice {
+final class BlankDisk: BlockDevice {
     /// The disk's size in bytes.
-    public let virtualSize: UInt64
+    let virtualSize: UInt64
     private let name: String
 
     /// A zero disk of `virtualSize` bytes called `name` in messages.
-    public init(virtualSize: UInt64, name: String) {
+    init(virtualSize: UInt64, name: String) {
         self.virtualSize = virtualSize
         self.name = name
     }
 
-    public var info: ImageInfo {
+    var info: ImageInfo {
         ImageInfo(format: .raw, filename: name, virtualSize: virtualSize, subformat: "blank",
                   notes: ["an empty disk declared by the OVF descriptor"])
     }
 
-    public func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent {
+    func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent {
         Extent(offset: offset, length: min(maxLength, virtualSize - min(offset, virtualSize)), status: .zero)
     }
 
-    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
         try checkRange(offset, buffer.count)
         buffer.initializeMemory(as: UInt8.self, repeating: 0)
     }

@@ -89,7 +89,7 @@ public enum ApplianceConverter {
     }
 
     /// The bus and NIC model the domain gets, and a note when Windows defaults were applied.
-    public static func deviceChoices(for machine: VirtualMachineDescription, diskBus: DiskBus?,
+    static func deviceChoices(for machine: VirtualMachineDescription, diskBus: DiskBus?,
                                      nicModel: NICModel?) -> (DiskBus, NICModel, ApplianceNote?) {
         let windows = machine.operatingSystem.isWindows
         let bus = diskBus ?? (windows ? .sata : .virtio)
@@ -231,7 +231,7 @@ public enum ApplianceConverter {
 
     /// The libvirt domain for `machine` with its disks at `diskPaths` (in `format`, on `bus`) and its NICs as
     /// `nic`; `firmware` overrides the descriptor's (a partition-table guess).
-    public static func domainSpec(for machine: VirtualMachineDescription, sourceName: String, firmware: Firmware? = nil,
+    static func domainSpec(for machine: VirtualMachineDescription, sourceName: String, firmware: Firmware? = nil,
                                   diskPaths: [String], format: ImageFormat, bus: DiskBus, nic: NICModel) -> LibvirtDomainSpec {
         let os = machine.operatingSystem
         let firmware = firmware ?? machine.firmware

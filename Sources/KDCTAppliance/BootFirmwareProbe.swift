@@ -5,7 +5,7 @@ import KDCTFormats
 /// A GPT disk (UEFI spec 2.x, chapter 5) with an EFI System Partition and no BIOS boot partition boots with UEFI
 /// (Windows cannot boot GPT from BIOS at all); a GPT disk with a BIOS boot partition, or an MBR disk, boots with
 /// BIOS. Anything else gives no answer.
-public enum BootFirmwareProbe {
+enum BootFirmwareProbe {
     /// EFI System Partition type C12A7328-F81F-11D2-BA4B-00A0C93EC93B, as stored (mixed-endian).
     static let espType: [UInt8] = [0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11,
                                    0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B]
@@ -15,7 +15,7 @@ public enum BootFirmwareProbe {
     static let maxEntryBytes = 1 << 20
 
     /// The firmware `device`'s partition table implies, or nil.
-    public static func guess(_ device: any BlockDevice) throws -> Firmware? {
+    static func guess(_ device: any BlockDevice) throws -> Firmware? {
         guard device.virtualSize >= 1024 else { return nil }
         let mbr = try device.readBytes(at: 0, count: 512)
         guard mbr[510] == 0x55, mbr[511] == 0xAA else { return nil }

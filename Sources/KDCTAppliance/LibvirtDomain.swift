@@ -106,7 +106,7 @@ public struct LibvirtDomainSpec: Sendable, Equatable {
 public enum LibvirtDomainXML {
     /// A libvirt-safe name made from `text`: letters, digits, `.`, `_`, `+`, `-` kept, anything else `-`;
     /// never empty and never starting with `.` or `-`.
-    public static func sanitizedName(_ text: String) -> String {
+    package static func sanitizedName(_ text: String) -> String {
         var name = String(text.unicodeScalars.map { scalar -> Character in
             let c = Character(scalar)
             return scalar.isASCII && (c.isLetter || c.isNumber || "._+-".contains(c)) ? c : "-"
@@ -117,7 +117,7 @@ public enum LibvirtDomainXML {
     }
 
     /// The target device name of the `index`th disk (0-based) with `prefix` (`vd`, `sd`): vda..vdz, vdaa...
-    public static func deviceName(prefix: String, index: Int) -> String {
+    static func deviceName(prefix: String, index: Int) -> String {
         var n = index
         var letters = ""
         repeat {
@@ -227,7 +227,7 @@ public enum LibvirtDomainXML {
     }
 
     /// Text escaped for XML character data and single- or double-quoted attributes.
-    public static func escape(_ text: String) -> String {
+    static func escape(_ text: String) -> String {
         var out = ""
         for scalar in text.unicodeScalars {
             switch scalar {

@@ -38,7 +38,7 @@ public struct Manifest: Sendable, Equatable {
 
     /// Decodes the manifest `bytes` (read from `file`). Throws `corrupt` on a line that is not a digest line,
     /// an unknown algorithm, a digest of the wrong length, or a file named twice.
-    public static func parse(_ bytes: [UInt8], file: String? = nil) throws -> Manifest {
+    static func parse(_ bytes: [UInt8], file: String? = nil) throws -> Manifest {
         var entries: [Entry] = []
         let text = String(decoding: bytes, as: UTF8.self)
         for (index, rawLine) in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" }).enumerated() {
@@ -85,7 +85,7 @@ public struct Manifest: Sendable, Equatable {
 
     /// The digest of the whole content of `file` (every byte, in order), lower-case hex. `progress` gets the
     /// bytes hashed so far; `isCancelled` is polled between 4 MiB chunks (true: `cancelled`).
-    public static func digest(of file: ReadOnlyFile, algorithm: Algorithm, progress: ((UInt64) -> Void)? = nil,
+    static func digest(of file: ReadOnlyFile, algorithm: Algorithm, progress: ((UInt64) -> Void)? = nil,
                               isCancelled: (() -> Bool)? = nil) throws -> String {
         switch algorithm {
         case .sha1:
@@ -104,7 +104,7 @@ public struct Manifest: Sendable, Equatable {
     }
 
     /// Checks `file` against `entry`; throws `checksum` naming both digests on a mismatch.
-    public static func verify(_ file: ReadOnlyFile, against entry: Entry, manifestPath: String? = nil,
+    static func verify(_ file: ReadOnlyFile, against entry: Entry, manifestPath: String? = nil,
                               progress: ((UInt64) -> Void)? = nil, isCancelled: (() -> Bool)? = nil) throws {
         let actual = try digest(of: file, algorithm: entry.algorithm, progress: progress, isCancelled: isCancelled)
         if actual != entry.digest {

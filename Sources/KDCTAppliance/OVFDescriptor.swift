@@ -6,7 +6,7 @@ import KDCTFormats
 ///
 /// Element and attribute names are matched by local name, so the prefixes a producer chose (`ovf:`, none, `rasd:`,
 /// OVF 2.0's `sasd:`/`epasd:` for `StorageItem`/`EthernetPortItem`) do not matter.
-public enum OVFDescriptor {
+enum OVFDescriptor {
     /// CIM ResourceAllocationSettingData.ResourceType codes used here (DSP0243 / CIM schema).
     enum ResourceType {
         static let processor = 3
@@ -25,7 +25,7 @@ public enum OVFDescriptor {
     /// `configuration` (nil: the descriptor's default). Throws `invalidFormat` for something that is not an OVF
     /// envelope, `unsupported` for appliances this converter cannot describe as one VM, `corrupt` for values that
     /// make no sense, and `invalidArgument` for an unknown configuration name.
-    public static func parse(_ bytes: [UInt8], file: String? = nil, configuration: String? = nil,
+    static func parse(_ bytes: [UInt8], file: String? = nil, configuration: String? = nil,
                              limits: ImageLimits = ImageLimits()) throws -> VirtualMachineDescription {
         try ImageLimits.check("OVF descriptor size", UInt64(bytes.count), max: limits.maxDescriptorBytes, file: file)
         let root = try XMLTree.parse(bytes, file: file)
@@ -483,7 +483,7 @@ public enum OVFDescriptor {
     }
 
     /// The image format an `ovf:format` URI names, when it is a known one.
-    public static func format(forURI uri: String) -> ImageFormat? {
+    static func format(forURI uri: String) -> ImageFormat? {
         let lowered = uri.lowercased()
         if lowered.contains("vmdk") { return .vmdk }
         if lowered.contains("vhdx") { return .vhdx }

@@ -3,9 +3,9 @@ import KDCTFormats
 /// OVF allocation units (DMTF DSP0004 "programmatic units", as used by `rasd:AllocationUnits` and
 /// `ovf:capacityAllocationUnits`): `byte`, `byte * 2^20`, `byte * 10^9`, `byte * 1024`, and the older names
 /// `KiloBytes`, `MegaBytes`, `GigaBytes`, `TeraBytes` that VMware and VirtualBox wrote as powers of 1024.
-public enum OVFUnits {
+enum OVFUnits {
     /// Bytes per unit, or nil when `units` is not a byte unit this parser understands.
-    public static func byteMultiplier(_ units: String) -> UInt64? {
+    static func byteMultiplier(_ units: String) -> UInt64? {
         let compact = units.lowercased().filter { !$0.isWhitespace }
         let named: [String: UInt64] = [
             "byte": 1, "bytes": 1, "b": 1,
@@ -43,7 +43,7 @@ public enum OVFUnits {
 
     /// `quantity` (a decimal integer) times `units` in bytes; nil when either does not parse or the product
     /// overflows.
-    public static func bytes(quantity: String, units: String) -> UInt64? {
+    static func bytes(quantity: String, units: String) -> UInt64? {
         guard let count = UInt64(quantity.trimmingWhitespace), let multiplier = byteMultiplier(units) else { return nil }
         let (product, overflow) = count.multipliedReportingOverflow(by: multiplier)
         return overflow ? nil : product

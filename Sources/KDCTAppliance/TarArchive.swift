@@ -1,19 +1,19 @@
 import KDCTFormats
 
 /// One member of a tar archive: where its data lies, read in place (never extracted).
-public struct TarMember: Sendable, Equatable {
+struct TarMember: Sendable, Equatable {
     /// The member's name, after pax `path` and GNU long-name overrides, without a leading `./`.
-    public var name: String
+    var name: String
     /// Data size in bytes, after a pax `size` override.
-    public var size: UInt64
+    var size: UInt64
     /// Offset of the member's first data byte in the archive.
-    public var dataOffset: UInt64
+    var dataOffset: UInt64
     /// Offset of the member's (first) header block in the archive.
-    public var headerOffset: UInt64
+    var headerOffset: UInt64
     /// The member's type.
-    public var kind: TarHeader.Kind
+    var kind: TarHeader.Kind
     /// Link target of a hard or symbolic link.
-    public var linkName: String
+    var linkName: String
 }
 
 /// A tar archive (an OVA) read in place: the list of members with their data offsets, and windows onto them.
@@ -21,28 +21,28 @@ public struct TarMember: Sendable, Equatable {
 /// Supports POSIX ustar, pax extended headers (`path`, `size`, `linkpath`), GNU long names (`L`, `K`) and GNU
 /// base-256 sizes, so members of 8 GiB and more are found whichever way the archiver wrote them. Walking the
 /// archive reads one block per header: a member's data is never read here.
-public final class TarArchive: Sendable {
+final class TarArchive: Sendable {
     /// The archive file.
-    public let file: ReadOnlyFile
+    let file: ReadOnlyFile
     /// Members in archive order (pax and GNU metadata headers folded into the member they describe).
-    public let members: [TarMember]
+    let members: [TarMember]
     /// Remarks about the archive's shape (missing end-of-archive blocks, data after it).
-    public let notes: [String]
+    let notes: [String]
 
     /// Most members an archive may hold (an OVA holds a handful; this bounds memory and time on hostile input).
-    public static let maxMembers = 65_536
+    static let maxMembers = 65_536
     /// Largest pax extended header or GNU long name read.
-    public static let maxMetadataBytes: UInt64 = 1 << 20
+    static let maxMetadataBytes: UInt64 = 1 << 20
 
     /// Opens the archive at `path` and lists its members.
-    public convenience init(path: String) throws {
+    convenience init(path: String) throws {
         try self.init(file: ReadOnlyFile(path: path))
     }
 
     /// Lists the members of the archive in `file`. Throws `invalidFormat` when the first block is not a tar
     /// header, `corrupt` on a damaged header, `truncated` when a member's data runs past the end of the file,
     /// `unsupported` for GNU sparse members, and `limitExceeded` past `maxMembers`.
-    public init(file: ReadOnlyFile) throws {
+    init(file: ReadOnlyFile) throws {
         self.file = file
         var members: [TarMember] = []
         var notes: [String] = []
@@ -170,20 +170,20 @@ public final class TarArchive: Sendable {
     }
 
     /// True when `bytes` (the first 512 bytes of a file) hold a tar header with a valid checksum.
-    public static func looksLikeTar(_ bytes: [UInt8]) -> Bool {
+    static func looksLikeTar(_ bytes: [UInt8]) -> Bool {
         guard bytes.count >= TarHeader.blockSize else { return false }
         return (try? TarHeader.decode(Array(bytes.prefix(TarHeader.blockSize)), at: 0)) != nil
     }
 
     /// The regular member called `name` (a leading `./` ignored), or nil.
-    public func member(named name: String) -> TarMember? {
+    func member(named name: String) -> TarMember? {
         var wanted = name
         while wanted.hasPrefix("./") { wanted.removeFirst(2) }
         return members.first { $0.name == wanted && $0.kind == .regular }
     }
 
     /// A `ReadOnlyFile` reading exactly the data of `member` (a window onto the archive).
-    public func open(_ member: TarMember) throws -> ReadOnlyFile {
+    func open(_ member: TarMember) throws -> ReadOnlyFile {
         guard member.kind == .regular else {
             throw KDCTError(.unsupported, "member \"\(member.name)\" is not a regular file (\(member.kind)); links are not followed",
                             file: file.path, field: member.name)
@@ -192,7 +192,7 @@ public final class TarArchive: Sendable {
     }
 
     /// The whole data of a small member (descriptor, manifest), after checking its size against `limit`.
-    public func contents(of member: TarMember, limit: UInt64) throws -> [UInt8] {
+    func contents(of member: TarMember, limit: UInt64) throws -> [UInt8] {
         try ImageLimits.check("size of \(member.name)", member.size, max: limit, file: file.path)
         return try file.readBytes(count: Int(member.size), at: member.dataOffset, what: member.name)
     }

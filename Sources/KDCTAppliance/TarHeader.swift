@@ -8,12 +8,12 @@ import KDCTFormats
 /// version[2] @263, uname[32] @265, gname[32] @297, devmajor[8] @329, devminor[8] @337, prefix[155] @345.
 /// Numbers are octal ASCII; GNU tar stores values that do not fit (sizes of 8 GiB and more) in base-256: the
 /// first byte has its top bit set and the rest of the field is a big-endian binary number.
-public struct TarHeader: Sendable, Equatable {
+struct TarHeader: Sendable, Equatable {
     /// Size of a tar block and of a header.
-    public static let blockSize = 512
+    static let blockSize = 512
 
     /// What a member is, from its `typeflag`.
-    public enum Kind: Sendable, Equatable {
+    enum Kind: Sendable, Equatable {
         /// A regular file (`'0'` or NUL; `'7'`, contiguous file, is read as regular too).
         case regular
         /// A hard link to an earlier member (`'1'`).
@@ -36,7 +36,7 @@ public struct TarHeader: Sendable, Equatable {
         case other(UInt8)
 
         /// The kind a typeflag byte stands for.
-        public init(typeflag: UInt8) {
+        init(typeflag: UInt8) {
             switch typeflag {
             case 0, UInt8(ascii: "0"), UInt8(ascii: "7"): self = .regular
             case UInt8(ascii: "1"): self = .hardLink
@@ -52,7 +52,7 @@ public struct TarHeader: Sendable, Equatable {
         }
 
         /// True for headers that describe the next member rather than being one.
-        public var isMetadata: Bool {
+        var isMetadata: Bool {
             switch self {
             case .paxExtended, .paxGlobal, .gnuLongName, .gnuLongLink: return true
             default: return false
@@ -61,7 +61,7 @@ public struct TarHeader: Sendable, Equatable {
     }
 
     /// Which header dialect the magic field announces.
-    public enum Dialect: String, Sendable, Equatable {
+    enum Dialect: String, Sendable, Equatable {
         /// POSIX ustar (`ustar\0` `00`).
         case ustar
         /// GNU tar (`ustar ` ` \0`): no name prefix field.
@@ -71,24 +71,24 @@ public struct TarHeader: Sendable, Equatable {
     }
 
     /// Member name: the name field, preceded by the ustar prefix field and a `/` when that is set.
-    public var name: String
+    var name: String
     /// Link target of hard and symbolic links.
-    public var linkName: String
+    var linkName: String
     /// Data size in bytes (before any pax or GNU override).
-    public var size: UInt64
+    var size: UInt64
     /// The member's type.
-    public var kind: Kind
+    var kind: Kind
     /// The header dialect.
-    public var dialect: Dialect
+    var dialect: Dialect
 
     /// True when the block is all zero bytes (an end-of-archive marker).
-    public static func isZeroBlock(_ block: [UInt8]) -> Bool {
+    static func isZeroBlock(_ block: [UInt8]) -> Bool {
         block.allSatisfy { $0 == 0 }
     }
 
     /// Decodes the header `block` found at `offset` in `file` (for messages). Throws `corrupt` when the checksum,
     /// a number field or the size is invalid, and `invalidFormat` when the block is not a tar header at all.
-    public static func decode(_ block: [UInt8], at offset: UInt64, file: String? = nil) throws -> TarHeader {
+    static func decode(_ block: [UInt8], at offset: UInt64, file: String? = nil) throws -> TarHeader {
         guard block.count == blockSize else {
             throw KDCTError(.truncated, "tar header at offset \(offset) is \(block.count) bytes, not 512",
                             file: file, field: "tar header")
@@ -137,7 +137,7 @@ public struct TarHeader: Sendable, Equatable {
 
     /// A numeric field: octal ASCII (leading spaces or zeros, ended by NUL or space; empty means 0), or GNU
     /// base-256 (top bit of the first byte set; a negative value, first byte 0xFF, is refused).
-    public static func number(_ block: [UInt8], _ offset: Int, _ count: Int, field: String) throws -> UInt64 {
+    static func number(_ block: [UInt8], _ offset: Int, _ count: Int, field: String) throws -> UInt64 {
         guard offset >= 0, count > 0, offset + count <= block.count else {
             throw KDCTError(.truncated, "field \(field) lies outside the header", field: field)
         }
@@ -201,9 +201,9 @@ public struct TarHeader: Sendable, Equatable {
 
 /// The records of a pax extended header (POSIX.1-2001 `pax` format): `"%d %s=%s\n"` where the decimal length
 /// counts the whole record, its own digits and the newline included.
-public enum PaxRecords {
+enum PaxRecords {
     /// Decodes `data` into key/value pairs in order. Throws `corrupt` on a malformed record.
-    public static func decode(_ data: [UInt8], file: String? = nil, at offset: UInt64 = 0) throws -> [(String, String)] {
+    static func decode(_ data: [UInt8], file: String? = nil, at offset: UInt64 = 0) throws -> [(String, String)] {
         var records: [(String, String)] = []
         var index = 0
         func fail(_ why: String) -> KDCTError {

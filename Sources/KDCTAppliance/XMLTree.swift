@@ -9,19 +9,19 @@ import KDCTFormats
 ///
 /// Hardening: documents with a DTD (`<!DOCTYPE`, `<!ENTITY`) are refused before parsing, so no external or
 /// recursive entity is ever expanded; depth and element count are bounded.
-public final class XMLTreeElement: @unchecked Sendable {
+final class XMLTreeElement: @unchecked Sendable {
     // @unchecked: `children` and `text` are set only by the parser that builds the tree, before `XMLTree.parse`
     // returns it; from then on the tree is immutable, which the compiler cannot see through `fileprivate(set)`.
     /// Local name (without prefix).
-    public let name: String
+    let name: String
     /// Namespace URI, when the element is in one.
-    public let namespace: String?
+    let namespace: String?
     /// Attributes by qualified name as written (`ovf:id`, `vmw:osType`).
-    public let attributes: [String: String]
+    let attributes: [String: String]
     /// Child elements in document order.
-    public fileprivate(set) var children: [XMLTreeElement] = []
+    fileprivate(set) var children: [XMLTreeElement] = []
     /// Concatenated character data directly inside this element.
-    public fileprivate(set) var text: String = ""
+    fileprivate(set) var text: String = ""
 
     init(name: String, namespace: String?, attributes: [String: String]) {
         self.name = name
@@ -31,7 +31,7 @@ public final class XMLTreeElement: @unchecked Sendable {
 
     /// The attribute whose local name (after any prefix) is `localName`; a prefixed one is preferred over an
     /// unprefixed one when both exist, and `prefix` (e.g. `vmw`) picks among several prefixes.
-    public func attribute(_ localName: String, prefix: String? = nil) -> String? {
+    func attribute(_ localName: String, prefix: String? = nil) -> String? {
         if let prefix, let value = attributes[prefix + ":" + localName] { return value }
         if prefix != nil { return nil }
         if let value = attributes.first(where: { $0.key.hasSuffix(":" + localName) })?.value { return value }
@@ -39,22 +39,22 @@ public final class XMLTreeElement: @unchecked Sendable {
     }
 
     /// Direct children called `localName`.
-    public func children(_ localName: String) -> [XMLTreeElement] {
+    func children(_ localName: String) -> [XMLTreeElement] {
         children.filter { $0.name == localName }
     }
 
     /// The first direct child called `localName`.
-    public func child(_ localName: String) -> XMLTreeElement? {
+    func child(_ localName: String) -> XMLTreeElement? {
         children.first { $0.name == localName }
     }
 
     /// Trimmed text of the first direct child called `localName`.
-    public func childText(_ localName: String) -> String? {
+    func childText(_ localName: String) -> String? {
         child(localName).map { $0.trimmedText }
     }
 
     /// Every descendant called `localName`, depth first.
-    public func descendants(_ localName: String) -> [XMLTreeElement] {
+    func descendants(_ localName: String) -> [XMLTreeElement] {
         var found: [XMLTreeElement] = []
         var stack: [XMLTreeElement] = children.reversed()
         while let element = stack.popLast() {
@@ -65,18 +65,18 @@ public final class XMLTreeElement: @unchecked Sendable {
     }
 
     /// Text without surrounding white space.
-    public var trimmedText: String { text.trimmingCharacters(in: .whitespacesAndNewlines) }
+    var trimmedText: String { text.trimmingCharacters(in: .whitespacesAndNewlines) }
 }
 
 /// Parses XML bytes into an `XMLTreeElement` tree.
-public enum XMLTree {
+enum XMLTree {
     /// Deepest nesting accepted.
-    public static let maxDepth = 64
+    static let maxDepth = 64
     /// Most elements accepted.
-    public static let maxElements = 200_000
+    static let maxElements = 200_000
 
     /// Parses `bytes` (a descriptor read from `file`); throws `invalidFormat` naming the line on malformed XML.
-    public static func parse(_ bytes: [UInt8], file: String? = nil) throws -> XMLTreeElement {
+    static func parse(_ bytes: [UInt8], file: String? = nil) throws -> XMLTreeElement {
         if containsDTD(bytes) {
             throw KDCTError(.unsupported, "the XML holds a DTD (<!DOCTYPE or <!ENTITY); refused so no entity is expanded",
                             file: file, field: "DOCTYPE")

@@ -18,7 +18,7 @@ public struct ConvertOptions: Sendable {
 /// Converts a `BlockDevice` into a RAW or QCOW2 image on an `OutputTarget`.
 public enum DiskConverter {
     /// Makes the writer for `options.outputFormat` on `target`.
-    public static func makeWriter(target: any OutputTarget, virtualSize: UInt64,
+    static func makeWriter(target: any OutputTarget, virtualSize: UInt64,
                                   options: ConvertOptions) throws -> any ImageWriter {
         switch options.outputFormat {
         case .raw:

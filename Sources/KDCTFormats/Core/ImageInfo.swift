@@ -48,7 +48,7 @@ public struct ImageReference: Sendable, Equatable {
     public var opened: Bool
 
     /// Creates a reference description.
-    public init(kind: Kind, name: String, resolvedPath: String? = nil, opened: Bool = false) {
+    package init(kind: Kind, name: String, resolvedPath: String? = nil, opened: Bool = false) {
         self.kind = kind
         self.name = name
         self.resolvedPath = resolvedPath
@@ -88,7 +88,7 @@ public struct ImageInfo: Sendable {
     public var backingChain: [ImageInfo]
 
     /// Creates an info record; everything but format, filename and size starts empty.
-    public init(format: ImageFormat, filename: String, virtualSize: UInt64, subformat: String? = nil,
+    package init(format: ImageFormat, filename: String, virtualSize: UInt64, subformat: String? = nil,
                 clusterSize: UInt64? = nil, dirty: Bool = false, backingFilename: String? = nil,
                 backingFormat: String? = nil, references: [ImageReference] = [], producer: String? = nil,
                 formatSpecific: InfoValue = .object([]), notes: [String] = [], actualSize: UInt64? = nil,

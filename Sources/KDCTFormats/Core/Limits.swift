@@ -26,7 +26,7 @@ public struct ImageLimits: Sendable, Equatable {
     public init() {}
 
     /// Throws `limitExceeded` naming `field` when `value` is above `limit`.
-    public static func check(_ field: String, _ value: UInt64, max limit: UInt64, file: String? = nil) throws {
+    package static func check(_ field: String, _ value: UInt64, max limit: UInt64, file: String? = nil) throws {
         if value > limit { throw KDCTError.limit(field, value: value, limit: limit, file: file) }
     }
 }
