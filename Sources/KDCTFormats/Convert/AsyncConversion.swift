@@ -17,9 +17,13 @@ import Synchronization
 extension DiskConverter {
     /// Converts `source` to the local file `destination` (written under a temporary name, renamed when complete).
     ///
-    /// - Parameter progress: receives a ``ConvertProgress`` after every segment written (as
-    ///   ``PipelineOptions/progress`` does, which is still called too) and is finished when the conversion ends,
-    ///   whether it succeeded or not.
+    /// - Parameters:
+    ///   - source: The disk to convert.
+    ///   - destination: The output file; its directory must exist.
+    ///   - options: Output format and its options, overwriting, workers and segment size.
+    ///   - progress: Receives a ``ConvertProgress`` after every segment written (as ``PipelineOptions/progress``
+    ///     does, which is still called too) and is finished when the conversion ends, whether it succeeded or not.
+    /// - Returns: What the conversion did.
     @discardableResult
     public static func convert(_ source: any BlockDevice, toFile destination: String,
                                options: ConvertOptions = ConvertOptions(),
@@ -32,8 +36,13 @@ extension DiskConverter {
     /// Converts `source` onto `target`, committing it on success and aborting it (nothing under the final name) on
     /// any error or cancellation.
     ///
-    /// - Parameter progress: receives a ``ConvertProgress`` after every segment written and is finished when the
-    ///   conversion ends.
+    /// - Parameters:
+    ///   - source: The disk to convert.
+    ///   - target: Where the output goes (a remote file, for example); it is used on the conversion's own thread.
+    ///   - options: Output format and its options, workers and segment size.
+    ///   - progress: Receives a ``ConvertProgress`` after every segment written and is finished when the
+    ///     conversion ends.
+    /// - Returns: What the conversion did.
     @discardableResult
     public static func convert(_ source: any BlockDevice, to target: sending any OutputTarget,
                                options: ConvertOptions = ConvertOptions(),

@@ -1,5 +1,5 @@
 /// A guest disk as a readable, mappable range of bytes: the one protocol every reader, chain and archive member
-/// meets at (see ARCHITECTURE.md).
+/// meets at (see docs/ARCHITECTURE.md).
 ///
 /// Implementations decode their metadata at open and keep it immutable, so one instance serves many threads
 /// without locks on the data path; table caches, if any, are bounded and internally synchronised.

@@ -31,7 +31,7 @@ public struct ImageLimits: Sendable, Equatable {
     }
 }
 
-/// Which files an image may make us open (backing files, extents, parents). See ARCHITECTURE.md, "References".
+/// Which files an image may make us open (backing files, extents, parents). See docs/ARCHITECTURE.md, "References and trust".
 public enum ReferencePolicy: String, Sendable, CaseIterable {
     /// Open no referenced file at all (strict mode for untrusted uploads).
     case none
