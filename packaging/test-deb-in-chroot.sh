@@ -137,9 +137,13 @@ expected_digest() {
     [ -n "$digest" ] || fail "Fixtures/SHA256SUMS has no line for $1"
     echo "$digest"
 }
+# Prints the field at KEY/KEY/... of the JSON object on stdin.
+json_field() { python3 -c 'import json, sys
+value = json.load(sys.stdin)
+for key in sys.argv[1].split("/"): value = value[key]
+print(value)' "$1"; }
 pattern_digest=$(expected_digest pattern.vmdk)
-virtual_size=$(qemu-img info -f vmdk --output json "$fixtures/pattern.vmdk" |
-               python3 -c 'import json, sys; print(json.load(sys.stdin)["virtual-size"])')
+virtual_size=$(qemu-img info -f vmdk --output json "$fixtures/pattern.vmdk" | json_field virtual-size)
 
 appliance_name=kdct-deb-test
 staging="$work/appliance"
@@ -204,30 +208,26 @@ kdct check-output check out/pattern.qcow2
 kdct info-ova info "in/$appliance_name.ova"
 expect_in info-ova "$appliance_name"
 kdct convert-ova convert -O qcow2 "in/$appliance_name.ova" out/appliance
-# A failure is reported, not crashed: a truncated QCOW2 header, and an SSH export to a closed port.
-head -c 64 "$fixtures/pattern-zstd.qcow2" > "$inputs/truncated.qcow2"
-for case in "truncated:info in/truncated.qcow2" "export-refused:export -P 1 --known-hosts /dev/null in/pattern.vmdk root@127.0.0.1:/tmp/x"; do
-    name=${case%%:*}
-    status=0
-    in_chroot sh -c 'cd /work && exec kdct-native "$@"' kdct-native ${case#*:} > /dev/null 2> "$outputs/$name.stderr" ||
+# A failure is reported, not crashed: exit status 1 and a message naming MUST_NAME on stderr.
+expect_failure() {
+    local name=$1 must_name=$2 status=0; shift 2
+    in_chroot sh -c 'cd /work && exec kdct-native "$@"' kdct-native "$@" > /dev/null 2> "$outputs/$name.stderr" ||
         status=$?
-    [ "$status" -eq 1 ] || fail "kdct-native ${case#*:}: exit status $status, expected 1 ($(cat "$outputs/$name.stderr"))"
-    [ -s "$outputs/$name.stderr" ] || fail "kdct-native ${case#*:}: no error message"
-done
-grep -q "truncated.qcow2" "$outputs/truncated.stderr" || fail "the error does not name the file: $(cat "$outputs/truncated.stderr")"
-grep -q "127.0.0.1" "$outputs/export-refused.stderr" || fail "the export error does not name the host: $(cat "$outputs/export-refused.stderr")"
+    [ "$status" -eq 1 ] || fail "kdct-native $*: exit status $status, expected 1 ($(cat "$outputs/$name.stderr"))"
+    grep -qF "$must_name" "$outputs/$name.stderr" ||
+        fail "kdct-native $*: the error does not name $must_name: $(cat "$outputs/$name.stderr")"
+}
+head -c 64 "$fixtures/pattern-zstd.qcow2" > "$inputs/truncated.qcow2"
+expect_failure truncated truncated.qcow2 info in/truncated.qcow2
+expect_failure export-refused 127.0.0.1 export -P 1 --known-hosts /dev/null in/pattern.vmdk root@127.0.0.1:/tmp/x
 phase "running info, convert and checksum in the chroot"
 
 # --- Check the results OUTSIDE the chroot with qemu-img and SHA256SUMS --------------------------------------------
-python3 - "$outputs/info-json.stdout" "$virtual_size" <<'PY' || fail "info --output json from the chroot is wrong"
-import json, sys
-info = json.load(open(sys.argv[1]))
-assert info["format"] == "vmdk", info["format"]
-assert info["virtual-size"] == int(sys.argv[2]), (info["virtual-size"], sys.argv[2])
-PY
-vhdx_size=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["virtual-size"])' "$outputs/info-vhdx.stdout")
-qemu_vhdx_size=$(qemu-img info -f vhdx --output json "$inputs/pattern.vhdx" |
-                 python3 -c 'import json, sys; print(json.load(sys.stdin)["virtual-size"])')
+[ "$(json_field format < "$outputs/info-json.stdout")" = vmdk ] || fail "info --output json in the chroot: format is not vmdk"
+[ "$(json_field virtual-size < "$outputs/info-json.stdout")" = "$virtual_size" ] ||
+    fail "info --output json in the chroot: virtual-size is not qemu-img's $virtual_size"
+vhdx_size=$(json_field virtual-size < "$outputs/info-vhdx.stdout")
+qemu_vhdx_size=$(qemu-img info -f vhdx --output json "$inputs/pattern.vhdx" | json_field virtual-size)
 [ "$vhdx_size" = "$qemu_vhdx_size" ] || fail "info says the VHDX has $vhdx_size bytes, qemu-img says $qemu_vhdx_size"
 
 for input in pattern.vmdk pattern-zstd.qcow2 pattern-deflate.qcow2 pattern.vhdx; do
@@ -256,9 +256,13 @@ qemu-img compare -q -f vmdk -F qcow2 "$fixtures/pattern.vmdk" "$outputs/pattern-
     fail "zstd-compressed output differs"
 qemu-img compare -q -f vhdx -F qcow2 "$fixtures/pattern.vhdx" "$outputs/pattern-vhdx.qcow2" || fail "vhdx output differs"
 qemu-img compare -q -f vmdk -F qcow2 "$fixtures/pattern-stream.vmdk" "$ova_disk" || fail "the OVA's disk differs"
-[ "$(qemu-img info --output json "$outputs/pattern-zstd.qcow2" |
-     python3 -c 'import json, sys; print(json.load(sys.stdin)["format-specific"]["data"]["compression-type"])')" = zstd ] ||
+[ "$(qemu-img info --output json "$outputs/pattern-zstd.qcow2" | json_field format-specific/data/compression-type)" = zstd ] ||
     fail "the -o compression_type=zstd output is not zstd-compressed"
+plain_size=$(stat -c %s "$outputs/pattern.qcow2")
+for compressed in pattern-deflate.qcow2 pattern-zstd.qcow2; do
+    [ "$(stat -c %s "$outputs/$compressed")" -lt "$plain_size" ] ||
+        fail "$compressed is not smaller than the uncompressed output ($plain_size bytes): -c did not compress"
+done
 virt-xml-validate "$ova_domain" domain >/dev/null || fail "the OVA's domain XML is not valid for libvirt"
 phase "checking the outputs with qemu-img outside the chroot"
 
