@@ -191,8 +191,15 @@ enum Interruption {
         return signal == 0 ? 1 : 128 + signal
     }
 
-    /// Installs the handler for SIGINT and SIGTERM.
+    /// Installs the handler for SIGINT and SIGTERM, and unblocks them: a parent may have started this process
+    /// with them blocked (a blocked signal would only be delivered, too late, at exit). Threads started later
+    /// inherit the mask.
     static func install() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
         for signalNumber in [SIGINT, SIGTERM] {
             signal(signalNumber) { number in
                 _ = Interruption.received.compareExchange(expected: 0, desired: number, ordering: .relaxed)

@@ -30,10 +30,13 @@ final class MinimumSparseRunWriter: RangeCopyingWriter {
         zeros.data.initializeMemory(as: UInt8.self, repeating: 0)
     }
 
+    /// True when a zero run of `length` bytes is stored as data: shorter than the minimum, or any run for 0.
+    private func isStored(_ length: UInt64) -> Bool { length > 0 && (minimumRun == 0 || length < minimumRun) }
+
     /// Decides the zero run `[cursor, runEnd)`: stored as zeros when shorter than the minimum.
     private func closeRun(at runEnd: UInt64) throws {
-        if runEnd > cursor && runEnd - cursor < minimumRun { try storeZeros(from: cursor, to: runEnd) }
-        cursor = runEnd
+        if runEnd > cursor && isStored(runEnd - cursor) { try storeZeros(from: cursor, to: runEnd) }
+        cursor = max(cursor, runEnd)
     }
 
     private func storeZeros(from start: UInt64, to stop: UInt64) throws {
@@ -59,17 +62,17 @@ final class MinimumSparseRunWriter: RangeCopyingWriter {
         guard let firstData = segment.clusters.firstIndex(where: { $0 != .zero }) else { return }
         // The run that was open (through the gap) ends at the segment's first data cluster.
         let firstDataOffset = segment.guestOffset + UInt64(firstData) * cluster
-        if firstDataOffset - cursor < minimumRun {
+        if isStored(firstDataOffset - cursor) {
             try storeZeros(from: cursor, to: segment.guestOffset)
             for index in 0..<firstData { segment.clusters[index] = .data }
         }
         // Runs between data clusters of this segment.
-        var index = firstData
+        var index = firstData + 1
         var lastData = firstData
         while index < segment.clusters.count {
             if segment.clusters[index] != .zero {
                 let run = index - lastData - 1
-                if run > 0 && UInt64(run) * cluster < minimumRun {
+                if isStored(UInt64(run) * cluster) {
                     for zero in (lastData + 1)..<index { segment.clusters[zero] = .data }
                 }
                 lastData = index
