@@ -90,6 +90,15 @@ import Testing
                 FilePaths.remove(out)
             }
         }
+        // The 3 MiB run is copied by the kernel, not read: the bytes read are the pattern's unaligned edges only.
+        let offloaded = try CLI.run(["convert", "-C", "--progress", "json", "-O", "raw", raw, directory.file("json.raw")])
+        let done = try JSONSerialization.jsonObject(with: Data((offloaded.stdout.split(separator: "\n").last ?? "").utf8)) as? [String: Any]
+        let dataRead = try #require(done?["data-read"] as? Int)
+        #expect(dataRead < 1 << 20, "-C read \(dataRead) bytes instead of copying them")
+        let plain = try CLI.run(["convert", "--progress", "json", "-O", "raw", raw, directory.file("plain.raw")])
+        let plainDone = try JSONSerialization.jsonObject(with: Data((plain.stdout.split(separator: "\n").last ?? "").utf8)) as? [String: Any]
+        #expect((plainDone?["data-read"] as? Int ?? 0) >= 3 << 20)
+
         #expect(try CLI.run(["convert", "-C", "-c", "-O", "qcow2", raw, directory.file("x.qcow2")]).status == 1)
         #expect(try CLI.run(["convert", "-C", "-S", "4k", raw, directory.file("x.raw")]).status == 1)
     }

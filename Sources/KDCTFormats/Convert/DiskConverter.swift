@@ -60,6 +60,8 @@ public enum DiskConverter {
             } else {
                 result = try ConversionPipeline.run(source: source, writer: writer, options: options.pipeline)
             }
+            // A cancellation that arrived after the last segment still leaves nothing under the final name.
+            if options.pipeline.isCancelled?() == true { throw KDCTError(.cancelled, "conversion cancelled") }
             try target.commit()
             return result
         } catch {

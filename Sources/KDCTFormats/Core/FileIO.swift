@@ -128,17 +128,8 @@ public final class ReadOnlyFile: Sendable {
         }
         let (absolute, overflow) = offset.addingReportingOverflow(windowOffset)
         guard !overflow, absolute <= UInt64(Int64.max) - UInt64(wanted) else { return 0 }
-        var done = 0
-        while done < wanted {
-            let n = pread(descriptor, base + done, wanted - done, off_t(absolute) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw KDCTError.io("pread at offset \(offset + UInt64(done))", errno: errno, file: path)
-            }
-            if n == 0 { break }
-            done += n
-        }
-        return done
+        return try preadFully(descriptor, into: UnsafeMutableRawBufferPointer(start: base, count: wanted),
+                              at: absolute, reportedOffset: offset, path: path)
     }
 
     /// Reads exactly `count` bytes at `offset` into a new array. `count` must already be checked against a limit.
@@ -176,6 +167,24 @@ public final class ReadOnlyFile: Sendable {
         let relative = UInt64(r) - min(UInt64(r), windowOffset)
         return min(max(relative, offset), size)
     }
+}
+
+/// `pread` until `buffer` is full or the file ends, EINTR retried; returns the count read. Errors name `path` and
+/// `reportedOffset` (the offset the caller asked for, which differs from `offset` inside a window).
+private func preadFully(_ descriptor: Int32, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64,
+                        reportedOffset: UInt64, path: String) throws -> Int {
+    guard let base = buffer.baseAddress else { return 0 }
+    var done = 0
+    while done < buffer.count {
+        let n = pread(descriptor, base + done, buffer.count - done, off_t(offset) + off_t(done))
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw KDCTError.io("pread at offset \(reportedOffset + UInt64(done))", errno: errno, file: path)
+        }
+        if n == 0 { break }
+        done += n
+    }
+    return done
 }
 
 /// A byte range of a file read as a file of its own (a member of a tar archive): see `ReadOnlyFile`.
@@ -362,18 +371,7 @@ public final class WritableFile: @unchecked Sendable {
     /// Reads up to `buffer.count` bytes at `offset` (`pread`, EINTR retried, short reads continued); returns
     /// the count read, less only at the end of the file.
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
-        guard let base = buffer.baseAddress else { return 0 }
-        var done = 0
-        while done < buffer.count {
-            let n = pread(descriptor, base + done, buffer.count - done, off_t(offset) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw KDCTError.io("pread at offset \(offset + UInt64(done))", errno: errno, file: path)
-            }
-            if n == 0 { break }
-            done += n
-        }
-        return done
+        try preadFully(descriptor, into: buffer, at: offset, reportedOffset: offset, path: path)
     }
 
     /// The first offset at or after `offset` in a hole (`SEEK_HOLE`); `end` when there is none before it or

@@ -195,11 +195,16 @@ public final class InPlaceTarget: OutputTarget {
         try? file.close()
     }
 
-    private func naming<T>(_ body: () throws -> T) throws -> T {
+    private func naming<T>(_ body: () throws -> T) throws -> T { try attributing(to: displayName, body) }
+
+    /// Runs `check` on this freshly opened target; on an error the target is closed (nothing was written).
+    func checked(_ check: (InPlaceTarget) throws -> Void) throws -> InPlaceTarget {
         do {
-            return try body()
-        } catch let error as KDCTError {
-            throw error.naming(displayName)
+            try check(self)
+            return self
+        } catch {
+            abort()
+            throw error
         }
     }
 }

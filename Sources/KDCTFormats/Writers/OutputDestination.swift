@@ -57,42 +57,32 @@ public enum OutputDestination {
                                 file: destination, field: "preallocation")
             }
             let target = try InPlaceTarget(device: path.resolved, displayName: destination,
-                                           assumeZeroed: settings.targetIsZero, flush: settings.flush)
-            do {
+                                           assumeZeroed: settings.targetIsZero, flush: settings.flush).checked { target in
                 if settings.useExisting && options.outputFormat == .qcow2 {
                     try adopt(existingQCOW2At: path.resolved, named: destination, for: source, into: &options)
                 }
                 let needed = try neededBytes(source, options: options, inPlace: true)
-                guard let capacity = target.capacity, needed <= capacity else {
+                let capacity = target.capacity ?? 0
+                if needed > capacity {
                     throw KDCTError(.invalidArgument,
-                                    "the device is \(target.capacity ?? 0) bytes, smaller than the \(needed) bytes the \(options.outputFormat) output needs",
+                                    "the device is \(capacity) bytes, smaller than the \(needed) bytes the \(options.outputFormat) output needs",
                                     file: destination, field: "device size")
                 }
-            } catch {
-                target.abort()
-                throw error
             }
             return PreparedDestination(target: target, options: options)
 
         case .regularFile where settings.useExisting:
             let target = try InPlaceTarget(existingFile: path.resolved, displayName: destination,
-                                           assumeZeroed: settings.targetIsZero, flush: settings.flush)
-            do {
+                                           assumeZeroed: settings.targetIsZero, flush: settings.flush).checked { target in
                 if options.outputFormat == .qcow2 {
                     try adopt(existingQCOW2At: path.resolved, named: destination, for: source, into: &options)
                     // The image is rewritten from its header on: the old clusters must not show through.
                     try target.discardContent()
-                } else {
-                    let length = try target.length()
-                    if length < source.virtualSize {
-                        throw KDCTError(.invalidArgument,
-                                        "the destination is \(length) bytes, smaller than the source's \(source.virtualSize) bytes",
-                                        file: destination, field: "size")
-                    }
+                } else if try target.length() < source.virtualSize {
+                    throw KDCTError(.invalidArgument,
+                                    "the destination is \(try target.length()) bytes, smaller than the source's \(source.virtualSize) bytes",
+                                    file: destination, field: "size")
                 }
-            } catch {
-                target.abort()
-                throw error
             }
             return PreparedDestination(target: target, options: options)
 

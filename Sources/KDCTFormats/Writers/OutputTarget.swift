@@ -235,13 +235,16 @@ public final class LocalFileTarget: OutputTarget {
         try? file.close()
     }
 
-    /// Runs `body`, attributing its errors to the destination the user named instead of the temporary file.
-    private func naming<T>(_ body: () throws -> T) throws -> T {
-        do {
-            return try body()
-        } catch let error as KDCTError {
-            throw error.naming(destination)
-        }
+    private func naming<T>(_ body: () throws -> T) throws -> T { try attributing(to: destination, body) }
+}
+
+/// Runs `body`, attributing its errors to `destination` as the user named it (not a temporary file or a resolved
+/// device path).
+func attributing<T>(to destination: String, _ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let error as KDCTError {
+        throw error.naming(destination)
     }
 }
 
