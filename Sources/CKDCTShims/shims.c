@@ -8,7 +8,6 @@
 #include <unistd.h>
 #include <pthread.h>
 #include <linux/fs.h>
-#include <linux/falloc.h>
 
 off_t kdct_seek_data(int fd, off_t offset) { return lseek(fd, offset, SEEK_DATA); }
 off_t kdct_seek_hole(int fd, off_t offset) { return lseek(fd, offset, SEEK_HOLE); }
@@ -18,21 +17,12 @@ int kdct_punch_hole(int fd, off_t offset, off_t length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
 }
 
-int kdct_zero_range(int fd, off_t offset, off_t length) {
-    return fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
-}
-
 int kdct_block_device_size(int fd, uint64_t *size) { return ioctl(fd, BLKGETSIZE64, size); }
 int kdct_block_sector_size(int fd, int *size) { return ioctl(fd, BLKSSZGET, size); }
 
 int kdct_block_zero_out(int fd, uint64_t offset, uint64_t length) {
     uint64_t range[2] = { offset, length };
     return ioctl(fd, BLKZEROOUT, range);
-}
-
-int kdct_block_discard(int fd, uint64_t offset, uint64_t length) {
-    uint64_t range[2] = { offset, length };
-    return ioctl(fd, BLKDISCARD, range);
 }
 
 int kdct_open_unnamed(const char *directory, int mode) {

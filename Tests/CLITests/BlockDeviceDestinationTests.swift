@@ -154,4 +154,36 @@ import Testing
         let compare = try runProcess(["qemu-img", "compare", "-f", "raw", "-F", "raw", source, dirty.path])
         #expect(compare.status == 1, "zero ranges were written although --target-is-zero was given")
     }
+
+    /// Where neither the device nor the file system can deallocate (a loop device over a file on ramfs, which has
+    /// no fallocate: the device then has no write-zeroes command either), zero ranges are read and zeroed only
+    /// where they are not zeros already: the device and an existing raw file written into (`-n`) still end up
+    /// identical to the source.
+    @Test func zeroingFallsBackWhereNothingCanBeDeallocated() throws {
+        let directory = try TemporaryDirectory("kdct-dev")
+        let source = try makeSource(directory)
+        let mountPoint = directory.file("ramfs")
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
+        let mount = try runProcess(["mount", "-t", "ramfs", "ramfs", mountPoint])
+        #expect(mount.status == 0, "mount ramfs (needs root): \(mount.stderr)")
+        guard mount.status == 0 else { return }
+        defer {
+            if (try? runProcess(["umount", mountPoint]))?.status != 0 { _ = try? runProcess(["umount", "-l", mountPoint]) }
+        }
+        // The loop device over the ramfs file is detached (by `convertOnto` returning) before the unmount.
+        try convertOnto(folder: mountPoint, source: source)
+    }
+
+    private func convertOnto(folder: String, source: String) throws {
+        let device = try LoopDevice(size: Self.sourceSize, inFolder: folder, fill: 0xB7)
+        let result = try CLI.run(["convert", "-O", "raw", source, device.path])
+        #expect(result.status == 0, "\(result.stderr)")
+        try expectQemuIdentical(source, device.path, formatA: "raw", formatB: "raw")
+
+        let existing = folder + "/existing.raw"
+        try Data(repeating: 0xB8, count: Int(Self.sourceSize)).write(to: URL(fileURLWithPath: existing))
+        let into = try CLI.run(["convert", "-n", "-O", "raw", source, existing])
+        #expect(into.status == 0, "\(into.stderr)")
+        try expectQemuIdentical(source, existing, formatA: "raw", formatB: "raw")
+    }
 }

@@ -12,8 +12,13 @@ final class LoopDevice {
     let path: String
 
     /// Attaches a loop device to a new file of `size` bytes in `directory`, filled with `fill` (nil: sparse zeros).
-    init(size: UInt64, in directory: TemporaryDirectory, name: String = "device.img", fill: UInt8? = nil) throws {
-        backingFile = directory.file(name)
+    convenience init(size: UInt64, in directory: TemporaryDirectory, name: String = "device.img", fill: UInt8? = nil) throws {
+        try self.init(size: size, inFolder: directory.path, name: name, fill: fill)
+    }
+
+    /// Attaches a loop device to a new file of `size` bytes in the folder `folder`.
+    init(size: UInt64, inFolder folder: String, name: String = "device.img", fill: UInt8? = nil) throws {
+        backingFile = folder + "/" + name
         guard FileManager.default.createFile(atPath: backingFile, contents: nil) else {
             throw KDCTError(.io, "cannot create \(backingFile)")
         }
@@ -39,9 +44,22 @@ final class LoopDevice {
             throw KDCTError(.io, "losetup failed (the loop device tests need root): \(attach.stderr)")
         }
         path = attach.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        deviceNumber = FilePaths.status(path)?.deviceNumber ?? 0
     }
 
-    deinit { _ = try? runProcess(["losetup", "-d", path]) }
+    /// Which device the node names (to put the node back if a broken build replaced it).
+    private let deviceNumber: UInt64
+
+    /// Detaches the device. If the node is no longer a block device (a regression that replaces device nodes
+    /// with files, issue 12 bug 1), the file is removed and the node made again first, so one failing run does
+    /// not break /dev for the next.
+    deinit {
+        if !isBlockDevice && deviceNumber != 0 {
+            FilePaths.remove(path)
+            _ = mknod(path, S_IFBLK | 0o600, dev_t(deviceNumber))
+        }
+        _ = try? runProcess(["losetup", "-d", path])
+    }
 
     /// The device's bytes `[offset, offset+length)`, read through the device node (tests use small devices).
     func bytes(offset: UInt64 = 0, length: UInt64) throws -> Data {

@@ -21,15 +21,12 @@ int kdct_start_writeback(int fd, off_t offset, off_t length);
    instead of replacing; EINVAL/ENOSYS where the filesystem or kernel lacks it. */
 int kdct_rename_noreplace(const char *from, const char *to);
 
-/* fallocate(fd, FALLOC_FL_ZERO_RANGE|FALLOC_FL_KEEP_SIZE, ...): zeros without unmapping. */
-int kdct_zero_range(int fd, off_t offset, off_t length);
-
-/* Block devices (ioctl): BLKGETSIZE64 (size in bytes), BLKSSZGET (logical sector size), BLKZEROOUT and
-   BLKDISCARD over [offset, offset+length) (both aligned to the logical sector size). 0, or -1 with errno. */
+/* Block devices (ioctl): BLKGETSIZE64 (size in bytes), BLKSSZGET (logical sector size), BLKZEROOUT over
+   [offset, offset+length) (aligned to the logical sector size). 0, or -1 with errno. A discard that guarantees
+   zeros is fallocate(PUNCH_HOLE) on the device (kdct_punch_hole). */
 int kdct_block_device_size(int fd, uint64_t *size);
 int kdct_block_sector_size(int fd, int *size);
 int kdct_block_zero_out(int fd, uint64_t offset, uint64_t length);
-int kdct_block_discard(int fd, uint64_t offset, uint64_t length);
 
 /* open(directory, O_TMPFILE|O_RDWR|O_CLOEXEC, mode): an unnamed file in `directory`; -1 with errno
    (EOPNOTSUPP/EISDIR/EINVAL where the file system or kernel lacks O_TMPFILE). */
