@@ -71,6 +71,11 @@ public final class OpenContext: @unchecked Sendable {
 public enum ImageOpener {
     /// Opens the image at `path` read-only.
     public static func open(_ path: String, options: OpenOptions = OpenOptions()) throws -> any BlockDevice {
+        if let destination = TemporaryOutputName.destinationName(of: FilePaths.lastComponent(of: path)) {
+            throw KDCTError(.invalidArgument,
+                            "is the temporary file of an unfinished conversion to \(destination), not an image",
+                            file: path)
+        }
         let file = try ReadOnlyFile(path: path)
         let context = OpenContext(options: options, depth: 0, visited: [file.identity])
         return try open(file: file, context: context)
