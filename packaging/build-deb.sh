@@ -67,12 +67,10 @@ if readelf -d "$binary" | grep -qE '\((RPATH|RUNPATH)\)'; then
     fail "$binary has an RPATH/RUNPATH: $(readelf -d "$binary" | grep -E 'R(UN)?PATH')"
 fi
 
-# The CLI's own version, when it reports one, must be VERSION's.
-if cli_version=$("$binary" --version 2>/dev/null); then
-    [ "$cli_version" = "$version" ] || fail "kdct-native --version says '$cli_version' but VERSION says '$version'"
-else
-    echo "build-deb: note: this kdct-native has no --version; the package version comes from VERSION alone" >&2
-fi
+# The CLI's own version (`kdct-native version X`, as qemu-img prints its own) must be VERSION's.
+cli_version=$("$binary" --version) || fail "kdct-native --version failed"
+[ "$cli_version" = "kdct-native version $version" ] \
+    || fail "kdct-native --version says '$cli_version' but VERSION says '$version'"
 
 # --- Stage the package tree --------------------------------------------------------------------------------------
 work=$(mktemp -d "${TMPDIR:-/tmp}/kdct-build-deb.XXXXXX")
