@@ -113,7 +113,8 @@ struct Convert: ParsableCommand {
         let device = try ImageOpener.open(sourceImage, options: openOptions)
         if RemoteLocation.isURL(destination) {
             if appliance.domainXML != nil { throw ValidationError("--domain-xml needs a local destination") }
-            return try RemoteConvert.run(device, destination: destination, options: options, ssh: ssh)
+            return try RemoteConvert.run(device, source: sourceImage, destination: destination, options: options, ssh: ssh,
+                                         bar: progressBar, json: progressStyle == .json)
         }
         try DiskConverter.convert(device, toFile: destination, options: options)
         try writeSingleDiskDomain(source: device, format: options.outputFormat)

@@ -55,8 +55,10 @@ final class TestSSHServer: @unchecked Sendable {
     private let process: SpawnedProcess
 
     /// Starts a server. `passwordAuthentication` enables passwords; `sftp` false leaves out the SFTP subsystem;
+    /// `sftpServerArguments` are given to sftp-server (e.g. `-P posix-rename@openssh.com` to refuse a request);
     /// `extraConfig` is appended to sshd_config.
-    init(passwordAuthentication: Bool = false, sftp: Bool = true, extraConfig: String = "") throws {
+    init(passwordAuthentication: Bool = false, sftp: Bool = true, sftpServerArguments: String = "",
+         extraConfig: String = "") throws {
         password = try Self.account.get()
         directory = try TemporaryDirectory("kdct-sshd")
         chmod(directory.path, 0o755)
@@ -96,7 +98,7 @@ final class TestSSHServer: @unchecked Sendable {
                 AllowUsers \(Self.user)
                 MaxAuthTries 10
                 LogLevel VERBOSE
-                \(sftp ? "Subsystem sftp /usr/lib/openssh/sftp-server" : "")
+                \(sftp ? "Subsystem sftp /usr/lib/openssh/sftp-server \(sftpServerArguments)" : "")
                 \(extraConfig)
 
                 """
@@ -116,9 +118,14 @@ final class TestSSHServer: @unchecked Sendable {
     }
 
     deinit {
+        pauseListener(false)
+        pauseSessions(false)
         killSessions()
         process.terminate()
     }
+
+    /// The listening sshd's process id.
+    var listenerPID: pid_t { process.pid }
 
     /// The endpoint of the test user on this server.
     var endpoint: SSHEndpoint { SSHEndpoint(user: Self.user, host: "127.0.0.1", port: port) }

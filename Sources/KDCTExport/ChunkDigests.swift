@@ -1,0 +1,156 @@
+import CKDCTShims
+import Crypto
+import KDCTFormats
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A byte range of a file.
+public struct ByteRange: Sendable, Equatable, Hashable {
+    /// First byte.
+    public var start: UInt64
+    /// Length in bytes.
+    public var length: UInt64
+    /// One past the last byte.
+    public var end: UInt64 { start + length }
+
+    /// A range.
+    public init(start: UInt64, length: UInt64) {
+        self.start = start
+        self.length = length
+    }
+}
+
+/// How a file is cut into chunks whose SHA-256 digests are compared with the host's: verification reports its
+/// progress chunk by chunk, and `--resume` keeps every chunk that already matches and resends only the others
+/// (whatever order parallel streams wrote them in). Chunks are 64 MiB, or larger for files over 128 GiB so a
+/// file never has more than 2048 of them.
+enum ChunkLayout {
+    /// The chunk size for a file of `size` bytes.
+    static func chunkSize(forFileSize size: UInt64) -> UInt64 {
+        let base: UInt64 = 64 << 20
+        let perChunk = (size + 2047) / 2048
+        return max(base, (perChunk + base - 1) / base * base)
+    }
+
+    /// `[start, end)` cut into chunks of `chunkSize` bytes counted from `start` (the last one shorter).
+    static func chunks(from start: UInt64, to end: UInt64, chunkSize: UInt64) -> [ByteRange] {
+        var ranges: [ByteRange] = []
+        var position = start
+        while position < end {
+            let length = min(chunkSize, end - position)
+            ranges.append(ByteRange(start: position, length: length))
+            position += length
+        }
+        return ranges
+    }
+
+    /// The chunks of a whole file of `size` bytes.
+    static func chunks(ofFileSize size: UInt64) -> [ByteRange] {
+        chunks(from: 0, to: size, chunkSize: chunkSize(forFileSize: size))
+    }
+}
+
+/// SHA-256 of local file ranges, read sequentially; holes (`SEEK_HOLE`) are hashed as zeros without being read.
+struct LocalDigester {
+    let file: ReadOnlyFile
+    var cancellation: CancellationToken?
+
+    /// The digest of each range (ranges in increasing order, not overlapping) and, with `wholeFile`, the
+    /// SHA-256 of the whole file (ranges must then cover it). `progress` gets the bytes hashed so far.
+    func digests(of ranges: [ByteRange], wholeFile: Bool,
+                 progress: ((UInt64) -> Void)? = nil) throws -> (ranges: [String], whole: String?) {
+        var whole = wholeFile ? SHA256() : nil
+        var results: [String] = []
+        let chunk = 4 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { buffer.deallocate() }
+        var done: UInt64 = 0
+        for range in ranges {
+            var hasher = SHA256()
+            var position = range.start
+            while position < range.end {
+                try cancellation?.check()
+                let dataStart = min(try file.nextData(from: position) ?? range.end, range.end)
+                if dataStart > position {
+                    WrittenContentDigest.hashZeros(&hasher, count: dataStart - position)
+                    if whole != nil { WrittenContentDigest.hashZeros(&whole!, count: dataStart - position) }
+                    done += dataStart - position
+                    position = dataStart
+                    continue
+                }
+                let dataEnd = min(max(try file.nextHole(from: position), position + 1), range.end)
+                let count = Int(min(UInt64(chunk), dataEnd - position))
+                let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
+                try file.read(into: slice, at: position, what: "local data")
+                hasher.update(bufferPointer: UnsafeRawBufferPointer(slice))
+                whole?.update(bufferPointer: UnsafeRawBufferPointer(slice))
+                position += UInt64(count)
+                done += UInt64(count)
+                progress?(done)
+            }
+            results.append(TextEncoding.hex(hasher.finalize()))
+            progress?(done)
+        }
+        return (results, whole.map { TextEncoding.hex($0.finalize()) })
+    }
+}
+
+/// Runs a closure on its own thread (a plain pthread, so it never waits behind the caller's executor) and hands
+/// its result back on `join`.
+final class BackgroundWork<Value: Sendable>: @unchecked Sendable {
+    /// Where the thread leaves its outcome.
+    private final class Outcome: Sendable {
+        let value = Mutex<Result<Value, any Error>?>(nil)
+    }
+    private let result = Outcome()
+    private var thread = pthread_t()
+    private var joined = false
+
+    /// Starts `body` at once.
+    init(_ body: @escaping @Sendable () throws -> Value) throws {
+        let box = Unmanaged.passRetained(ThreadBody { [result] in
+            let outcome = Result { try body() }
+            result.value.withLock { $0 = outcome }
+        }).toOpaque()
+        let rc = pthread_create(&thread, nil, { context in
+            guard let context else { return nil }
+            Unmanaged<ThreadBody>.fromOpaque(context).takeRetainedValue().run()
+            return nil
+        }, box)
+        guard rc == 0 else {
+            Unmanaged<ThreadBody>.fromOpaque(box).release()
+            throw KDCTError.io("pthread_create", errno: rc)
+        }
+    }
+
+    deinit { if !joined { pthread_join(thread, nil) } }
+
+    /// True once the closure has returned.
+    var isFinished: Bool { result.value.withLock { $0 != nil } }
+
+    /// Waits for the closure and returns its value or rethrows its error.
+    func join() throws -> Value {
+        if !joined {
+            pthread_join(thread, nil)
+            joined = true
+        }
+        guard let outcome = result.value.withLock({ $0 }) else {
+            throw KDCTError(.io, "a worker thread ended without a result")
+        }
+        return try outcome.get()
+    }
+}
+
+/// The closure a `BackgroundWork` thread runs, passed through pthread_create's context pointer.
+private final class ThreadBody {
+    let run: () -> Void
+    init(_ run: @escaping () -> Void) { self.run = run }
+}
+
+/// Hands a value that is not `Sendable` (an SSH connection, an open remote file: used by one thread at a time)
+/// to exactly one other thread, which uses it from then on.
+struct HandOver<Value>: @unchecked Sendable {
+    let value: Value
+}
