@@ -67,8 +67,9 @@ public struct WaitPolicy: Sendable {
         self.deadline = deadline
     }
 
-    /// Seconds between keepalive requests while the host works on a long operation: often enough that an
-    /// answering host never looks silent for `timeout` (libssh2 counts whole seconds, 2 at least).
+    /// Seconds between keepalive requests while the host works on a long operation: a third of the timeout, so
+    /// an answering host never looks silent for long (libssh2 counts whole seconds, 2 at least; a long operation
+    /// is therefore given up after `max(timeout, 3 * keepaliveInterval)` seconds of silence).
     var keepaliveInterval: UInt32 { UInt32(max(2, (timeout / 3).rounded(.down))) }
 
     /// The same policy with a hard deadline `seconds` from now (the earlier one wins) and no cancellation: for

@@ -226,7 +226,8 @@ private struct SFTPUpload {
             chunk.start < partialSize ? ByteRange(start: chunk.start, length: min(chunk.end, partialSize) - chunk.start) : nil
         }
         let matches = try compare(compared, temporary: temporary, sftp: sftp, notes: &notes)
-        if let first = matches.first, !first {
+        // Nothing in common: not an upload of this file. Starting from an empty file lets holes stay holes.
+        if !matches.isEmpty && !matches.contains(true) {
             try remote.setSize(0)
             notes.append("the interrupted upload (\(partialSize) bytes) does not match the local file; started over")
             return Plan(remote: remote, units: everything, restarted: true)

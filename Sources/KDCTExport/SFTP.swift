@@ -42,6 +42,9 @@ public final class SFTPSession {
     /// The most data one read request asks for.
     private(set) var maximumRead = 32768
     private var nextRequest: UInt32 = 1
+    /// Requests whose replies nobody waits for any more (writes of a file given up after a failure): skipped
+    /// when they arrive.
+    var abandonedRequests: Set<UInt32> = []
     private var inbox: [UInt8] = []
     private var inboxStart = 0
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 16)
@@ -227,8 +230,12 @@ public final class SFTPSession {
     func request(_ packet: SFTPPacketWriter, id: UInt32, what: @autoclosure () -> String,
                  wait: SessionDriver.Wait = .reply) throws -> Reply {
         try send(packet.finished, what: what())
-        let (type, body) = try receive(what(), wait: wait)
-        let (replyID, reply) = try parse(type: type, body: body)
+        var (type, body) = try receive(what(), wait: wait)
+        var (replyID, reply) = try parse(type: type, body: body)
+        while replyID != id && abandonedRequests.remove(replyID) != nil {
+            (type, body) = try receive(what(), wait: wait)
+            (replyID, reply) = try parse(type: type, body: body)
+        }
         guard replyID == id else {
             connection.abandon()
             throw KDCTError(.io, "\(what()): the SFTP server answered request \(replyID) instead of \(id)",
@@ -574,12 +581,16 @@ final class SFTPFile {
         try session.expectOK(try session.request(packet, id: id, what: "closing \(session.remoteName(path))"), "close", path: path)
     }
 
-    /// Forgets the handle without waiting (after a failure): the server closes it with the session. When the
-    /// session is still usable and nothing is in flight, the close is sent without waiting for its reply.
+    /// Gives the handle up after a failure, without waiting for outstanding writes (their replies will be
+    /// skipped). While the session is usable the handle is closed (within the connection's policy); otherwise the
+    /// server closes it with the session.
     func closeDiscarding() {
         guard isOpen else { return }
         isOpen = false
-        guard pendingBytes == 0, session.connection.isUsable else { return }
+        session.abandonedRequests.formUnion(pending.keys)
+        pending.removeAll()
+        pendingBytes = 0
+        guard session.connection.isUsable else { return }
         let (packet, id) = handleRequest(SFTPProtocol.close)
         if (try? session.request(packet, id: id, what: "closing \(session.remoteName(path))")) == nil {
             session.connection.abandon()

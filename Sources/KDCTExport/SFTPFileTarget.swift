@@ -180,8 +180,12 @@ public final class SFTPFileTarget: OutputTarget {
     public func abort() {
         guard !finished else { return }
         finished = true
-        file.closeDiscarding()
+        // One budget for closing the file and removing it, deaf to the cancellation that may have caused this.
         let cancelled = connection.policy.cancellation?.isCancelled == true
+        let saved = connection.policy
+        connection.policy = saved.forCleanup(seconds: cancelled ? RemoteCleanup.afterCancellation : RemoteCleanup.afterFailure)
+        defer { connection.policy = saved }
+        file.closeDiscarding()
         if let reason = RemoteCleanup.remove(temporaryPath, sftp: connection.isUsable ? sftp : nil, connection: connection,
                                              cancelled: cancelled) {
             cleanupFailure = "the temporary file \(sftp.remoteName(temporaryPath)) may remain on the host (\(reason)); the next conversion to this destination removes it"

@@ -101,10 +101,13 @@ final class SessionDriver {
                 abandon()
                 throw KDCTError(.io, "\(what()): gave up, the time allowed for it ran out", file: hostName)
             }
+            // A long operation is judged by keepalive replies, which come every `keepaliveInterval` (2 s at
+            // least): it gets three intervals however short the timeout.
+            let limit = wait == .longOperation ? max(policy.timeout, 3 * Double(policy.keepaliveInterval)) : policy.timeout
             let silent = now - lastProgress
-            if silent >= policy.timeout {
+            if silent >= limit {
                 abandon()
-                throw KDCTError(.io, "\(what()): \(hostName) showed no sign of progress for \(Self.seconds(policy.timeout)) (--timeout); gave up on the connection",
+                throw KDCTError(.io, "\(what()): \(hostName) showed no sign of progress for \(Self.seconds(limit)) (--timeout); gave up on the connection",
                                 file: hostName)
             }
             let directions = libssh2_session_block_directions(session)
@@ -120,7 +123,7 @@ final class SessionDriver {
                 events = Int16(POLLIN)
                 slice = 0.01
             }
-            slice = min(slice, policy.timeout - silent)
+            slice = min(slice, limit - silent)
             if let deadline = policy.deadline { slice = min(slice, deadline - now) }
             var descriptor = pollfd(fd: socket, events: events, revents: 0)
             let ready = poll(&descriptor, 1, Int32(max(1, (slice * 1000).rounded(.up))))
