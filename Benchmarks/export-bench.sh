@@ -72,9 +72,11 @@ run_sftp() { # $@: extra ssh options
 }
 run_kdct() { # $@: extra flags
     rm -f "$WORK/remote/k.raw" "$WORK/remote/.k.raw.kdct-export.part"
-    STDIN_TEXT="" measure env SSH_AUTH_SOCK= "$BIN" export -P "$PORT" -i "$WORK/client_key" --known-hosts "$WORK/known_hosts" "$@" \
+    STDIN_TEXT="" measure env SSH_AUTH_SOCK= ${PLAIN_CTR:+KDCT_SSH_PLAIN_CTR=1} "$BIN" export -P "$PORT" -i "$WORK/client_key" --known-hosts "$WORK/known_hosts" "$@" \
         "$SRC" "root@127.0.0.1:$WORK/remote/k.raw"
 }
+
+run_kdct_plain() { PLAIN_CTR=1 run_kdct "$@"; }
 
 # The configurations, in the order they alternate.
 declare -a NAMES CMDS
@@ -83,6 +85,8 @@ NAMES+=("OpenSSH \`sftp -b\` put, aes128-ctr + hmac-sha2-256"); CMDS+=("run_sftp
 for n in $STREAMS; do
     NAMES+=("\`kdct-native export --no-verify --streams $n\`"); CMDS+=("run_kdct --no-verify --streams $n")
 done
+NAMES+=("\`kdct-native export --no-verify --streams 1\`, OpenSSL's per-block AES-CTR (KDCT_SSH_PLAIN_CTR=1)")
+CMDS+=("run_kdct_plain --no-verify --streams 1")
 NAMES+=("\`kdct-native export\` (default streams, SHA-256 verified on the host)"); CMDS+=("run_kdct")
 
 declare -A WALL CLIENT SERVER

@@ -2,9 +2,11 @@
 #define KDCT_CLIBSSH2_SHIM_H
 /* libssh2 for Swift. Swift cannot call C macros, and libssh2 spells many of its everyday calls as macros over
    the `_ex` functions; these inline wrappers give them callable names (kdct_ssh2_*). Nothing here adds behaviour
-   except the keyboard-interactive responder, which answers every non-echoed prompt with one password. */
+   except the keyboard-interactive responder, which answers every non-echoed prompt with one password, and
+   batched_ctr.h, which gives libssh2's AES-CTR a keystream produced ahead. */
 #include <libssh2.h>
 #include <stdlib.h>
+#include "batched_ctr.h"
 #include <string.h>
 
 /* Session */

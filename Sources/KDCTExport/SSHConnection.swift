@@ -84,8 +84,21 @@ public struct SSHConnectionOptions: Sendable {
 }
 
 enum SSHLibrary {
-    /// `libssh2_init` must run once before any session, and is not thread-safe itself.
-    static let initialized: Int32 = libssh2_init(0)
+    /// `libssh2_init` must run once before any session, and is not thread-safe itself. First, unless
+    /// `KDCT_SSH_PLAIN_CTR` is set, AES-CTR gets a keystream produced ahead (batched_ctr.h in the CLibSSH2 shim):
+    /// libssh2 1.10 encrypts one 16-byte block per OpenSSL call, the largest cost of an upload.
+    static let initialized: Int32 = {
+        if getenv("KDCT_SSH_PLAIN_CTR") == nil && kdct_ssh2_prefer_batched_ctr() == 1 {
+            if kdct_ssh2_batched_ctr_self_test() != 1 { kdct_ssh2_plain_ctr() }
+        }
+        return libssh2_init(0)
+    }()
+
+    /// True when AES-CTR runs through the batched keystream (checked against OpenSSL's own AES-CTR first).
+    static var usesBatchedCTR: Bool {
+        _ = initialized
+        return kdct_ssh2_batched_ctr_self_test() == 1 && getenv("KDCT_SSH_PLAIN_CTR") == nil
+    }
 
     /// The session's last error message.
     static func lastErrorMessage(_ session: OpaquePointer) -> String {

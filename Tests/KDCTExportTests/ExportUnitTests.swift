@@ -163,6 +163,11 @@ struct ExportUnitTests {
         #expect(RemoteHasher.digest(inLine: Substring(hex + "x")) == nil)
     }
 
+    @Test("libssh2's AES-CTR runs through the batched keystream, which agrees byte for byte with OpenSSL's own AES-CTR")
+    func batchedCTR() {
+        #expect(SSHLibrary.usesBatchedCTR)
+    }
+
     @Test("chunk layout: 64 MiB chunks, at most 2048 of them; cancellation tokens follow their parent")
     func chunksAndTokens() {
         #expect(ChunkLayout.chunkSize(forFileSize: 1 << 30) == 64 << 20)
