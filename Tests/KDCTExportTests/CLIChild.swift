@@ -5,8 +5,6 @@ import Testing
 
 /// `kdct-native` started as a child process whose standard output is read line by line while it runs, so a
 /// test can signal it in a given phase (`--progress json` names the phase on every line) and time its exit.
-/// Started with posix_spawn, no signal blocked and default handlers (test threads block signals, and a child
-/// inherits the mask: it would never see SIGINT).
 final class CLIChild: @unchecked Sendable {
     let pid: pid_t
     private let output: Int32
@@ -27,30 +25,16 @@ final class CLIChild: @unchecked Sendable {
         posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 1)
         posix_spawn_file_actions_addopen(&actions, 2, errorFile, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_addclose(&actions, pipeEnds[0])
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        var defaults = sigset_t()
-        sigfillset(&defaults)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv: [UnsafeMutablePointer<CChar>?] = ([CLI.binary] + arguments).map { strdup($0) } + [nil]
-        let merged = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let envp: [UnsafeMutablePointer<CChar>?] = merged.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            for pointer in argv { free(pointer) }
-            for pointer in envp { free(pointer) }
-        }
-        var child: pid_t = 0
-        let rc = posix_spawn(&child, CLI.binary, &actions, &attributes, argv, envp)
-        close(pipeEnds[1])
-        guard rc == 0 else {
+        let child: pid_t
+        do {
+            child = try SpawnedProcess.spawn([CLI.binary] + arguments, actions: &actions,
+                                             environment: ProcessInfo.processInfo.environment.merging(environment) { $1 })
+        } catch {
             close(pipeEnds[0])
-            throw KDCTError.io("posix_spawn \(CLI.binary)", errno: rc)
+            close(pipeEnds[1])
+            throw error
         }
+        close(pipeEnds[1])
         pid = child
         output = pipeEnds[0]
     }

@@ -47,6 +47,22 @@ func slowHashingTools(delay: Double) throws -> TemporaryDirectory {
     return tools
 }
 
+/// The CLI pointed at a test server: its arguments for `export` to `name` and an environment free of the
+/// runner's own ~/.ssh and agent.
+struct CLISetup {
+    let work: TemporaryDirectory
+    let environment: [String: String]
+    let exportArguments: [String]
+    let destination: String
+
+    init(_ server: TestSSHServer, work: TemporaryDirectory, name: String = "disk.raw") throws {
+        self.work = work
+        environment = ["HOME": work.path, "SSH_AUTH_SOCK": "", "KDCT_SSH_PASSPHRASE": ""]
+        exportArguments = ["export", "-P", "\(server.port)", "-i", server.clientKey, "--known-hosts", try server.writeKnownHosts()]
+        destination = "\(TestSSHServer.user)@127.0.0.1:\(server.remoteDirectory)/\(name)"
+    }
+}
+
 @Suite("Liveness: a stalled host times out, a signal stops every phase within 2 s")
 struct LivenessTests {
     @Test("a stalled host (its sshd stopped mid-upload) ends the export within the timeout with a clear message; --resume then finishes")
@@ -161,10 +177,8 @@ struct LivenessTests {
         let work = try TemporaryDirectory("kdct-sigint")
         let source = work.file("disk.raw")
         try writeSparseFile(source, size: 192 << 20)
-        let knownHosts = try server.writeKnownHosts()
-        let environment = ["HOME": work.path, "SSH_AUTH_SOCK": "", "KDCT_SSH_PASSPHRASE": ""]
-        let destination = "\(TestSSHServer.user)@127.0.0.1:\(server.remoteDirectory)/disk.raw"
-        let base = ["export", "-P", "\(server.port)", "-i", server.clientKey, "--known-hosts", knownHosts]
+        let setup = try CLISetup(server, work: work)
+        let (environment, destination, base) = (setup.environment, setup.destination, setup.exportArguments)
         let remote = server.remoteDirectory + "/disk.raw"
         let partial = DiskExporter.temporaryPath(for: remote)
 
@@ -206,11 +220,8 @@ struct LivenessTests {
         let work = try TemporaryDirectory("kdct-sigint")
         let source = work.file("disk.raw")
         try writeSparseFile(source, size: 1 << 30)
-        let knownHosts = try server.writeKnownHosts()
-        let environment = ["HOME": work.path, "SSH_AUTH_SOCK": "", "KDCT_SSH_PASSPHRASE": ""]
-        let destination = "\(TestSSHServer.user)@127.0.0.1:\(server.remoteDirectory)/disk.raw"
-        try interrupt(["export", "-P", "\(server.port)", "-i", server.clientKey, "--known-hosts", knownHosts, source, destination],
-                      environment: environment, work: work) {
+        let setup = try CLISetup(server, work: work)
+        try interrupt(setup.exportArguments + [source, setup.destination], environment: setup.environment, work: work) {
             phase(of: $0) == "verifying" && (number("processed", in: $0) ?? 0) > 0
         }
         #expect(!FileManager.default.fileExists(atPath: server.remoteDirectory + "/disk.raw"))

@@ -264,10 +264,14 @@ final class SpawnedProcess: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        // Test threads block signals, and a spawned program inherits the mask: ssh-agent would then never see
-        // SIGTERM. Start children with nothing blocked and default handlers.
+        pid = try Self.spawn(arguments, actions: &actions, environment: nil)
+    }
+
+    /// posix_spawn with nothing blocked and default signal handlers. Test threads block signals, and a spawned
+    /// program inherits the mask: ssh-agent would then never see SIGTERM, kdct-native never SIGINT.
+    /// `environment` nil keeps this process's.
+    static func spawn(_ arguments: [String], actions: inout posix_spawn_file_actions_t,
+                      environment: [String: String]?) throws -> pid_t {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -278,10 +282,17 @@ final class SpawnedProcess: @unchecked Sendable {
         posix_spawnattr_setsigmask(&attributes, &empty)
         posix_spawnattr_setsigdefault(&attributes, &defaults)
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        let envp: [UnsafeMutablePointer<CChar>?]? = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
+        defer {
+            for pointer in argv { free(pointer) }
+            for pointer in envp ?? [] { free(pointer) }
+        }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, arguments[0], &actions, &attributes, &argv, environ)
+        let rc = envp.map { posix_spawn(&pid, arguments[0], &actions, &attributes, argv, $0) }
+            ?? posix_spawn(&pid, arguments[0], &actions, &attributes, argv, environ)
         guard rc == 0 else { throw KDCTError.io("posix_spawn \(arguments[0])", errno: rc) }
-        self.pid = pid
+        return pid
     }
 
     /// True until the process has exited.
