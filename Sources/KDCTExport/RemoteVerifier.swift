@@ -31,7 +31,7 @@ struct RemoteHasher {
     /// how they were computed; `progress` gets the bytes hashed so far; `notes` receives why a fallback was used.
     func digests(of path: String, ranges: [ByteRange], notes: inout [String],
                  progress: (UInt64) -> Void = { _ in }) throws -> ([String], VerificationMethod) {
-        if ranges.isEmpty { return ([], sftp == nil ? .remoteCommand : .readBack) }
+        if ranges.isEmpty { return ([], preference == .readBack ? .readBack : .remoteCommand) }  // an empty file
         if preference == .automatic {
             let command = Self.command(path: path, ranges: ranges)
             var lines = LineCollector()

@@ -213,6 +213,28 @@ struct ReplaceCleanupProgressTests {
         #expect(lines.filter { $0.contains("\"event\":\"done\"") || $0.contains("\"event\":\"failed\"") }.count == 1)
     }
 
+    @Test("-p on a terminal draws a bar for every phase, with the kept bytes of a resumed upload")
+    func progressBar() throws {
+        let server = try TestSSHServer()
+        let work = try TemporaryDirectory("kdct-bar")
+        let source = work.file("disk.raw")
+        try writeSparseFile(source, size: 160 << 20)
+        let remote = server.remoteDirectory + "/disk.raw"
+        let local = try FileHandle(forReadingFrom: URL(fileURLWithPath: source)).readData(ofLength: 32 << 20)
+        try writePartial(local, to: DiskExporter.temporaryPath(for: remote))
+        let setup = try CLISetup(server, work: work)
+        let command = ([CLI.binary] + setup.exportArguments + ["-p", "--resume", source, setup.destination])
+            .map(TextEncoding.shellQuoted).joined(separator: " ")
+        // script(1) gives the command a terminal; what it draws comes back on script's stdout.
+        let drawn = try runProcess(["script", "-qefc", command, "/dev/null"], environment: setup.environment)
+        #expect(drawn.status == 0, "\(drawn.stdout)")
+        for phase in ["connecting", "checking", "uploading", "verifying", "committing"] {
+            #expect(drawn.stdout.contains("] \(phase) "), "no \(phase) bar in: \(drawn.stdout.suffix(2000))")
+        }
+        #expect(drawn.stdout.contains("(32 MiB kept)") && drawn.stdout.contains("ETA"), "\(drawn.stdout.suffix(2000))")
+        #expect(try fileSHA256(remote) == fileSHA256(source))
+    }
+
     @Test("three streams write one file; killed midway, --resume keeps the chunks that arrived and resends only the others")
     func parallelStreamsResume() throws {
         let server = try TestSSHServer()
