@@ -203,6 +203,17 @@ struct ExportTransferTests {
         #expect(try fileSHA256(remote) == fileSHA256(source))
     }
 
+    @Test("the server renews the session keys every 4 MiB (RekeyLimit): non-blocking transfers on several streams go through the key exchanges")
+    func rekeying() throws {
+        let server = try TestSSHServer(extraConfig: "RekeyLimit 4M")
+        let work = try TemporaryDirectory("kdct-export")
+        let source = work.file("disk.raw")
+        try writeRandomFile(source, size: 150 << 20, seed: 71)
+        let result = try export(source, to: server, as: "disk.raw") { $0.streams = 3 }
+        #expect(result.streams == 3)
+        #expect(try fileSHA256(server.remoteDirectory + "/disk.raw") == fileSHA256(source))
+    }
+
     @Test("a sparse raw image exports only its data and the remote file is sparse")
     func sparseRaw() throws {
         let server = try TestSSHServer()
