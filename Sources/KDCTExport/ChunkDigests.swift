@@ -97,6 +97,29 @@ struct LocalDigester {
     }
 }
 
+/// Local digests computed on a thread of their own while the caller sends or waits for the host. Released
+/// without being asked for its result (a failure), it stops at the next 4 MiB instead of hashing the rest of the
+/// file first.
+final class LocalHashing: Sendable {
+    private let stop: CancellationToken
+    private let work: BackgroundWork<(ranges: [String], whole: String?)>
+
+    /// Starts hashing `ranges` of `file` (and the whole file with `wholeFile`); `progress` gets the bytes done.
+    init(file: ReadOnlyFile, ranges: [ByteRange], wholeFile: Bool, cancellation: CancellationToken?,
+         progress: (@Sendable (UInt64) -> Void)? = nil) throws {
+        let stop = CancellationToken(parent: cancellation)
+        self.stop = stop
+        work = try BackgroundWork {
+            try LocalDigester(file: file, cancellation: stop).digests(of: ranges, wholeFile: wholeFile, progress: progress)
+        }
+    }
+
+    deinit { stop.cancel() }
+
+    /// Waits for the digests.
+    func result() throws -> (ranges: [String], whole: String?) { try work.join() }
+}
+
 /// Runs a closure on its own thread (a plain pthread, so it never waits behind the caller's executor) and hands
 /// its result back on `join`.
 final class BackgroundWork<Value: Sendable>: @unchecked Sendable {

@@ -133,9 +133,7 @@ private struct SFTPUpload {
 
         // The local digests (per chunk, and of the whole file), hashed on their own thread while the data goes.
         let hashing = options.verify
-            ? try BackgroundWork { [file, cancellation] in
-                try LocalDigester(file: file, cancellation: cancellation).digests(of: layout, wholeFile: true)
-            }
+            ? try LocalHashing(file: file, ranges: layout, wholeFile: true, cancellation: cancellation)
             : nil
         let upload = ParallelUpload(file: file, units: plan.units, temporary: temporary, options: options)
         let counters = upload.counters
@@ -155,7 +153,7 @@ private struct SFTPUpload {
             try plan.remote.setSize(size)
             let sent = counters.sent.load(ordering: .relaxed)
             if let hashing {
-                let (expected, whole) = try hashing.join()
+                let (expected, whole) = try hashing.result()
                 method = try verify(temporary: temporary, layout: layout, expected: expected, sent: sent, kept: kept,
                                     sftp: sftp, notes: &notes)
                 sha256 = whole
@@ -264,21 +262,14 @@ private struct SFTPUpload {
         let total = last.end
         let localDone = AtomicCounter()
         report(.checking, 0, of: total)
-        let local = try BackgroundWork { [file, cancellation] in
-            try LocalDigester(file: file, cancellation: cancellation)
-                .digests(of: ranges, wholeFile: false) { localDone.store($0) }.ranges
+        let local = try LocalHashing(file: file, ranges: ranges, wholeFile: false, cancellation: cancellation) {
+            localDone.store($0)
         }
         let hasher = RemoteHasher(connection: connection, sftp: sftp, preference: options.verification)
-        let remote: [String]
-        do {
-            (remote, _) = try hasher.digests(of: temporary, ranges: ranges, notes: &notes) { done in
-                report(.checking, min(done, localDone.load()), of: total)
-            }
-        } catch {
-            _ = try? local.join()
-            throw error
+        let (remote, _) = try hasher.digests(of: temporary, ranges: ranges, notes: &notes) { done in
+            report(.checking, min(done, localDone.load()), of: total)
         }
-        let expected = try local.join()
+        let expected = try local.result().ranges
         report(.checking, total, of: total)
         return zip(expected, remote).map { $0 == $1 }
     }

@@ -61,7 +61,7 @@ struct SCPUpload {
         let layout = ChunkLayout.chunks(ofFileSize: size)
         let cancellation = options.connection.cancellation
         let hashing = options.verify
-            ? try BackgroundWork { [file] in try LocalDigester(file: file, cancellation: cancellation).digests(of: layout, wholeFile: true) }
+            ? try LocalHashing(file: file, ranges: layout, wholeFile: true, cancellation: cancellation)
             : nil
         var sent: UInt64 = 0
         do {
@@ -78,7 +78,7 @@ struct SCPUpload {
         var sha256: String?
         var method = VerificationMethod.skipped
         if let hashing {
-            let (expected, whole) = try hashing.join()
+            let (expected, whole) = try hashing.result()
             report(.verifying, 0, of: size, sent: sent)
             let hasher = RemoteHasher(connection: connection, sftp: nil, preference: .automatic)
             let (remote, how) = try hasher.digests(of: temporary, ranges: layout, notes: &notes) { done in
