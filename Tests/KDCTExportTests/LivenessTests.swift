@@ -248,6 +248,26 @@ struct LivenessTests {
         #expect(server.remoteFiles().isEmpty, "\(server.remoteFiles())")
     }
 
+    @Test("CLI --timeout: a host that accepts the connection but never answers is given up after that many seconds")
+    func cliTimeout() throws {
+        let server = try TestSSHServer()
+        defer { server.pauseListener(false) }
+        server.pauseListener(true)
+        let work = try TemporaryDirectory("kdct-timeout")
+        let source = work.file("disk.raw")
+        try writeRandomFile(source, size: 4096)
+        let setup = try CLISetup(server, work: work)
+        let started = Date()
+        let result = try CLI.run(setup.exportArguments + ["--timeout", "1", "--progress", "json", source, setup.destination],
+                                 environment: setup.environment)
+        let took = Date().timeIntervalSince(started)
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("no sign of progress for 1 s (--timeout)"), "\(result.stderr)")
+        #expect(took < 4, "took \(took) s")
+        let last = result.stdout.split(separator: "\n").last.map(String.init) ?? ""
+        #expect(last.contains("\"event\":\"failed\"") && last.contains("\"exit-status\":1") && last.contains("\"code\":\"io\""), "\(last)")
+    }
+
     @Test("an unset --password-env variable is reported before connecting")
     func unsetPasswordVariable() throws {
         let server = try TestSSHServer(passwordAuthentication: true)
