@@ -1,5 +1,4 @@
 import CKDCTShims
-import Crypto
 import KDCTFormats
 import Synchronization
 #if canImport(Glibc)
@@ -297,12 +296,4 @@ private struct SFTPUpload {
         }
         return method
     }
-}
-
-/// A counter one thread writes and another reads.
-final class AtomicCounter: Sendable {
-    private let value = Atomic<UInt64>(0)
-    func store(_ newValue: UInt64) { value.store(newValue, ordering: .relaxed) }
-    func add(_ count: UInt64) { value.add(count, ordering: .relaxed) }
-    func load() -> UInt64 { value.load(ordering: .relaxed) }
 }
