@@ -153,16 +153,18 @@ struct Convert: ParsableCommand {
         Interruption.install()
         let reporter = ProgressReporter(bar: progressBar && !quiet, json: progressStyle == .json)
         do {
-            let result = try convert(reporter: reporter)
-            reporter.done(result)
+            if let result = try convert(reporter: reporter) { reporter.done(result) }
+        } catch let exit as CommandExit {
+            throw exit  // already reported (a conversion to a host ends with its own final object)
         } catch {
             reporter.failed(error, exitStatus: exitStatus(for: error))
             throw withHint(error)
         }
     }
 
-    /// Runs the conversion; returns the keys of the final `done` object.
-    private func convert(reporter: ProgressReporter) throws -> [(String, JSONLine.Value)] {
+    /// Runs the conversion; returns the keys of the final `done` object, or nil when the conversion already printed
+    /// its own (a conversion to a host).
+    private func convert(reporter: ProgressReporter) throws -> [(String, JSONLine.Value)]? {
         let remote = RemoteLocation.isURL(destination)
         if Appliance.isAppliance(path: sourceImage) {
             if remote {
@@ -191,15 +193,15 @@ struct Convert: ParsableCommand {
         let device = try ImageOpener.open(sourceImage, options: openOptions)
         if remote {
             if appliance.domainXML != nil { throw ValidationError("--domain-xml needs a local destination") }
-            try RemoteConvert.run(device, destination: destination, options: options, ssh: ssh)
-        } else {
-            let result = try DiskConverter.convert(device, toFile: destination, options: options)
-            try writeSingleDiskDomain(source: device, format: options.outputFormat)
-            return [("output", .string(destination)), ("format", .string(format.rawValue)),
-                    ("virtual-size", .unsigned(device.virtualSize)), ("data-read", .unsigned(result.dataBytesRead))]
+            // The remote path reports in the export's layout and prints its own final object.
+            try RemoteConvert.run(device, source: sourceImage, destination: destination, options: options, ssh: ssh,
+                                  bar: progressBar && !quiet, json: progressStyle == .json)
+            return nil
         }
+        let result = try DiskConverter.convert(device, toFile: destination, options: options)
+        try writeSingleDiskDomain(source: device, format: options.outputFormat)
         return [("output", .string(destination)), ("format", .string(format.rawValue)),
-                ("virtual-size", .unsigned(device.virtualSize))]
+                ("virtual-size", .unsigned(device.virtualSize)), ("data-read", .unsigned(result.dataBytesRead))]
     }
 
     /// Workers, progress and cancellation.

@@ -42,8 +42,7 @@ let kdctVersion = "0.1.0"
 
 /// The exit status for an error that ends a command: 130 or 143 for a cancellation by SIGINT or SIGTERM, else 1.
 func exitStatus(for error: any Error) -> Int32 {
-    if let error = error as? KDCTError, error.kind == .cancelled, Interruption.requested { return Interruption.exitStatus }
-    return 1
+    Interruption.requested ? Interruption.exitStatus : 1
 }
 
 /// Ends a command with a specific exit status after it printed what it had to (e.g. compare's 1 and 2).

@@ -1,3 +1,4 @@
+import KDCTExport
 import KDCTFormats
 import CKDCTShims
 import Synchronization
@@ -142,6 +143,31 @@ struct JSONLine {
     /// Appends `key: value`.
     mutating func add(_ key: String, _ value: Value) { fields.append((key, value)) }
 
+    /// Appends a string, or null.
+    mutating func add(_ key: String, _ value: String?) { add(key, value.map { .string($0) } ?? .null) }
+
+    /// Appends a count.
+    mutating func add(_ key: String, _ value: UInt64) { add(key, .unsigned(value)) }
+
+    /// Appends a flag.
+    mutating func add(_ key: String, _ value: Bool) { add(key, .bool(value)) }
+
+    /// Appends a non-negative quantity with two decimals (`12.34`), or null when unknown.
+    mutating func add(_ key: String, _ value: Double?) {
+        guard let value, value.isFinite, value >= 0 else { return add(key, .null) }
+        add(key, .decimal(value, places: 2))
+    }
+
+    /// Appends a nested object.
+    mutating func add(_ key: String, object: JSONLine) { add(key, .object(object)) }
+
+    /// These fields followed by `other`'s.
+    func appending(_ other: JSONLine) -> JSONLine {
+        var copy = self
+        copy.fields += other.fields
+        return copy
+    }
+
     /// The object as one line of JSON.
     var text: String {
         "{" + fields.map { InfoValue.quoted($0.0) + ":" + Self.encode($0.1) }.joined(separator: ",") + "}"
@@ -175,37 +201,36 @@ struct JSONLine {
     }
 }
 
-/// SIGINT and SIGTERM: the first one sets a flag that long-running work polls (the conversion pipeline, the
-/// exporter) so it stops, removes its temporary files and ends with 130 (SIGINT) or 143 (SIGTERM); a second one
-/// ends the process at once (the default action is restored).
+/// SIGINT and SIGTERM: the first one cancels `token`, which long-running work checks (the conversion pipeline
+/// between segments, the exporter in every wait on the network, at least every 0.1 s) so it stops, removes its
+/// temporary files and the command ends with 130 (SIGINT) or 143 (SIGTERM). The handler only does the token's
+/// atomic compare-and-exchange; it is installed without SA_RESTART (a blocking read of a password returns EINTR)
+/// and with SA_RESETHAND, so a second signal ends the process at once.
 enum Interruption {
-    /// The first signal received, 0 while none. Written by the signal handler: an atomic, nothing else.
-    private static let received = Atomic<Int32>(0)
+    /// Cancelled by the first SIGINT or SIGTERM.
+    static let token = CancellationToken()
 
     /// True once SIGINT or SIGTERM arrived.
-    static var requested: Bool { received.load(ordering: .relaxed) != 0 }
+    static var requested: Bool { token.isCancelled }
 
     /// The exit status for the signal received: 128 + its number (130, 143), or 1 when none arrived.
-    static var exitStatus: Int32 {
-        let signal = received.load(ordering: .relaxed)
-        return signal == 0 ? 1 : 128 + signal
-    }
+    static var exitStatus: Int32 { token.signal.map { 128 + $0 } ?? 1 }
 
     /// Installs the handler for SIGINT and SIGTERM, and unblocks them: a parent may have started this process
     /// with them blocked (a blocked signal would only be delivered, too late, at exit). Threads started later
     /// inherit the mask.
     static func install() {
+        _ = token  // initialised here, never in the handler
         var set = sigset_t()
         sigemptyset(&set)
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
         pthread_sigmask(SIG_UNBLOCK, &set, nil)
-        for signalNumber in [SIGINT, SIGTERM] {
-            signal(signalNumber) { number in
-                _ = Interruption.received.compareExchange(expected: 0, desired: number, ordering: .relaxed)
-                // A second signal takes the default action (async-signal-safe).
-                signal(number, SIG_DFL)
-            }
-        }
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { number in Interruption.token.cancel(signal: number) }
+        sigemptyset(&action.sa_mask)
+        action.sa_flags = Int32(bitPattern: UInt32(SA_RESETHAND))
+        sigaction(SIGINT, &action, nil)
+        sigaction(SIGTERM, &action, nil)
     }
 }
