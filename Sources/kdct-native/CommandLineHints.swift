@@ -22,6 +22,10 @@ extension KDCTError {
             return ("-c", "-c needs -O qcow2")
         case .unsupported where field == "outputFormat":
             return ("-O", "use -O raw or -O qcow2")
+        case _ where field == "output format":
+            return ("-O", "give -O raw or -O qcow2")
+        case _ where field == "free space":
+            return ("--no-space-check", "--no-space-check writes anyway")
         default:
             return nil
         }

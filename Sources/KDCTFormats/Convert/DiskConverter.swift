@@ -10,6 +10,8 @@ public struct ConvertOptions: Sendable {
     public var overwrite = false
     /// Workers, segment size, progress and cancellation.
     public var pipeline = PipelineOptions()
+    /// Writing into an existing image or device, zeroing, flushing, sparseness, copy offloading, space check.
+    public var destination = DestinationOptions()
 
     /// Default options: RAW output.
     public init(outputFormat: ImageFormat = .raw) { self.outputFormat = outputFormat }
@@ -20,6 +22,17 @@ public enum DiskConverter {
     /// Makes the writer for `options.outputFormat` on `target`.
     static func makeWriter(target: any OutputTarget, virtualSize: UInt64,
                                   options: ConvertOptions) throws -> any ImageWriter {
+        let virtualSize = options.destination.outputVirtualSize ?? virtualSize
+        let writer = try makeFormatWriter(target: target, virtualSize: virtualSize, options: options)
+        // `-S`: only a minimum other than the writer's own granule changes anything.
+        if let minimum = options.destination.minimumSparseRun, minimum == 0 || minimum > UInt64(writer.clusterSize) {
+            return MinimumSparseRunWriter(wrapping: writer, minimumRun: minimum, virtualSize: virtualSize)
+        }
+        return writer
+    }
+
+    private static func makeFormatWriter(target: any OutputTarget, virtualSize: UInt64,
+                                         options: ConvertOptions) throws -> any RangeCopyingWriter {
         switch options.outputFormat {
         case .raw:
             if options.qcow2.compress {
@@ -41,7 +54,14 @@ public enum DiskConverter {
                                options: ConvertOptions) throws -> ConvertResult {
         do {
             let writer = try makeWriter(target: target, virtualSize: source.virtualSize, options: options)
-            let result = try ConversionPipeline.run(source: source, writer: writer, options: options.pipeline)
+            let result: ConvertResult
+            if options.destination.copyOffload, let copying = writer as? any RangeCopyingWriter, writer.compression == nil {
+                result = try CopyOffloadConversion.run(source: source, writer: copying, options: options.pipeline)
+            } else {
+                result = try ConversionPipeline.run(source: source, writer: writer, options: options.pipeline)
+            }
+            // A cancellation that arrived after the last segment still leaves nothing under the final name.
+            if options.pipeline.isCancelled?() == true { throw KDCTError(.cancelled, "conversion cancelled") }
             try target.commit()
             return result
         } catch {
@@ -64,7 +84,7 @@ public enum DiskConverter {
                 info = current.backingChain.first
             }
         }
-        let target = try LocalFileTarget(destination: destination, overwrite: options.overwrite)
-        return try convert(source, to: target, options: options)
+        let prepared = try OutputDestination.open(destination, for: source, options: options)
+        return try convert(source, to: prepared.target, options: prepared.options)
     }
 }

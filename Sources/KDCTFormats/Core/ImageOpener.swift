@@ -70,7 +70,12 @@ final class OpenContext: Sendable {
 public enum ImageOpener {
     /// Opens the image at `path` read-only.
     public static func open(_ path: String, options: OpenOptions = OpenOptions()) throws -> any BlockDevice {
-        try open(file: ReadOnlyFile(path: path), options: options)
+        if let destination = TemporaryOutputName.destinationName(of: FilePaths.lastComponent(of: path)) {
+            throw KDCTError(.invalidArgument,
+                            "is the temporary file of an unfinished conversion to \(destination), not an image",
+                            file: path)
+        }
+        return try open(file: ReadOnlyFile(path: path), options: options)
     }
 
     /// Opens an already-open file as the top image (an appliance's disk inside its archive, for example).
