@@ -1,5 +1,5 @@
 /// Payload block states ([MS-VHDX] 2.5.1.1).
-public enum VHDXPayloadState: UInt8, Sendable {
+enum VHDXPayloadState: UInt8, Sendable {
     /// Not stored: undefined in a fixed/dynamic disk (read as zeros), the parent's data in a differencing one.
     case notPresent = 0
     /// Undefined content (read as zeros, or from the parent in a differencing disk).
@@ -16,27 +16,27 @@ public enum VHDXPayloadState: UInt8, Sendable {
 
 /// Where blocks live: chunk ratio, entry counts and the interleaving of payload and sector bitmap entries
 /// ([MS-VHDX] 2.4, 2.5).
-public struct VHDXBATGeometry: Sendable, Equatable {
+struct VHDXBATGeometry: Sendable, Equatable {
     /// Payload block size.
-    public var blockSize: UInt64
+    var blockSize: UInt64
     /// Logical sector size (one sector bitmap bit each).
-    public var logicalSectorSize: UInt64
+    var logicalSectorSize: UInt64
     /// Payload blocks per sector bitmap block: 2^23 × logical sector size / block size.
-    public var chunkRatio: UInt64
+    var chunkRatio: UInt64
     /// Payload blocks covering the virtual disk.
-    public var dataBlocks: UInt64
+    var dataBlocks: UInt64
     /// Sector bitmap blocks covering them.
-    public var bitmapBlocks: UInt64
+    var bitmapBlocks: UInt64
     /// BAT entries required.
-    public var totalEntries: UInt64
+    var totalEntries: UInt64
     /// Logical sectors per payload block.
-    public var sectorsPerBlock: UInt64
+    var sectorsPerBlock: UInt64
 
     /// Sector bitmap blocks are 1 MiB: 2^23 bits.
-    public static let sectorsPerBitmapBlock: UInt64 = 1 << 23
+    static let sectorsPerBitmapBlock: UInt64 = 1 << 23
 
     /// The geometry of a disk with `parameters`.
-    public init(_ parameters: VHDXDiskParameters) {
+    init(_ parameters: VHDXDiskParameters) {
         blockSize = UInt64(parameters.blockSize)
         logicalSectorSize = UInt64(parameters.logicalSectorSize)
         chunkRatio = Self.sectorsPerBitmapBlock * logicalSectorSize / blockSize
@@ -52,29 +52,29 @@ public struct VHDXBATGeometry: Sendable, Equatable {
 
     /// BAT index of payload block `block`: the sector bitmap entry of each chunk follows its payload entries.
     @inline(__always)
-    public func payloadIndex(_ block: UInt64) -> Int { Int(block + block / chunkRatio) }
+    func payloadIndex(_ block: UInt64) -> Int { Int(block + block / chunkRatio) }
 
     /// BAT index of the sector bitmap entry of chunk `chunk`.
     @inline(__always)
-    public func bitmapIndex(chunk: UInt64) -> Int { Int(chunk * (chunkRatio + 1) + chunkRatio) }
+    func bitmapIndex(chunk: UInt64) -> Int { Int(chunk * (chunkRatio + 1) + chunkRatio) }
 }
 
 /// A decoded BAT entry.
-public struct VHDXBATEntry: Sendable, Equatable {
+struct VHDXBATEntry: Sendable, Equatable {
     /// The raw 64-bit value.
-    public var raw: UInt64
+    var raw: UInt64
     /// State bits (0-2).
-    @inline(__always) public var state: UInt8 { UInt8(raw & 7) }
+    @inline(__always) var state: UInt8 { UInt8(raw & 7) }
     /// Reserved bits 3-19 (must be zero).
-    @inline(__always) public var reservedBits: UInt64 { (raw >> 3) & 0x1FFFF }
+    @inline(__always) var reservedBits: UInt64 { (raw >> 3) & 0x1FFFF }
     /// File offset of the block: `FileOffsetMB` × 1 MiB.
-    @inline(__always) public var fileOffset: UInt64 { (raw >> 20) << 20 }
+    @inline(__always) var fileOffset: UInt64 { (raw >> 20) << 20 }
 }
 
 /// The block allocation table, validated against the file at open.
-public struct VHDXBlockAllocationTable: Sendable {
+struct VHDXBlockAllocationTable: Sendable {
     /// Raw entries (`geometry.totalEntries` of them).
-    public let entries: [UInt64]
+    let entries: [UInt64]
 
     /// Decodes `bytes` (8 bytes per entry, little-endian) and checks each entry that matters:
     /// - payload entries of blocks inside the disk: a defined state (0-3, 6, 7), partially present only in a
@@ -83,7 +83,7 @@ public struct VHDXBlockAllocationTable: Sendable {
     ///   size), overlapping neither `reserved` (regions, log) nor each other;
     /// - in a differencing disk, sector bitmap entries: not present (0) or present (6), 1 MiB in the file
     ///   under the same rules. (Fixed and dynamic disks never use them; their values are ignored.)
-    public static func decode(_ bytes: [UInt8], geometry: VHDXBATGeometry, differencing: Bool, virtualSize: UInt64,
+    static func decode(_ bytes: [UInt8], geometry: VHDXBATGeometry, differencing: Bool, virtualSize: UInt64,
                               fileSize: UInt64, reserved: [Range<UInt64>], file: String? = nil) throws -> VHDXBlockAllocationTable {
         let entries = TableDecoding.uint64LittleEndian(bytes)
         guard UInt64(entries.count) >= geometry.totalEntries else {

@@ -4,7 +4,7 @@
 ///
 /// Kept as sorted, non-overlapping segments; a later write replaces what it covers of earlier ones. Zero ranges
 /// cost no memory whatever their length.
-public struct VHDXLogOverlay: Sendable {
+struct VHDXLogOverlay: Sendable {
     /// One replaced range: its bytes, or zeros when `bytes` is nil.
     struct Segment: Sendable {
         var start: UInt64
@@ -28,21 +28,21 @@ public struct VHDXLogOverlay: Sendable {
     private(set) var segments: [Segment] = []
 
     /// True when nothing was replayed.
-    public var isEmpty: Bool { segments.isEmpty }
+    var isEmpty: Bool { segments.isEmpty }
 
     /// Start of the first replaced range (for a quick "does this read touch the overlay" test).
-    public private(set) var lowest: UInt64 = .max
+    private(set) var lowest: UInt64 = .max
     /// End of the last replaced range.
-    public private(set) var highest: UInt64 = 0
+    private(set) var highest: UInt64 = 0
 
     /// An empty overlay.
-    public init() {}
+    init() {}
 
     /// The overlay left by `writes` applied in order (a later write replaces what it covers of earlier ones).
     ///
     /// Built in one sweep over the sorted range boundaries with a heap of the writes covering the current point,
     /// so n writes cost O(n log n) whatever their overlaps.
-    public init(writes: [VHDXLogWrite]) {
+    init(writes: [VHDXLogWrite]) {
         var ranges: [(start: UInt64, end: UInt64)] = []
         ranges.reserveCapacity(writes.count)
         for write in writes {
@@ -114,7 +114,7 @@ public struct VHDXLogOverlay: Sendable {
     }
 
     /// Overwrites the parts of `buffer` (file bytes at `offset`) that the log replaced.
-    public func patch(_ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) {
+    func patch(_ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) {
         let end = offset + UInt64(buffer.count)
         guard !segments.isEmpty, offset < highest, end > lowest else { return }
         // First segment ending after `offset`.

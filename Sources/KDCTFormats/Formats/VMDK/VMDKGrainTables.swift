@@ -1,5 +1,5 @@
 /// Where one grain of a sparse extent lives.
-public enum VMDKGrain: Sendable, Equatable {
+enum VMDKGrain: Sendable, Equatable {
     /// Not present in this layer (reads from the parent, or as zeros without one).
     case unallocated
     /// Explicitly zero (zeroed-grain GTE, seSparse zero or unmapped grain).
@@ -11,7 +11,7 @@ public enum VMDKGrain: Sendable, Equatable {
 }
 
 /// How the grain directory and grain table entries of one sparse flavour are encoded.
-public enum VMDKGrainEncoding: Sendable, Equatable {
+enum VMDKGrainEncoding: Sendable, Equatable {
     /// Hosted sparse (KDMV): 32-bit sector numbers; 0 = unallocated, 1 = zeroed grain when the header enables it.
     case hosted(zeroedGrainEntries: Bool, compressed: Bool)
     /// COWD (vmfsSparse): 32-bit sector numbers; 0 = unallocated.
