@@ -140,16 +140,34 @@ final class TwoLevelTable: Sendable {
         }
     }
 
-    /// The guest offset where `units` units from `unit` end, or `end` when that comes first.
-    @inline(__always)
-    func runEnd(unit: UInt64, units: UInt64, before end: UInt64) -> UInt64 {
-        let (bytes, overflow) = (unit + units).multipliedReportingOverflow(by: layout.unitBytes)
-        return overflow ? end : min(end, bytes)
+    /// The unit holding a guest offset.
+    struct Unit {
+        /// Its index in the guest.
+        var index: UInt64
+        /// Guest offset of its first byte.
+        var start: UInt64
+        /// Offset of the asked-for byte inside it.
+        var within: UInt64
+        /// Bytes from the asked-for byte to the end of the unit, or to the end asked for when that comes first.
+        var length: UInt64
     }
 
-    /// Guest offset of the first byte of unit `unit`.
+    /// The run at guest `offset` (before `end`): absent through the end of the unallocated entries that follow, or
+    /// what `decode` makes of the entry of the unit holding it.
     @inline(__always)
-    func start(ofUnit unit: UInt64) -> UInt64 { unit * layout.unitBytes }
+    func mapping(at offset: UInt64, upTo end: UInt64,
+                 decode: (_ entry: Entry, _ unit: Unit) throws -> MappedRun) throws -> MappedRun {
+        let index = offset / layout.unitBytes
+        let start = index * layout.unitBytes
+        switch try lookup(unit: index) {
+        case let .unallocated(units):
+            let (runEnd, overflow) = (index + units).multipliedReportingOverflow(by: layout.unitBytes)
+            return .absent((overflow ? end : min(end, runEnd)) - offset)
+        case let .entry(entry):
+            return try decode(entry, Unit(index: index, start: start, within: offset - start,
+                                          length: min(end, start + layout.unitBytes) - offset))
+        }
+    }
 
     @inline(__always)
     private func word(_ bytes: UnsafeRawBufferPointer, _ at: Int, width: Int) -> UInt64 {

@@ -85,16 +85,12 @@ final class QCOWImage: MappedDevice {
     // MARK: Mapping
 
     func mapping(at offset: UInt64, upTo end: UInt64) throws -> MappedRun {
-        let cluster = offset >> clusterBits
-        let within = offset & (clusterSize - 1)
-        let entry: TwoLevelTable.Entry
-        switch try tables.lookup(unit: cluster) {
-        case let .unallocated(units):
-            return .absent(tables.runEnd(unit: cluster, units: units, before: end) - offset)
-        case let .entry(found):
-            entry = found
-        }
-        let length = min(end, (cluster + 1) << clusterBits) - offset
+        try tables.mapping(at: offset, upTo: end) { entry, unit in try mapping(entry, unit) }
+    }
+
+    /// The run an allocated L2 entry maps, its data checked to lie inside the file.
+    private func mapping(_ entry: TwoLevelTable.Entry, _ unit: TwoLevelTable.Unit) throws -> MappedRun {
+        let (cluster, within, length) = (unit.index, unit.within, unit.length)
         let what = "L2 entry \(entry.index) of L2 table \(entry.table) (cluster \(cluster), guest offset \(cluster << clusterBits))"
         switch QCOWClusterEntry(raw: entry.raw, clusterBits: header.clusterBits) {
         case .unallocated:

@@ -136,19 +136,16 @@ final class QCOW2Image: MappedDevice {
     // MARK: Mapping
 
     func mapping(at offset: UInt64, upTo end: UInt64) throws -> MappedRun {
-        let cluster = offset >> clusterBits
-        let clusterStart = cluster << clusterBits
-        let within = offset - clusterStart
-        let entry: TwoLevelTable.Entry
-        switch try tables.lookup(unit: cluster) {
-        case let .unallocated(units):
-            return .absent(tables.runEnd(unit: cluster, units: units, before: end) - offset)
-        case let .entry(found):
-            entry = found
-        }
+        try tables.mapping(at: offset, upTo: end) { entry, unit in try mapping(entry, unit, offset: offset) }
+    }
+
+    /// The run an allocated L2 entry maps from guest `offset`: to the end of the cluster, or of the run of
+    /// subclusters in the same state.
+    private func mapping(_ entry: TwoLevelTable.Entry, _ unit: TwoLevelTable.Unit, offset: UInt64) throws -> MappedRun {
+        let (clusterStart, within) = (unit.start, unit.within)
         let location = QCOW2Entry.Location(file: file.path, table: entry.table, index: entry.index, guestOffset: offset)
         let decoded: QCOW2ClusterMapping
-        var runEnd = min(end, clusterStart + header.clusterSize)
+        var runEnd = offset + unit.length
         var inMapping = within
         if header.extendedL2 {
             let subclusterBytes = header.clusterSize / 32

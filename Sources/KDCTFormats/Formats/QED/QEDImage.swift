@@ -91,15 +91,12 @@ final class QEDImage: MappedDevice {
     // MARK: Mapping
 
     func mapping(at offset: UInt64, upTo end: UInt64) throws -> MappedRun {
-        let cluster = offset >> clusterBits
-        let entry: TwoLevelTable.Entry
-        switch try tables.lookup(unit: cluster) {
-        case let .unallocated(units):
-            return .absent(tables.runEnd(unit: cluster, units: units, before: end) - offset)
-        case let .entry(found):
-            entry = found
-        }
-        let length = min(end, (cluster + 1) << clusterBits) - offset
+        try tables.mapping(at: offset, upTo: end) { entry, unit in try mapping(entry, unit) }
+    }
+
+    /// The run an allocated L2 entry maps, its data checked (cluster-aligned, after the header, inside the file).
+    private func mapping(_ entry: TwoLevelTable.Entry, _ unit: TwoLevelTable.Unit) throws -> MappedRun {
+        let (cluster, length) = (unit.index, unit.length)
         switch QEDClusterEntry(raw: entry.raw) {
         case .unallocated:
             return .absent(length)
@@ -116,7 +113,7 @@ final class QEDImage: MappedDevice {
                 throw KDCTError.corrupt("\(what) points to offset \(host), past the end of the file (\(file.size) bytes)",
                                         file: file.path, field: "L2 entry")
             }
-            return .data(length, file, host + (offset & (clusterSize - 1)))
+            return .data(length, file, host + unit.within)
         }
     }
 

@@ -275,7 +275,6 @@ final class VMDKImage: MappedDevice {
     static func openExtent(_ line: VMDKDescriptor.ExtentLine, byteCount: UInt64, guestBase: UInt64,
                            descriptorFile: ReadOnlyFile, context: OpenContext,
                            budget: VMDKTableBudget, builder: inout InfoBuilder) throws -> any VMDKExtentReader {
-        let limits = context.limits
         let where_ = "extent line \(line.lineNumber)"
         guard let name = line.fileName else {
             builder.addPlain(line, file: nil)
@@ -298,52 +297,62 @@ final class VMDKImage: MappedDevice {
         }
         builder.addReference(name, resolved: extentFile.path, opened: true)
         do {
-            switch line.type {
-            case .flat, .vmfs:
-                let (offset, overflow) = line.offset.multipliedReportingOverflow(by: 512)
-                if overflow {
-                    throw KDCTError(.corrupt, "\(where_): offset \(line.offset) sectors overflows", file: descriptorFile.path, field: where_)
-                }
-                let flat = try VMDKFlatExtent(file: extentFile, startOffset: offset, byteCount: byteCount,
-                                              lineNumber: line.lineNumber, descriptorPath: descriptorFile.path)
-                builder.addPlain(line, file: extentFile)
-                return flat
-            case .sparse, .vmfsSparse:
-                let head = try extentFile.readBytes(count: Int(min(extentFile.size, UInt64(VMDKCOWDHeader.size))), at: 0,
-                                                    what: "sparse extent header")
-                switch VMDKFileKind(head) {
-                case .hostedSparse:
-                    let header = try VMDKSparseHeader.decode(Array(head.prefix(VMDKSparseHeader.size)))
-                    let extent = try openHostedSparseExtent(extentFile, header: header, byteCount: byteCount, guestBase: guestBase,
-                                                            budget: budget)
-                    builder.addSparse(extent, header: header, name: name, access: line.access.rawValue,
-                                      type: line.type.rawValue, file: extentFile)
-                    return extent
-                case .cowd:
-                    let header = try VMDKCOWDHeader.decode(head)
-                    let layout = try header.layout(fileSize: extentFile.size, limits: limits, file: extentFile.path)
-                    try checkCapacity(layout, byteCount: byteCount, file: extentFile)
-                    let extent = try VMDKSparseExtent(file: extentFile, layout: layout, encoding: .cowd, hasMarkers: false,
-                                                      byteCount: byteCount, guestBase: guestBase, budget: budget)
-                    builder.addCOWD(extent, header: header, name: name, line: line, file: extentFile)
-                    return extent
-                default:
-                    throw KDCTError(.corrupt, "\(where_) names \"\(name)\" as \(line.type.rawValue) but it is not a sparse (KDMV or COWD) file",
-                                    file: descriptorFile.path, field: where_)
-                }
-            case .seSparse:
-                guard VMDKFileKind(Array(try extentFile.readBytes(count: Int(min(extentFile.size, 8)), at: 0, what: "seSparse header"))) == .seSparse else {
-                    throw KDCTError(.corrupt, "\(where_) names \"\(name)\" as SESPARSE but it is not a seSparse file",
-                                    file: descriptorFile.path, field: where_)
-                }
-                let extent = try openSESparseExtent(extentFile, byteCount: byteCount, guestBase: guestBase, budget: budget)
-                builder.addSESparse(extent, name: name, line: line, file: extentFile)
-                return extent
-            case .zero, .vmfsRDM, .vmfsRaw:
-                throw KDCTError(.corrupt, "\(where_): unexpected file for \(line.type.rawValue)", file: descriptorFile.path, field: where_)
-            }
+            return try openExtentFile(extentFile, line: line, name: name, byteCount: byteCount, guestBase: guestBase,
+                                      descriptorPath: descriptorFile.path, limits: context.limits, budget: budget,
+                                      builder: &builder)
         } catch let error as KDCTError {
             throw error.inFile(extentFile.path)
+        }
+    }
+
+    /// Opens `file`, named `name` by descriptor line `line`, as the extent type the line says.
+    static func openExtentFile(_ file: ReadOnlyFile, line: VMDKDescriptor.ExtentLine, name: String, byteCount: UInt64,
+                               guestBase: UInt64, descriptorPath: String, limits: ImageLimits, budget: VMDKTableBudget,
+                               builder: inout InfoBuilder) throws -> any VMDKExtentReader {
+        let where_ = "extent line \(line.lineNumber)"
+        switch line.type {
+        case .flat, .vmfs:
+            let (offset, overflow) = line.offset.multipliedReportingOverflow(by: 512)
+            if overflow {
+                throw KDCTError(.corrupt, "\(where_): offset \(line.offset) sectors overflows", file: descriptorPath, field: where_)
+            }
+            let flat = try VMDKFlatExtent(file: file, startOffset: offset, byteCount: byteCount,
+                                          lineNumber: line.lineNumber, descriptorPath: descriptorPath)
+            builder.addPlain(line, file: file)
+            return flat
+        case .sparse, .vmfsSparse:
+            let head = try file.readBytes(count: Int(min(file.size, UInt64(VMDKCOWDHeader.size))), at: 0,
+                                          what: "sparse extent header")
+            switch VMDKFileKind(head) {
+            case .hostedSparse:
+                let header = try VMDKSparseHeader.decode(Array(head.prefix(VMDKSparseHeader.size)))
+                let extent = try openHostedSparseExtent(file, header: header, byteCount: byteCount, guestBase: guestBase,
+                                                        budget: budget)
+                builder.addSparse(extent, header: header, name: name, access: line.access.rawValue,
+                                  type: line.type.rawValue, file: file)
+                return extent
+            case .cowd:
+                let header = try VMDKCOWDHeader.decode(head)
+                let layout = try header.layout(fileSize: file.size, limits: limits, file: file.path)
+                try checkCapacity(layout, byteCount: byteCount, file: file)
+                let extent = try VMDKSparseExtent(file: file, layout: layout, encoding: .cowd, hasMarkers: false,
+                                                  byteCount: byteCount, guestBase: guestBase, budget: budget)
+                builder.addCOWD(extent, header: header, name: name, line: line, file: file)
+                return extent
+            default:
+                throw KDCTError(.corrupt, "\(where_) names \"\(name)\" as \(line.type.rawValue) but it is not a sparse (KDMV or COWD) file",
+                                file: descriptorPath, field: where_)
+            }
+        case .seSparse:
+            guard VMDKFileKind(Array(try file.readBytes(count: Int(min(file.size, 8)), at: 0, what: "seSparse header"))) == .seSparse else {
+                throw KDCTError(.corrupt, "\(where_) names \"\(name)\" as SESPARSE but it is not a seSparse file",
+                                file: descriptorPath, field: where_)
+            }
+            let extent = try openSESparseExtent(file, byteCount: byteCount, guestBase: guestBase, budget: budget)
+            builder.addSESparse(extent, name: name, line: line, file: file)
+            return extent
+        case .zero, .vmfsRDM, .vmfsRaw:
+            throw KDCTError(.corrupt, "\(where_): unexpected file for \(line.type.rawValue)", file: descriptorPath, field: where_)
         }
     }
 

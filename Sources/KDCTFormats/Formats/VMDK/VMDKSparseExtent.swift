@@ -81,17 +81,12 @@ final class VMDKSparseExtent: VMDKExtentReader {
     // MARK: Mapping
 
     func mapping(at offset: UInt64, upTo end: UInt64) throws -> MappedRun {
-        let grain = offset / grainBytes
-        let grainStart = grain * grainBytes
-        let entry: TwoLevelTable.Entry
-        switch try tables.lookup(unit: grain) {
-        case let .unallocated(units):
-            return .absent(tables.runEnd(unit: grain, units: units, before: end) - offset)
-        case let .entry(found):
-            entry = found
-        }
-        let length = min(end, grainStart + grainBytes) - offset
-        let inGrain = offset - grainStart
+        try tables.mapping(at: offset, upTo: end) { entry, unit in try mapping(entry, unit) }
+    }
+
+    /// The run an allocated grain table entry maps (its grain checked to lie inside the file).
+    private func mapping(_ entry: TwoLevelTable.Entry, _ unit: TwoLevelTable.Unit) throws -> MappedRun {
+        let (grainStart, inGrain, length) = (unit.start, unit.within, unit.length)
         let needed = min(grainBytes, layout.capacityBytes - grainStart)
         let grainMapping = try encoding.grain(entry.raw, grainBytes: grainBytes, needed: needed, fileSize: sparseFile.size,
                                               file: sparseFile.path) {
