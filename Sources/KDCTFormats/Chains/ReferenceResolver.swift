@@ -1,4 +1,4 @@
-/// Applies the reference policy (ARCHITECTURE.md, "References and trust") to a file name stored in an image.
+/// Applies the reference policy (FORMATS.md, "References") to a file name stored in an image.
 package enum ReferenceResolver {
     /// Resolves `name`, stored in the image at `imagePath`, to a path that may be opened, or throws
     /// `referenceRefused` / `notFound` naming the reference.

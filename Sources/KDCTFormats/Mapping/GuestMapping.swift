@@ -1,5 +1,5 @@
 /// What a reader answers about one run of guest bytes in its layer, and nothing more: the shared driver
-/// (`MappedDevice`) turns these answers into extents and reads (docs/ARCHITECTURE.md, "Readers").
+/// (`MappedDevice`) turns these answers into extents and reads (FORMATS.md, "Mapping").
 ///
 /// Modelled on cloud-hypervisor's block crate: a reader maps a guest range (absent, zero, stored at a file offset,
 /// compressed), then the driver does plain positional I/O.

@@ -59,7 +59,14 @@ final class TwoLevelTable: Sendable {
     private let directory: [UInt64]
     private let decodeDirectoryEntry: @Sendable (_ raw: UInt64, _ index: Int) throws -> UInt64?
     private let chunkEntries: UInt64
-    private let chunks: BoundedCache<UInt64, [UInt8]>
+    private let chunks: BoundedCache<ChunkKey, [UInt8]>
+
+    /// A chunk of one table: keyed by table and entry, not by file offset alone, so tables that a damaged image makes
+    /// overlap never share a chunk of another length.
+    private struct ChunkKey: Hashable, Sendable {
+        var tableOffset: UInt64
+        var firstEntry: UInt64
+    }
 
     /// A lookup through `directory` (first-level entries as stored) in `file`. `decodeDirectoryEntry` turns entry
     /// `index` into the file offset of its second-level table, checked (aligned, inside the file), or nil when the
@@ -95,10 +102,10 @@ final class TwoLevelTable: Sendable {
         }
         let first = index - index % chunkEntries
         let entryBytes = layout.entryBytes
-        let key = tableOffset + first * UInt64(entryBytes)
-        let chunk = try chunks.value(for: key) {
+        let chunk = try chunks.value(for: ChunkKey(tableOffset: tableOffset, firstEntry: first)) {
             let count = min(chunkEntries, layout.entriesPerTable - first) * UInt64(entryBytes)
-            return try file.readBytes(count: Int(count), at: key, what: "\(layout.tableName) \(table) at file offset \(tableOffset)")
+            return try file.readBytes(count: Int(count), at: tableOffset + first * UInt64(entryBytes),
+                                      what: "\(layout.tableName) \(table) at file offset \(tableOffset)")
         }
         return chunk.withUnsafeBytes { bytes in
             let at = Int(index - first) * entryBytes
@@ -132,8 +139,10 @@ final class TwoLevelTable: Sendable {
             let chunkBytes = Int(chunkEntries) * layout.entryBytes
             var at = 0
             while at < bytes.count {
-                let end = min(bytes.count, at + chunkBytes, (at / tableBytes + 1) * tableBytes)
-                chunks.insert(Array(bytes[at..<end]), for: start + UInt64(at))
+                let tableStart = at / tableBytes * tableBytes
+                let end = min(bytes.count, at + chunkBytes, tableStart + tableBytes)
+                let key = ChunkKey(tableOffset: start + UInt64(tableStart), firstEntry: UInt64((at - tableStart) / layout.entryBytes))
+                chunks.insert(Array(bytes[at..<end]), for: key)
                 at = end
             }
             index += run
