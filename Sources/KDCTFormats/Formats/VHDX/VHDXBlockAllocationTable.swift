@@ -89,16 +89,84 @@ struct VHDXBlockAllocationTable: Sendable {
         guard UInt64(entries.count) >= geometry.totalEntries else {
             throw KDCTError.corrupt("BAT holds \(entries.count) entries, \(geometry.totalEntries) needed", file: file, field: "BAT")
         }
-        let mib: UInt64 = 1 << 20
-        var placed: [(start: UInt64, end: UInt64, index: Int)] = []
-        func place(_ index: Int, _ entry: VHDXBATEntry, length: UInt64, what block: String) throws {
+        var placements = Placements(fileSize: fileSize, reserved: reserved, file: file)
+        let stride = geometry.chunkRatio + 1
+        for index in 0..<Int(geometry.totalEntries) {
+            let entry = VHDXBATEntry(raw: entries[index])
+            if UInt64(index) % stride == geometry.chunkRatio {
+                // Fixed and dynamic disks never use sector bitmap entries; their values are ignored.
+                guard differencing else { continue }
+                switch entry.state {
+                case 0: continue
+                case 6: try placements.place(index, entry, length: 1 << 20,
+                                             what: "sector bitmap block of chunk \(UInt64(index) / stride)")
+                default:
+                    throw KDCTError.corrupt("sector bitmap entry has undefined state \(entry.state)", file: file, field: "BAT entry \(index)")
+                }
+                continue
+            }
+            let block = UInt64(index) - UInt64(index) / stride
+            guard block < geometry.dataBlocks else { continue }
+            try checkPayload(entry, index: index, block: block, entries: entries, geometry: geometry,
+                             differencing: differencing, virtualSize: virtualSize, placements: &placements)
+        }
+        try placements.checkOverlaps()
+        return VHDXBlockAllocationTable(entries: entries)
+    }
+
+    /// Checks payload entry `index` (block `block`): a defined state, partially present only in a differencing disk
+    /// whose chunk's sector bitmap is present, and a stored block placed in the file.
+    private static func checkPayload(_ entry: VHDXBATEntry, index: Int, block: UInt64, entries: [UInt64],
+                                     geometry: VHDXBATGeometry, differencing: Bool, virtualSize: UInt64,
+                                     placements: inout Placements) throws {
+        let file = placements.file
+        guard let state = VHDXPayloadState(rawValue: entry.state) else {
+            throw KDCTError.corrupt("payload block \(block) has undefined state \(entry.state)", file: file, field: "BAT entry \(index)")
+        }
+        switch state {
+        case .notPresent, .undefined, .zero, .unmapped:
+            return
+        case .partiallyPresent:
+            guard differencing else {
+                throw KDCTError.corrupt("payload block \(block) is partially present, a state only differencing disks may use",
+                                        file: file, field: "BAT entry \(index)")
+            }
+            let bitmapEntry = VHDXBATEntry(raw: entries[geometry.bitmapIndex(chunk: block / geometry.chunkRatio)])
+            guard bitmapEntry.state == 6 else {
+                throw KDCTError.corrupt("payload block \(block) is partially present but its chunk's sector bitmap is not",
+                                        file: file, field: "BAT entry \(index)")
+            }
+            fallthrough
+        case .fullyPresent:
+            let blockStart = block * geometry.blockSize
+            let length = min(geometry.blockSize, virtualSize - blockStart)
+            try placements.place(index, entry, length: length, what: "payload block \(block) (guest offset \(blockStart))")
+        }
+    }
+
+    /// The file ranges the BAT places blocks at, each checked when placed and all against each other at the end.
+    private struct Placements {
+        let fileSize: UInt64
+        let reserved: [Range<UInt64>]
+        let file: String?
+        private var placed: [(start: UInt64, end: UInt64, index: Int)] = []
+
+        init(fileSize: UInt64, reserved: [Range<UInt64>], file: String?) {
+            self.fileSize = fileSize
+            self.reserved = reserved
+            self.file = file
+        }
+
+        /// A block of `length` bytes placed by entry `index`: zero reserved bits, past the 1 MiB header section,
+        /// inside the file, clear of the regions and the log.
+        mutating func place(_ index: Int, _ entry: VHDXBATEntry, length: UInt64, what block: String) throws {
             let field = "BAT entry \(index)"
             let what = "\(block) (BAT entry \(index))"
             guard entry.reservedBits == 0 else {
                 throw KDCTError.corrupt("\(what): reserved bits 0x\(String(entry.reservedBits, radix: 16)) are set", file: file, field: field)
             }
             let start = entry.fileOffset
-            guard start >= mib else {
+            guard start >= 1 << 20 else {
                 throw KDCTError.corrupt("\(what) at file offset \(start), inside the 1 MiB header section", file: file, field: field)
             }
             let (end, overflow) = start.addingReportingOverflow(length)
@@ -112,50 +180,14 @@ struct VHDXBlockAllocationTable: Sendable {
             }
             placed.append((start, end, index))
         }
-        let stride = geometry.chunkRatio + 1
-        for index in 0..<Int(geometry.totalEntries) {
-            let entry = VHDXBATEntry(raw: entries[index])
-            let position = UInt64(index) % stride
-            if position == geometry.chunkRatio {
-                guard differencing else { continue }
-                switch entry.state {
-                case 0: continue
-                case 6: try place(index, entry, length: mib, what: "sector bitmap block of chunk \(UInt64(index) / stride)")
-                default:
-                    throw KDCTError.corrupt("sector bitmap entry has undefined state \(entry.state)", file: file, field: "BAT entry \(index)")
-                }
-                continue
-            }
-            let block = UInt64(index) - UInt64(index) / stride
-            guard block < geometry.dataBlocks else { continue }
-            guard let state = VHDXPayloadState(rawValue: entry.state) else {
-                throw KDCTError.corrupt("payload block \(block) has undefined state \(entry.state)", file: file, field: "BAT entry \(index)")
-            }
-            switch state {
-            case .notPresent, .undefined, .zero, .unmapped:
-                continue
-            case .partiallyPresent:
-                guard differencing else {
-                    throw KDCTError.corrupt("payload block \(block) is partially present, a state only differencing disks may use",
-                                            file: file, field: "BAT entry \(index)")
-                }
-                let bitmapEntry = VHDXBATEntry(raw: entries[geometry.bitmapIndex(chunk: block / geometry.chunkRatio)])
-                guard bitmapEntry.state == 6 else {
-                    throw KDCTError.corrupt("payload block \(block) is partially present but its chunk's sector bitmap is not",
-                                            file: file, field: "BAT entry \(index)")
-                }
-                fallthrough
-            case .fullyPresent:
-                let blockStart = block * geometry.blockSize
-                let length = min(geometry.blockSize, virtualSize - blockStart)
-                try place(index, entry, length: length, what: "payload block \(block) (guest offset \(blockStart))")
+
+        /// No two placed blocks overlap.
+        mutating func checkOverlaps() throws {
+            placed.sort { $0.start < $1.start }
+            for i in placed.indices.dropFirst() where placed[i].start < placed[i - 1].end {
+                throw KDCTError.corrupt("BAT entries \(placed[i - 1].index) and \(placed[i].index) place blocks that overlap at file offset \(placed[i].start)",
+                                        file: file, field: "BAT entry \(placed[i].index)")
             }
         }
-        placed.sort { $0.start < $1.start }
-        for i in placed.indices.dropFirst() where placed[i].start < placed[i - 1].end {
-            throw KDCTError.corrupt("BAT entries \(placed[i - 1].index) and \(placed[i].index) place blocks that overlap at file offset \(placed[i].start)",
-                                    file: file, field: "BAT entry \(placed[i].index)")
-        }
-        return VHDXBlockAllocationTable(entries: entries)
     }
 }
