@@ -58,10 +58,10 @@ import KDCTTestSupport
 
         let device = try ImageOpener.open(dir.file("t1.qed"))
         #expect(try device.allExtents() == [
-            Extent(offset: 0, length: 4096, status: .data, hostOffset: 16384),
+            Extent(offset: 0, length: 4096, status: .data, hostOffset: 16384, file: dir.file("t1.qed")),
             Extent(offset: 4096, length: 4096, status: .zero),
             Extent(offset: 8192, length: 600 * 4096 - 8192, status: .absent),
-            Extent(offset: 600 * 4096, length: 4096, status: .data, hostOffset: 20480),
+            Extent(offset: 600 * 4096, length: 4096, status: .data, hostOffset: 20480, file: dir.file("t1.qed")),
             Extent(offset: 601 * 4096, length: (4 << 20) - 601 * 4096, status: .absent),
         ])
         #expect(try GuestDigest.sha256(of: device) == guestSHA256(dir.file("t1.raw"), format: .raw))

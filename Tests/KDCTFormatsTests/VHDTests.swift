@@ -276,7 +276,8 @@ enum VHDFamilyTest {
         #expect(extent.depth == 1 && extent.length <= 90 * 512, "\(extent)")
         let top = try #require(VHDImage.vhdLayer(of: device))
         #expect(try top.extent(at: 2 << 20, maxLength: 1 << 20) == Extent(offset: 2 << 20, length: 10 * 512, status: .data,
-                                                                          hostOffset: try top.extent(at: 2 << 20, maxLength: 1).hostOffset))
+                                                                          hostOffset: try top.extent(at: 2 << 20, maxLength: 1).hostOffset,
+                                                                          file: child))
         #expect(try top.extent(at: 3 << 20, maxLength: 16 << 20).status == .absent)  // block 1 from sector 2048: absent
 
         for format in [ImageFormat.raw, .qcow2] {

@@ -48,8 +48,13 @@ import KDCTTestSupport
         #expect(try device.extent(at: 1 << 20, maxLength: 1 << 30) == Extent(offset: 1 << 20, length: 768 << 10, status: .zero))
         #expect(device.info.references.map(\.name) == ["part-flat.bin", "never-opened.bin", "part-sparse.vmdk"])
         #expect(device.info.references.map(\.opened) == [true, false, true])
-        // Several files: host offsets would be ambiguous, so none are reported.
-        #expect(try device.allExtents().allSatisfy { $0.hostOffset == nil })
+        // Every data extent names the file its host offset is in: the flat piece starts 4 KiB into part-flat.bin.
+        let extents = try device.allExtents()
+        #expect(extents.first == Extent(offset: 0, length: 1 << 20, status: .data, hostOffset: 4096, file: dir.file("part-flat.bin")))
+        #expect(extents.filter { $0.status == .data }.allSatisfy {
+            $0.hostOffset != nil && [dir.file("part-flat.bin"), dir.file("part-sparse.vmdk")].contains($0.file)
+        })
+        #expect(extents.contains { $0.file == dir.file("part-sparse.vmdk") })
         try VMDKQemuTests.convertAndCompareToRaw(dir.file("custom.vmdk"), expected: dir.file("expected.raw"), in: dir)
     }
 
@@ -152,9 +157,9 @@ import KDCTTestSupport
         #expect(try device.readBytes(at: 3 * 65536 + 100, count: 1000) == Array(a[100..<1100]))
         let extents = try device.allExtents()
         #expect(extents == [
-            Extent(offset: 0, length: 131072, status: .data, hostOffset: 128 * 512),
+            Extent(offset: 0, length: 131072, status: .data, hostOffset: 128 * 512, file: dir.file("x.vmdk")),
             Extent(offset: 131072, length: 65536, status: .absent),
-            Extent(offset: 196608, length: 65536, status: .data, hostOffset: 384 * 512),
+            Extent(offset: 196608, length: 65536, status: .data, hostOffset: 384 * 512, file: dir.file("x.vmdk")),
             Extent(offset: 262144, length: 65536, status: .absent),
             Extent(offset: 327680, length: 65536, status: .zero),
             Extent(offset: 393216, length: (2048 * 512) - 393216, status: .absent),
@@ -241,7 +246,8 @@ import KDCTTestSupport
         #expect(try device.readBytes(at: 0, count: 65536) == a)
         #expect(try device.readBytes(at: 9 * 65536, count: b.count) == b)
         #expect(try device.readBytes(at: 9 * 65536 + 1000, count: 10) == [UInt8](repeating: 0, count: 10))
-        #expect(try device.extent(at: 0, maxLength: 1 << 30) == Extent(offset: 0, length: 65536, status: .data, compressed: true))
+        #expect(try device.extent(at: 0, maxLength: 1 << 30) == Extent(offset: 0, length: 65536, status: .data, compressed: true,
+                                                                                  file: dir.file("s.vmdk")))
         guard case let .array(extents)? = device.info.formatSpecific["extents"] else { return }
         #expect(extents.first?["grain-directory-in-footer"] == .bool(true))
     }
@@ -301,8 +307,9 @@ import KDCTTestSupport
         let device = try ImageOpener.open(dir.file("vm.vmdk"))
         #expect(device.info.subformat == "vmfsSparse" && device.info.producer?.hasPrefix("VMware ESXi") == true)
         #expect(try device.readBytes(at: 0, count: expected.count) == expected)
-        // One extent file: host offsets are reported (grain 3 is the first grain after the 4 KiB + 16 KiB metadata).
-        #expect(try device.extent(at: 3 * 512, maxLength: 1 << 30) == Extent(offset: 1536, length: 512, status: .data, hostOffset: 40 * 512))
+        // Grain 3 is the first grain after the 4 KiB + 16 KiB metadata of the delta's extent file.
+        #expect(try device.extent(at: 3 * 512, maxLength: 1 << 30) == Extent(offset: 1536, length: 512, status: .data, hostOffset: 40 * 512,
+                                                                              file: dir.file("vm-delta.vmdk")))
         #expect(try device.extent(at: 0, maxLength: 1 << 30).depth == 1)
         try VMDKBytes.write(expected, to: dir.file("expected.raw"))
         try VMDKQemuTests.convertAndCompareToRaw(dir.file("vm.vmdk"), expected: dir.file("expected.raw"), in: dir)

@@ -1,8 +1,8 @@
 /// Sector presence bitmaps (VHD block bitmaps, VHDX sector bitmap blocks): one bit per sector, set when the
 /// sector is stored in this file.
-public enum SectorBitmap {
+enum SectorBitmap {
     /// Order of the sectors within each byte.
-    public enum BitOrder: Sendable {
+    enum BitOrder: Sendable {
         /// Bit 7 of byte 0 is sector 0 (VHD).
         case mostSignificantFirst
         /// Bit 0 of byte 0 is sector 0 (VHDX, [MS-VHDX] 2.4).
@@ -11,7 +11,7 @@ public enum SectorBitmap {
 
     /// Whether bit `index` is set. `index` must be below `bitmap.count * 8`.
     @inline(__always)
-    public static func isSet(_ bitmap: [UInt8], _ index: Int, order: BitOrder) -> Bool {
+    static func isSet(_ bitmap: [UInt8], _ index: Int, order: BitOrder) -> Bool {
         let byte = bitmap[index >> 3]
         switch order {
         case .mostSignificantFirst: return byte & (0x80 >> UInt8(index & 7)) != 0
@@ -21,7 +21,7 @@ public enum SectorBitmap {
 
     /// The value of bit `start` and how many bits from `start` (up to `end`, exclusive) share it.
     /// `start < end <= bitmap.count * 8`. Whole bytes are skipped at once.
-    public static func run(in bitmap: [UInt8], from start: Int, to end: Int, order: BitOrder) -> (set: Bool, count: Int) {
+    static func run(in bitmap: [UInt8], from start: Int, to end: Int, order: BitOrder) -> (set: Bool, count: Int) {
         let value = isSet(bitmap, start, order: order)
         let uniform: UInt8 = value ? 0xFF : 0x00
         var index = start + 1
@@ -39,7 +39,7 @@ public enum SectorBitmap {
     }
 
     /// Summarises the first `bits` bits of `bitmap`: all set, none set, or mixed (the bitmap kept).
-    public static func presence(of bitmap: [UInt8], bits: Int, order: BitOrder) -> BlockPresence {
+    static func presence(of bitmap: [UInt8], bits: Int, order: BitOrder) -> BlockPresence {
         guard bits > 0, bitmap.count * 8 >= bits else { return .none }
         let (set, count) = run(in: bitmap, from: 0, to: bits, order: order)
         if count == bits { return set ? .all : .none }
@@ -48,7 +48,7 @@ public enum SectorBitmap {
 }
 
 /// Which sectors of one block a layer stores.
-public enum BlockPresence: Sendable {
+enum BlockPresence: Sendable {
     /// Every sector.
     case all
     /// No sector.
