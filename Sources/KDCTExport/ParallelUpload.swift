@@ -127,7 +127,7 @@ struct StreamSender {
 /// uses the connection the exporter already has, the others connect with its `reconnectOptions` (no prompt,
 /// host key known). Units are taken in file order from a shared queue, so the streams write neighbouring
 /// chunks of the same remote file. A failure on one stream stops the others.
-final class ParallelUpload: @unchecked Sendable {
+final class ParallelUpload: Sendable {
     private let file: ReadOnlyFile
     private let units: [UploadUnit]
     private let temporary: String

@@ -7,6 +7,8 @@ import Glibc
 /// Runs a closure on its own thread (a plain pthread, so it never waits behind the caller's executor) and hands
 /// its result back on `join`.
 final class BackgroundWork<Value: Sendable>: @unchecked Sendable {
+    // @unchecked: `thread` and `joined` are written by `init` and `join`, which only the thread that started the
+    // work calls (the work itself never sees this object); the outcome crosses threads through its Mutex.
     /// Where the thread leaves its outcome.
     private final class Outcome: Sendable {
         let value = Mutex<Result<Value, any Error>?>(nil)
@@ -59,6 +61,8 @@ private final class ThreadBody {
 /// Hands a value that is not `Sendable` (an SSH connection, an open remote file: used by one thread at a time)
 /// to exactly one other thread, which uses it from then on.
 struct HandOver<Value>: @unchecked Sendable {
+    // @unchecked: the value is not Sendable; the sender gives it up when it builds the HandOver, which the
+    // compiler cannot check for a value that is not `sending`.
     let value: Value
 }
 

@@ -190,19 +190,23 @@ enum RemoteConvert {
 /// line on stdout (`--progress json`), a bar on stderr (`-p`, on a terminal), then exactly one final object
 /// (`done` or `failed`). The byte rate comes from bytes this run actually moved: sent bytes while uploading (kept
 /// bytes of a resumed upload are reported apart, as `resumed`), hashed bytes while verifying.
-final class TransferProgressPrinter: @unchecked Sendable {
+final class TransferProgressPrinter: Sendable {
+    /// Where the output stands; the exporter's threads and the command's own share it.
+    private struct Printed {
+        var phase: ExportProgress.Phase?
+        var phaseStart = 0.0
+        var processedAtPhaseStart: UInt64 = 0
+        var sentAtPhaseStart: UInt64 = 0
+        var lastLine = 0.0
+        var completedPhase = false
+        var drewBar = false
+        var ended = false
+    }
+
     private let bar: Bool
     private let json: Bool
-    private let lock = Mutex(())
     private let start = ProgressReporter.now()
-    private var phase: ExportProgress.Phase?
-    private var phaseStart = 0.0
-    private var processedAtPhaseStart: UInt64 = 0
-    private var sentAtPhaseStart: UInt64 = 0
-    private var lastLine = 0.0
-    private var completedPhase = false
-    private var drewBar = false
-    private var ended = false
+    private let printed = Mutex(Printed())
 
     init(bar: Bool, json: Bool) {
         self.bar = bar && isatty(STDERR_FILENO) != 0
@@ -212,26 +216,26 @@ final class TransferProgressPrinter: @unchecked Sendable {
     /// Prints `progress` (throttled to 5 lines a second per phase; a phase's first line and its 100% line always,
     /// the latter once).
     func report(_ progress: ExportProgress) {
-        lock.withLock { _ in
-            guard !ended else { return }
+        printed.withLock { printed in
+            guard !printed.ended else { return }
             let now = ProgressReporter.now()
-            if progress.phase != phase {
-                endBarLine()
-                phase = progress.phase
-                phaseStart = now
-                processedAtPhaseStart = progress.processedBytes
-                sentAtPhaseStart = progress.sentBytes
-                lastLine = 0
-                completedPhase = false
+            if progress.phase != printed.phase {
+                endBarLine(&printed)
+                printed.phase = progress.phase
+                printed.phaseStart = now
+                printed.processedAtPhaseStart = progress.processedBytes
+                printed.sentAtPhaseStart = progress.sentBytes
+                printed.lastLine = 0
+                printed.completedPhase = false
             }
             let complete = progress.totalBytes > 0 && progress.processedBytes >= progress.totalBytes
-            if complete && completedPhase { return }
-            guard complete || lastLine == 0 || now - lastLine >= 0.2 else { return }
-            lastLine = now
-            completedPhase = complete
-            let elapsed = now - phaseStart
-            let moved = progress.processedBytes - min(progress.processedBytes, processedAtPhaseStart)
-            let sent = progress.sentBytes - min(progress.sentBytes, sentAtPhaseStart)
+            if complete && printed.completedPhase { return }
+            guard complete || printed.lastLine == 0 || now - printed.lastLine >= 0.2 else { return }
+            printed.lastLine = now
+            printed.completedPhase = complete
+            let elapsed = now - printed.phaseStart
+            let moved = progress.processedBytes - min(progress.processedBytes, printed.processedAtPhaseStart)
+            let sent = progress.sentBytes - min(progress.sentBytes, printed.sentAtPhaseStart)
             // Rates need a little time to mean anything; before that they are 0 and the ETA unknown.
             let measurable = elapsed >= 0.25
             let byteRate = measurable ? Double(progress.phase == .uploading ? sent : moved) / elapsed : 0
@@ -260,15 +264,15 @@ final class TransferProgressPrinter: @unchecked Sendable {
                 let width = max(10, columns - text.count - 3)
                 let filled = Int(Double(width) * progress.fraction)
                 Console.error("\r[" + String(repeating: "=", count: filled) + String(repeating: " ", count: width - filled) + "]" + text)
-                drewBar = true
+                printed.drewBar = true
             }
         }
     }
 
     /// Prints a remark on stderr.
     func note(_ text: String) {
-        lock.withLock { _ in
-            endBarLine()
+        printed.withLock { printed in
+            endBarLine(&printed)
             Console.error("note: \(text)\n")
         }
     }
@@ -276,9 +280,9 @@ final class TransferProgressPrinter: @unchecked Sendable {
     /// Ends with success: the `done` object (`fields` after `event` and `elapsed-seconds`) in JSON mode, else
     /// `summary` on stdout.
     func done(_ fields: JSONLine, summary: String?) {
-        lock.withLock { _ in
-            endBarLine()
-            ended = true
+        printed.withLock { printed in
+            endBarLine(&printed)
+            printed.ended = true
             if json {
                 var line = JSONLine()
                 line.add("event", "done")
@@ -293,33 +297,23 @@ final class TransferProgressPrinter: @unchecked Sendable {
     /// Ends with a failure: one line on stderr and, in JSON mode, the `failed` object; returns the exit to throw.
     func fail(_ error: any Error) -> CommandExit {
         let status = exitStatus(for: error)
-        lock.withLock { _ in
-            endBarLine()
-            ended = true
+        printed.withLock { printed in
+            endBarLine(&printed)
+            printed.ended = true
             Console.error("kdct-native: \(error)\n")
             guard json else { return }
-            var detail = JSONLine()
-            if let failure = error as? KDCTError {
-                detail.add("code", failure.code.rawValue)
-                detail.add("message", failure.message)
-                detail.add("file", failure.file)
-                detail.add("field", failure.field)
-            } else {
-                detail.add("code", "error")
-                detail.add("message", "\(error)")
-            }
             var line = JSONLine()
             line.add("event", "failed")
             line.add("elapsed-seconds", ProgressReporter.now() - start)
             line.add("exit-status", UInt64(status))
-            line.add("error", object: detail)
+            line.add("error", object: JSONLine(describing: error))
             Console.out(line.text + "\n")
         }
         return CommandExit(code: status)
     }
 
-    private func endBarLine() {
-        if drewBar { Console.error("\n") }
-        drewBar = false
+    private func endBarLine(_ printed: inout Printed) {
+        if printed.drewBar { Console.error("\n") }
+        printed.drewBar = false
     }
 }

@@ -9,15 +9,20 @@ import Glibc
 /// Progress of a command, as /work/notes/progress-spec.md lays it out: `--progress json` prints one JSON object
 /// per line on stdout (`"event":"progress"` lines, then exactly one `done` or `failed` object); `-p` draws the
 /// same information as a bar on stderr when stderr is a terminal.
-final class ProgressReporter: @unchecked Sendable {
+final class ProgressReporter: Sendable {
+    /// What the reporter has printed so far; the pipeline's thread and the command's own share it.
+    private struct Printed {
+        var lastDraw = 0.0
+        var drewBar = false
+        var reportedComplete = false
+        var ended = false
+    }
+
     private let bar: Bool
     private let json: Bool
     private let phase: String
     private let start = ProgressReporter.now()
-    private var lastDraw = 0.0
-    private var drewBar = false
-    private var reportedComplete = false
-    private var ended = false
+    private let printed = Mutex(Printed())
 
     /// A reporter for `phase` (`converting` for a local conversion).
     init(bar: Bool, json: Bool, phase: String = "converting") {
@@ -44,15 +49,19 @@ final class ProgressReporter: @unchecked Sendable {
 
     /// Reports `processed` of `total` bytes with command-specific `extra` keys.
     func report(processed: UInt64, total: UInt64, extra: [(String, JSONLine.Value)] = []) {
+        printed.withLock { printed in report(processed: processed, total: total, extra: extra, printed: &printed) }
+    }
+
+    private func report(processed: UInt64, total: UInt64, extra: [(String, JSONLine.Value)], printed: inout Printed) {
         let now = Self.now()
         let complete = processed >= total
         if complete {
-            if reportedComplete { return }
-            reportedComplete = true
-        } else if now - lastDraw < 0.2 {
+            if printed.reportedComplete { return }
+            printed.reportedComplete = true
+        } else if now - printed.lastDraw < 0.2 {
             return
         }
-        lastDraw = now
+        printed.lastDraw = now
         let elapsed = max(now - start, 0)
         let fraction = total == 0 ? 1 : Double(min(processed, total)) / Double(total)
         let rate = elapsed > 0 ? Double(processed) / elapsed : 0
@@ -78,15 +87,17 @@ final class ProgressReporter: @unchecked Sendable {
             let filled = min(width, Int(Double(width) * fraction))
             let line = "[" + String(repeating: "#", count: filled) + String(repeating: " ", count: width - filled) + "]" + text
             Console.error("\r" + line)
-            drewBar = true
+            printed.drewBar = true
         }
     }
 
     /// Ends the stream with the `done` object holding `result` keys.
     func done(_ result: [(String, JSONLine.Value)]) {
         endBar()
-        guard json, !ended else { return }
-        ended = true
+        guard json, printed.withLock({ printed in
+            defer { printed.ended = true }
+            return !printed.ended
+        }) else { return }
         var line = JSONLine()
         line.add("event", .string("done"))
         line.add("elapsed-seconds", .decimal(elapsed, places: 3))
@@ -97,30 +108,24 @@ final class ProgressReporter: @unchecked Sendable {
     /// Ends the stream with the `failed` object for `error`, which ends the command with `exitStatus`.
     func failed(_ error: any Error, exitStatus: Int32) {
         endBar()
-        guard json, !ended else { return }
-        ended = true
-        var detail = JSONLine()
-        if let error = error as? KDCTError {
-            detail.add("code", .string(error.code.rawValue))
-            detail.add("message", .string(error.message))
-            if let file = error.file { detail.add("file", .string(file)) }
-            if let field = error.field { detail.add("field", .string(field)) }
-        } else {
-            detail.add("code", .string("invalid-argument"))
-            detail.add("message", .string("\(error)"))
-        }
+        guard json, printed.withLock({ printed in
+            defer { printed.ended = true }
+            return !printed.ended
+        }) else { return }
         var line = JSONLine()
         line.add("event", .string("failed"))
         line.add("elapsed-seconds", .decimal(elapsed, places: 3))
         line.add("exit-status", .integer(Int64(exitStatus)))
-        line.add("error", .object(detail))
+        line.add("error", .object(JSONLine(describing: error)))
         Console.out(line.text + "\n")
     }
 
     /// Ends the bar's line on stderr, if one was drawn.
     func endBar() {
-        if drewBar { Console.error("\n") }
-        drewBar = false
+        printed.withLock { printed in
+            if printed.drewBar { Console.error("\n") }
+            printed.drewBar = false
+        }
     }
 }
 
@@ -139,6 +144,23 @@ struct JSONLine {
     }
 
     private var fields: [(String, Value)] = []
+
+    /// An empty object.
+    init() {}
+
+    /// The `error` object of a `failed` line: the library's code, message, file and field; for an error the
+    /// library did not raise (a bad command line), `invalid-argument` and its text.
+    init(describing error: any Error) {
+        if let error = error as? KDCTError {
+            add("code", error.code.rawValue)
+            add("message", error.message)
+            if let file = error.file { add("file", file) }
+            if let field = error.field { add("field", field) }
+        } else {
+            add("code", "invalid-argument")
+            add("message", "\(error)")
+        }
+    }
 
     /// Appends `key: value`.
     mutating func add(_ key: String, _ value: Value) { fields.append((key, value)) }

@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import Glibc
+import Synchronization
 #endif
 import CKDCTShims
 
@@ -213,12 +214,12 @@ public struct FileIdentity: Hashable, Sendable {
 }
 
 /// A file opened for writing with positional writes: the building block of output targets.
-public final class WritableFile: @unchecked Sendable {
+public final class WritableFile: Sendable {
     /// The path the file was created at.
     public let path: String
     /// The owned file descriptor.
     public let descriptor: Int32
-    private var closed = false
+    private let closed = Atomic<Bool>(false)
 
     /// Creates `path` exclusively (`O_CREAT|O_EXCL`), mode 0644; fails with `alreadyExists` when it exists.
     public init(creatingExclusively path: String) throws {
@@ -389,7 +390,7 @@ public final class WritableFile: @unchecked Sendable {
         return max(UInt64(r), offset)
     }
 
-    deinit { if !closed { Glibc.close(descriptor) } }
+    deinit { if !closed.load(ordering: .acquiring) { Glibc.close(descriptor) } }
 
     /// Writes all of `buffer` at `offset`, retrying EINTR and continuing short writes.
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
@@ -434,8 +435,7 @@ public final class WritableFile: @unchecked Sendable {
 
     /// Closes the descriptor, reporting a deferred write error.
     public func close() throws {
-        guard !closed else { return }
-        closed = true
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         if Glibc.close(descriptor) != 0 && errno != EINTR {
             throw KDCTError.io("close", errno: errno, file: path)
         }

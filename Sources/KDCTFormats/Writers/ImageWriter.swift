@@ -11,6 +11,9 @@ public enum ClusterEncoding: Sendable, Equatable {
 /// A cluster-aligned run of guest data that a worker has read, zero-detected and (optionally) compressed, handed
 /// to the writer in guest order. Buffers are reused across segments.
 public final class SegmentBuffer: @unchecked Sendable {
+    // @unchecked: a buffer has one owner at a time. The pipeline hands it from the pool to one worker, which fills
+    // it, then through the guest-order queue (under its mutex) to the writer, then back to the pool; the raw
+    // pointers and the mutable fields are never touched by two threads at once, which the compiler cannot see.
     /// Guest offset of the first byte (a multiple of `clusterSize`).
     public internal(set) var guestOffset: UInt64 = 0
     /// Bytes covered (a multiple of `clusterSize`; the last segment may reach past the virtual size, zero-padded).

@@ -65,6 +65,8 @@ extension OutputTarget {
 
 /// A read-only block of zeros to write from, shared by every target.
 final class ZeroBuffer: @unchecked Sendable {
+    // @unchecked: `bytes` is a raw pointer (never Sendable to the compiler) to memory written once in `init` and
+    // only read afterwards.
     static let shared = ZeroBuffer()
     /// 4 MiB of zeros (never written to, so safe to share).
     let bytes: UnsafeRawBufferPointer
