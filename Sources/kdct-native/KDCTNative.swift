@@ -10,7 +10,7 @@ struct KDCTNative: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kdct-native",
         abstract: "Convert VirtualBox, VMware and Hyper-V disks for KVM, without qemu.",
-        subcommands: [Info.self, Convert.self, Map.self, Compare.self, Check.self, Checksum.self, Formats.self, Export.self]
+        subcommands: [Info.self, Convert.self, Map.self, Compare.self, Check.self, Checksum.self, Formats.self, Export.self, Serve.self]
     )
 
     /// Parses, runs, and maps every failure to one stderr line and an exit status (1, or the command's own).
