@@ -94,7 +94,7 @@ import Testing
         // The same object as `info --output json`, plus what the service adds.
         let inspected = try client.json("POST", "/api/v1/inspect", .make(["path": .string(vmdk)]))
         #expect(inspected.status == 200, "\(inspected.text)")
-        let cli = try CLI.run(["info", "--output", "json", vmdk])
+        let cli = try CLI.run(["info", "--output", "json", RootSet.canonicalForTests(vmdk)])
         let expected = try JSONValue.parse(Array(cli.stdout.utf8))
         guard case let .object(expectedPairs) = expected else { Issue.record("\(cli.stdout)"); return }
         for (key, value) in expectedPairs where key != "references" {

@@ -31,12 +31,18 @@ import Testing
 
     @Test func liveServerConformsUnderSchemathesis() throws {
         let fixture = try ServeFixture()
-        try fixture.copyFixture("pattern.vmdk")
+        let vmdk = try fixture.copyFixture("pattern.vmdk")
         try fixture.copyFixture("chain-child.qcow2")
         try fixture.copyFixture("pattern-v2.qcow2")
         let server = try fixture.start()
+        // The job operations get a real job's id (random ids would only ever meet 404s).
+        let id = try server.client.submit(.make(["kind": "convert", "source": .string(vmdk), "destination": .string(fixture.path("out.raw")),
+                                                 "output_format": "raw"]))
+        #expect(try server.client.waitForJob(id)["state"] == .string("succeeded"))
+        let config = fixture.directory.file("schemathesis.toml")
+        try "[parameters]\nid = \"\(id)\"\n".write(toFile: config, atomically: true, encoding: .utf8)
         let result = try runProcess([
-            "schemathesis", "run", Self.documentPath,
+            "schemathesis", "--config-file", config, "run", Self.documentPath,
             "--url", "http://127.0.0.1:\(server.port)/api/v1",
             "--header", "Authorization: Bearer \(server.token)",
             "--checks", "all",
@@ -46,10 +52,12 @@ import Testing
             // The host endpoints connect to whatever host they are given; they are tested against the test sshd.
             "--exclude-path-regex", "^/hosts/",
             "--max-examples", "25",
-            "--workers", "2",
+            // One worker: hypothesis's lambda descriptions crash CPython 3.11's parser when threads share it.
+            "--workers", "1",
             "--seed", "1",
         ])
         #expect(result.status == 0, "schemathesis (pip install schemathesis):\n\(result.stdout.suffix(12000))\n\(result.stderr.suffix(4000))")
+        #expect(result.stdout.contains("passed") && !result.stdout.contains("Runtime Error"))
         #expect(!server.log.contains(" 500 "), "a request got a 500")
     }
 }

@@ -116,7 +116,7 @@ import Testing
         func update(_ processed: UInt64, phase: String = "converting") -> ProgressUpdate {
             ProgressUpdate(phase: phase, processed: processed, total: 1000, moved: processed)
         }
-        let first = meter.object(for: update(10), now: 0)
+        let first = meter.object(for: update(0), now: 0)
         #expect(first?["phase"] == .string("converting"))
         #expect(first?["eta-seconds"] == .null, "no rate yet")
         #expect(meter.object(for: update(20), now: 0.1) == nil)
@@ -124,9 +124,13 @@ import Testing
         #expect(later?["bytes-per-second"] == .uint(500))
         #expect(later?["eta-seconds"] == .double(1))
         #expect(later?["percent"] == .double(50))
+        #expect(later?["elapsed-seconds"] == .double(1))
         #expect(meter.object(for: update(1000), now: 1.01)?["percent"] == .double(100))
         #expect(meter.object(for: update(1000), now: 2) == nil, "100% once per phase")
-        #expect(meter.object(for: update(0, phase: "verifying"), now: 2.01)?["phase"] == .string("verifying"))
+        let verifying = meter.object(for: update(0, phase: "verifying"), now: 2.01)
+        #expect(verifying?["phase"] == .string("verifying"))
+        #expect(verifying?["eta-seconds"] == .null, "a new phase has no rate yet")
+        #expect(meter.object(for: update(100, phase: "verifying"), now: 3.01)?["bytes-per-second"] == .uint(100))
     }
 
     @Test func everyWebFileIsServed() throws {

@@ -145,8 +145,12 @@ struct APIHandlers: Sendable {
         }
         var folder: String?
         if let destination = try fields.optionalString("destination") {
-            let resolved = try roots.destination(destination, field: "destination")
-            folder = RootSet.fileType(resolved) == S_IFDIR ? resolved : RootSet.directory(of: resolved)
+            // A folder, or the file the output would be.
+            if let existing = try? roots.existing(destination, field: "destination"), RootSet.fileType(existing) == S_IFDIR {
+                folder = existing
+            } else {
+                folder = RootSet.directory(of: try roots.destination(destination, field: "destination"))
+            }
         }
         let (engine, roots, request) = (self.engine, self.roots, source)
         let space = try await blocking.runIfActive { try engine.measure(request, roots: roots) }

@@ -233,7 +233,7 @@ actor JobQueue {
                     return .failure(LibraryEngine.problem(from: error))
                 }
             }
-            await self.finished(job, outcome: outcome)
+            self.finished(job, outcome: outcome)
         }
     }
 

@@ -8,21 +8,23 @@ struct ProgressMeter {
     let start: Double
     let interval: Double
     private var phase: String?
-    private var phaseStart = 0.0
+    private var phaseStart: Double
     private var lastPublished = -Double.infinity
     private var completedPhases: Set<String> = []
 
     init(start: Double, interval: Double = 0.25) {
         self.start = start
         self.interval = interval
+        phaseStart = start
     }
 
     /// The progress object for `update` at `now`, or nil when it is not due yet.
     mutating func object(for update: ProgressUpdate, now: Double) -> JSONValue? {
         let newPhase = update.phase != phase
         if newPhase {
+            // The first phase runs from the job's start; each later one from when it was first reported.
+            if phase != nil { phaseStart = now }
             phase = update.phase
-            phaseStart = now
         }
         let complete = update.total > 0 && update.processed >= update.total
         if complete {
@@ -32,7 +34,7 @@ struct ProgressMeter {
         }
         lastPublished = now
         let phaseElapsed = now - phaseStart
-        let rate = phaseElapsed > 0.05 ? Double(update.moved) / phaseElapsed : 0
+        let rate = phaseElapsed > 0 ? Double(update.moved) / phaseElapsed : 0
         let left = Double(update.total - min(update.total, update.processed))
         let percent = update.total == 0 ? 0 : min(100, Double(update.processed) / Double(update.total) * 100)
         var pairs: [(String, JSONValue)] = [
