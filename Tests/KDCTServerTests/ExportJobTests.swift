@@ -109,12 +109,12 @@ import Testing
         let fixture = try ServeFixture()
         let knownHosts = try sshd.writeKnownHosts()
         let source = fixture.path("big.img")
-        try writeRandomData(source, megabytes: 768)
+        try writeRandomData(source, megabytes: 512)
         let server = try fixture.start(knownHosts: knownHosts)
         let destination = "sftp://\(TestSSHServer.user)@127.0.0.1:\(sshd.port)\(sshd.remoteDirectory)/big.img"
         let id = try server.client.submit(.make(["kind": "export", "source": .string(source), "destination": .string(destination),
                                                  "password": .string(sshd.password)]))
-        let size = 768.0 * 1024 * 1024
+        let size = 512.0 * 1024 * 1024
         let midway = try server.client.waitForJob(id, timeout: 120) { job in
             job["progress"]?["phase"] == .string("uploading") && (job["progress"]?["processed"]?.number ?? 0) > size * 0.1
         }

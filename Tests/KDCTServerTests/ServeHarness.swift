@@ -18,14 +18,14 @@ final class ServeProcess: @unchecked Sendable {
     let stateDirectory: String
 
     /// Starts the server with `roots` and `state`; `extra` are more arguments.
-    init(roots: [String], state: String, knownHosts: String? = nil, extra: [String] = [],
+    init(roots: [String], state: String, knownHosts: String? = nil, listen: String = "127.0.0.1:0", extra: [String] = [],
          logPath: String? = nil) throws {
         stateDirectory = state
-        self.logPath = logPath ?? state + "-serve.log"
-        FileManager.default.createFile(atPath: self.logPath, contents: nil)
+        self.logPath = logPath ?? state + "-serve-\(UUID().uuidString.prefix(8)).log"
+        guard FileManager.default.createFile(atPath: self.logPath, contents: nil) else { throw ServeTestError("cannot create \(self.logPath)") }
         process = Process()
         process.executableURL = URL(fileURLWithPath: CLI.binary)
-        var arguments = ["serve", "--listen", "127.0.0.1:0", "--state", state, "--output", "json", "-m", "2"]
+        var arguments = ["serve", "--listen", listen, "--state", state, "--output", "json", "-m", "2"]
         for root in roots { arguments += ["--root", root] }
         arguments += ["--known-hosts", knownHosts ?? state + "-known_hosts"]
         process.arguments = arguments + extra

@@ -294,7 +294,7 @@ struct APIHandlers: Sendable {
         do {
             var buffer = try await request.body.collect(upTo: ServiceResponder.maxBodyBytes)
             return buffer.readBytes(length: buffer.readableBytes) ?? []
-        } catch let error as HTTPError where error.status == .contentTooLarge {
+        } catch is NIOTooManyBytesError {
             throw tooLarge
         }
     }

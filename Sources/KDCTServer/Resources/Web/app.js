@@ -11,7 +11,7 @@ function showStatus(status) {
   const list = document.getElementById("status");
   list.replaceChildren();
   const rows = [
-    ["Version", status.version],
+    ["Service", status.service],
     ["Folders", status.roots.join(", ")],
     ["Jobs running", `${status.jobs.running} of ${status.jobs.workers}`],
     ["Jobs waiting", status.jobs.waiting],
