@@ -41,8 +41,10 @@ import Testing
         #expect(try server.client.waitForJob(id)["state"] == .string("succeeded"))
         let config = fixture.directory.file("schemathesis.toml")
         try "[parameters]\nid = \"\(id)\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        // Through python3 (which pip installed it for), so no PATH entry for its script is needed.
         let result = try runProcess([
-            "schemathesis", "--config-file", config, "run", Self.documentPath,
+            "python3", "-c", "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'schemathesis'; sys.exit(schemathesis())",
+            "--config-file", config, "run", Self.documentPath,
             "--url", "http://127.0.0.1:\(server.port)/api/v1",
             "--header", "Authorization: Bearer \(server.token)",
             "--checks", "all",
