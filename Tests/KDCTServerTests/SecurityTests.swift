@@ -12,13 +12,13 @@ import Testing
         let server = try fixture.start()
         var client = server.client
         #expect(server.url.hasPrefix("http://127.0.0.1:\(server.port)/?token="))
-        #expect(server.token.count == 43)
+        #expect(server.token.count == 64)
 
         let missing = try client.send("GET", "/api/v1/status", authorized: false)
         #expect(missing.status == 401)
         #expect(missing.header("WWW-Authenticate")?.hasPrefix("Bearer") == true)
         #expect(missing.json["code"] == .string("unauthorized"))
-        client.token = String(server.token.dropLast()) + (server.token.hasSuffix("A") ? "B" : "A")
+        client.token = String(server.token.dropLast()) + (server.token.hasSuffix("a") ? "b" : "a")
         #expect(try client.send("GET", "/api/v1/status").status == 401)
         client.token = server.token + "x"
         #expect(try client.send("GET", "/api/v1/jobs").status == 401)

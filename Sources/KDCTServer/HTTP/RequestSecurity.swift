@@ -4,7 +4,7 @@ import Synchronization
 import Glibc
 #endif
 
-/// The access token printed at startup (as Jupyter does): 32 random bytes, base64url, fresh on every start.
+/// The access token printed at startup (as Jupyter does): 32 random bytes as 64 hex digits, fresh on every start.
 public struct AccessToken: Sendable {
     /// The token text.
     public let value: String
@@ -12,15 +12,15 @@ public struct AccessToken: Sendable {
     /// A fresh random token.
     public init() {
         var generator = SystemRandomNumberGenerator()
-        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
-        value = Self.base64URL(bytes)
+        let digits = Array("0123456789abcdef")
+        value = String((0..<32).flatMap { _ -> [Character] in
+            let byte = UInt8.random(in: 0...255, using: &generator)
+            return [digits[Int(byte >> 4)], digits[Int(byte & 15)]]
+        })
     }
 
-    /// A given token (tests).
-    init(value: String) { self.value = value }
-
     /// True when `candidate` is the token. The time taken depends only on the lengths, never on where the two
-    /// first differ (the token's length is not a secret: every token has 43 characters).
+    /// first differ (the token's length is not a secret: every token has 64 characters).
     public func matches(_ candidate: String) -> Bool {
         let expected = Array(value.utf8)
         let given = Array(candidate.utf8)
@@ -29,24 +29,6 @@ public struct AccessToken: Sendable {
             difference |= expected[index] ^ (index < given.count ? given[index] : 0)
         }
         return difference == 0
-    }
-
-    static func base64URL(_ bytes: [UInt8]) -> String {
-        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
-        var out: [UInt8] = []
-        var index = 0
-        while index + 2 < bytes.count {
-            let word = UInt32(bytes[index]) << 16 | UInt32(bytes[index + 1]) << 8 | UInt32(bytes[index + 2])
-            for shift in stride(from: 18, through: 0, by: -6) { out.append(alphabet[Int(word >> UInt32(shift) & 63)]) }
-            index += 3
-        }
-        let rest = bytes.count - index
-        if rest > 0 {
-            var word = UInt32(bytes[index]) << 16
-            if rest == 2 { word |= UInt32(bytes[index + 1]) << 8 }
-            for shift in [18, 12, 6].prefix(rest + 1) { out.append(alphabet[Int(word >> UInt32(shift) & 63)]) }
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 }
 
