@@ -1,3 +1,4 @@
+import Foundation
 import Hummingbird
 import HTTPTypes
 import NIOCore
@@ -283,7 +284,9 @@ struct APIHandlers: Sendable {
     /// The request body, at most 64 KiB (413 beyond, decided from Content-Length before reading when it is
     /// given); a body that says it is not JSON is refused (415).
     static func body(of request: Request) async throws -> [UInt8] {
-        if let type = request.headers[.contentType], !type.lowercased().hasPrefix("application/json") {
+        if let type = request.headers[.contentType],
+           let mediaType = type.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased(),
+           mediaType != "application/json" && !(mediaType.hasPrefix("application/") && mediaType.hasSuffix("+json")) {
             throw Problem(.unsupportedMediaType, code: "unsupported-media-type", "the request body must be application/json, not \(type)")
         }
         let tooLarge = Problem(.contentTooLarge, code: "body-too-large",
