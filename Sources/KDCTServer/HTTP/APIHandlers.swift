@@ -99,7 +99,9 @@ struct APIHandlers: Sendable {
             // Shown as text, never run: a file's content is not the service's page.
             .contentSecurityPolicy: "sandbox; default-src 'none'",
         ]
-        let name = RootSet.lastComponent(of: file).filter { $0 != "\"" && $0 != "\\" && !$0.isNewline }
+        let name = String(String.UnicodeScalarView(RootSet.lastComponent(of: file).unicodeScalars.filter { scalar in
+            (0x20..<0x7f).contains(scalar.value) && scalar != "\"" && scalar != "\\"
+        }))
         headers[.contentDisposition] = (query["download"] == "1" ? "attachment" : "inline") + "; filename=\"\(name)\""
         return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
     }
@@ -112,16 +114,7 @@ struct APIHandlers: Sendable {
     private func sourceRequest(_ fields: RequestFields) throws(Problem) -> JobRequest {
         var request = JobRequest(kind: .convert, source: try roots.existing(try fields.string("path"), field: "path"),
                                  destination: "")
-        request.sourceFormat = try fields.optionalString("source_format")
-        if let format = request.sourceFormat, !engine.isReadableFormat(format) {
-            throw .badRequest("\"source_format\" \"\(format)\" is not a format this service reads", field: "source_format")
-        }
-        request.references = try fields.choice("references", ["same-dir", "none"]) ?? "same-dir"
-        request.parents = try fields.strings("parents", limit: 16).enumerated().map { index, path throws(Problem) in
-            try roots.existing(path, field: "parents[\(index)]")
-        }
-        request.untrusted = try fields.bool("untrusted", default: false)
-        request.configuration = try fields.optionalString("configuration")
+        try request.readSourceOptions(fields, roots: roots, engine: engine)
         guard RootSet.fileType(request.source) == S_IFREG else {
             throw .badRequest("\(request.source) is not a regular file", field: "path")
         }

@@ -112,13 +112,7 @@ struct JobRequest: Sendable {
         }
         request.preallocation = try all.choice("preallocation", ["off", "falloc", "full"])
         request.force = try all.bool("force", default: false)
-        request.sourceFormat = try all.optionalString("source_format")
-        request.references = try all.choice("references", ["same-dir", "none"]) ?? "same-dir"
-        request.parents = try all.strings("parents", limit: 16).enumerated().map { index, path throws(Problem) in
-            try roots.existing(path, field: "parents[\(index)]")
-        }
-        request.untrusted = try all.bool("untrusted", default: false)
-        request.configuration = try all.optionalString("configuration")
+        try request.readSourceOptions(all, roots: roots, engine: engine)
         request.diskBus = try all.choice("disk_bus", engine.diskBuses)
         request.nicModel = try all.choice("nic_model", engine.nicModels)
         request.verifyManifest = try all.bool("verify_manifest", default: true)
@@ -127,10 +121,6 @@ struct JobRequest: Sendable {
         request.resume = try all.bool("resume", default: false)
         if let identity = try all.optionalString("identity") {
             request.identity = try roots.existing(identity, field: "identity")
-        }
-        if let format = request.sourceFormat, !engine.isReadableFormat(format) {
-            throw .badRequest("\"source_format\" \"\(format)\" is not a format this service reads (see GET /api/v1/formats)",
-                              field: "source_format")
         }
         let secrets = JobSecrets(password: try all.optionalString("password"), passphrase: try all.optionalString("passphrase"))
 
@@ -157,6 +147,22 @@ struct JobRequest: Sendable {
             }
         }
         return (request, secrets)
+    }
+
+    /// Reads how the source is opened: `source_format`, `references`, `parents` (inside the roots), `untrusted`,
+    /// `configuration` (shared by jobs, `inspect` and `measure`).
+    mutating func readSourceOptions(_ fields: RequestFields, roots: RootSet, engine: LibraryEngine) throws(Problem) {
+        sourceFormat = try fields.optionalString("source_format")
+        if let format = sourceFormat, !engine.isReadableFormat(format) {
+            throw .badRequest("\"source_format\" \"\(format)\" is not a format this service reads (see GET /api/v1/formats)",
+                              field: "source_format")
+        }
+        references = try fields.choice("references", ["same-dir", "none"]) ?? "same-dir"
+        parents = try fields.strings("parents", limit: 16).enumerated().map { index, path throws(Problem) in
+            try roots.existing(path, field: "parents[\(index)]")
+        }
+        untrusted = try fields.bool("untrusted", default: false)
+        configuration = try fields.optionalString("configuration")
     }
 
     /// The request as stored and shown: every field that applies to the kind, no secret.
