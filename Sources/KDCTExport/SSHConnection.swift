@@ -178,13 +178,7 @@ public final class SSHConnection {
             try Self.preferHostKeyTypes(recordedTypes, session: session)
             Self.preferCiphers(session: session)
             let rc = try driver.call("SSH handshake with \(endpoint.displayName)") { libssh2_session_handshake(session, socket) }
-            guard rc == 0 else {
-                let hint = rc == LIBSSH2_ERROR_KEX_FAILURE
-                    ? "; no algorithm in common: libssh2 \(String(cString: libssh2_version(0))) needs an Ed25519 or ECDSA host key (its RSA host keys use SHA-1, which OpenSSH 8.8+ refuses)"
-                    : ""
-                throw KDCTError(.io, "SSH handshake failed: \(SSHLibrary.lastErrorMessage(session)) (libssh2 error \(rc))\(hint)",
-                                file: endpoint.displayName)
-            }
+            try Self.checkHandshake(rc, session: session, endpoint: endpoint)
             let key = try Self.presentedKey(session: session, endpoint: endpoint)
             var notes: [String] = []
             if knownHosts.skippedLines > 0 {
@@ -398,9 +392,21 @@ public final class SSHConnection {
         throw KDCTError(.io, "cannot connect to \(host) port \(port)", errno: lastErrno)
     }
 
+    /// Turns libssh2's handshake result into an error naming the host and, for a key exchange failure, the likely
+    /// reason.
+    static func checkHandshake(_ rc: Int32, session: OpaquePointer, endpoint: SSHEndpoint) throws {
+        guard rc == 0 else {
+            let hint = rc == LIBSSH2_ERROR_KEX_FAILURE
+                ? "; no algorithm in common: libssh2 \(String(cString: libssh2_version(0))) needs an Ed25519 or ECDSA host key (its RSA host keys use SHA-1, which OpenSSH 8.8+ refuses)"
+                : ""
+            throw KDCTError(.io, "SSH handshake failed: \(SSHLibrary.lastErrorMessage(session)) (libssh2 error \(rc))\(hint)",
+                            file: endpoint.displayName)
+        }
+    }
+
     /// Puts the host key algorithms of keys already recorded for this host first (as OpenSSH does), so a host
     /// with several keys presents the one known_hosts can vouch for.
-    private static func preferHostKeyTypes(_ recorded: [HostKeyType], session: OpaquePointer) throws {
+    static func preferHostKeyTypes(_ recorded: [HostKeyType], session: OpaquePointer) throws {
         let supported = Set(supportedAlgorithms(session: session, method: LIBSSH2_METHOD_HOSTKEY))
         guard !supported.isEmpty else { return }
         var order: [String] = []
@@ -434,7 +440,7 @@ public final class SSHConnection {
         return (0..<Int(count)).compactMap { list[$0].map { String(cString: $0) } }
     }
 
-    private static func presentedKey(session: OpaquePointer, endpoint: SSHEndpoint) throws -> HostKey {
+    static func presentedKey(session: OpaquePointer, endpoint: SSHEndpoint) throws -> HostKey {
         var length = 0
         var type: Int32 = 0
         guard let raw = libssh2_session_hostkey(session, &length, &type), length > 0 else {
@@ -451,29 +457,27 @@ public final class SSHConnection {
     /// Checks `key` against known_hosts: a match passes; a different key of the same type, a key of a type other
     /// than the recorded ones, or a revoked key is refused; an unknown host is refused unless `acceptNewHostKey`,
     /// which records it. Returns true when the key was recorded.
-    private static func verify(_ key: HostKey, endpoint: SSHEndpoint, knownHosts: KnownHostsFile,
+    static func verify(_ key: HostKey, endpoint: SSHEndpoint, knownHosts: KnownHostsFile,
                                recordedTypes: [HostKeyType], options: SSHConnectionOptions) throws -> Bool {
         let name = endpoint.knownHostsName
         let file = knownHosts.path
         let removal = "if the host was really reinstalled, remove the old entry with: ssh-keygen -R '\(name)' -f '\(file)'"
-        if knownHosts.isRevoked(key) {
+        switch knownHosts.status(of: key, name: name, recordedTypes: recordedTypes) {
+        case .revoked:
             throw KDCTError(.hostKeyRefused, "the \(key.type.name) host key \(key.fingerprint) of \(name) is marked @revoked in \(file); not connecting",
                             file: endpoint.displayName)
-        }
-        switch knownHosts.lookup(name: name, key: key) {
-        case .match:
+        case .known:
             return false
-        case .mismatch:
+        case .changed where recordedTypes.contains(key.type):
             throw KDCTError(.hostKeyRefused,
                             "HOST KEY CHANGED: \(name) presented the \(key.type.name) key \(key.fingerprint), which differs from the \(key.type.name) key recorded in \(file). Someone could be intercepting the connection; nothing was sent. \(removal)",
                             file: endpoint.displayName)
-        case .notFound:
-            if !recordedTypes.isEmpty {
-                let types = recordedTypes.map(\.name).joined(separator: ", ")
-                throw KDCTError(.hostKeyRefused,
-                                "HOST KEY CHANGED: \(name) presented a \(key.type.name) key (\(key.fingerprint)) but \(file) records only \(types) keys for it; treated as a changed key, nothing was sent. \(removal)",
-                                file: endpoint.displayName)
-            }
+        case .changed:
+            let types = recordedTypes.map(\.name).joined(separator: ", ")
+            throw KDCTError(.hostKeyRefused,
+                            "HOST KEY CHANGED: \(name) presented a \(key.type.name) key (\(key.fingerprint)) but \(file) records only \(types) keys for it; treated as a changed key, nothing was sent. \(removal)",
+                            file: endpoint.displayName)
+        case .unknown:
             guard options.acceptNewHostKey else {
                 throw KDCTError(.hostKeyRefused,
                                 "unknown host \(name): its \(key.type.name) key fingerprint is \(key.fingerprint). Compare it with `ssh-keygen -lf /etc/ssh/ssh_host_\(Self.keyFileStem(key.type))_key.pub` run on the host, then rerun with --accept-new-host-key to record it in \(file)",

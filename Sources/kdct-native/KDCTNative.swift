@@ -12,7 +12,7 @@ struct KDCTNative: ParsableCommand {
         abstract: "Convert VirtualBox, VMware and Hyper-V disks for KVM, without qemu.",
         version: "kdct-native version \(kdctVersion)",
         subcommands: [Info.self, Convert.self, Measure.self, Map.self, Compare.self, Check.self, Checksum.self,
-                      Formats.self, Export.self]
+                      Formats.self, Export.self, Serve.self]
     )
 
     /// Parses, runs, and maps every failure to one stderr line and an exit status (1, or the command's own).
