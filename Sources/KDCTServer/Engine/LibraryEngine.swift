@@ -169,7 +169,6 @@ struct LibraryEngine: Sendable {
     /// `fully-allocated`; for an appliance, summed over its disks).
     func measure(_ request: JobRequest, roots: RootSet) throws -> (required: UInt64, fullyAllocated: UInt64, virtualSize: UInt64) {
         let format: ImageFormat = request.outputFormat == "qcow2" ? .qcow2 : .raw
-        let clusterSize = UInt64(request.clusterSize ?? 65536)
         var devices: [any BlockDevice] = []
         if isAppliance(request.source) {
             let appliance = try Appliance(path: request.source, options: applianceOptions(request))
@@ -179,16 +178,11 @@ struct LibraryEngine: Sendable {
             try checkReadsInsideRoots(device.info, roots: roots, destination: nil)
             devices = [device]
         }
+        var options = MeasureOptions(format: format)
+        options.clusterSize = request.clusterSize ?? options.clusterSize
         var total = (required: UInt64(0), fullyAllocated: UInt64(0), virtualSize: UInt64(0))
         for device in devices {
-            var allocated: [(UInt64, UInt64)] = []
-            if format == .qcow2 {
-                try device.forEachExtent(to: device.virtualSize) { extent in
-                    if extent.status == .data { allocated.append((extent.offset, extent.length)) }
-                }
-            }
-            let space = SpaceEstimate.measure(virtualSize: device.virtualSize, dataRanges: allocated,
-                                              qcow2ClusterSize: format == .qcow2 ? clusterSize : nil)
+            let space = try SpaceEstimate.measure(device, options: options)
             total.required += space.required
             total.fullyAllocated += space.fullyAllocated
             total.virtualSize += device.virtualSize
