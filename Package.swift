@@ -79,10 +79,11 @@ let package = Package(
             ],
             path: "Sources/kdct-native"
         ),
-        // Shared test helpers: temp dirs, qemu-img oracle, deterministic pattern, corpus loader, CLI runner, appliances.
+        // Shared test helpers: temp dirs, qemu-img oracle, deterministic pattern, corpus loader, CLI runner, appliances,
+        // a private sshd.
         .target(
             name: "KDCTTestSupport",
-            dependencies: ["KDCTFormats", "KDCTAppliance"],
+            dependencies: ["KDCTFormats", "KDCTAppliance", "KDCTExport"],
             path: "Tests/KDCTTestSupport"
         ),
         .testTarget(

@@ -119,15 +119,6 @@ func number(_ key: String, in line: String) -> Double? {
 }
 
 extension TestSSHServer {
-    /// Stops (SIGSTOP) or continues (SIGCONT) every process this sshd started: the per-connection sshd
-    /// processes and their sftp-servers, as a host that hangs mid-transfer would. The listener keeps running.
-    func pauseSessions(_ paused: Bool) {
-        for pid in Self.descendants(of: listenerPID) { kill(pid, paused ? SIGSTOP : SIGCONT) }
-    }
-
-    /// Stops or continues the listener itself (new connections then hang before the SSH banner).
-    func pauseListener(_ paused: Bool) { kill(listenerPID, paused ? SIGSTOP : SIGCONT) }
-
     /// The files in the writable directory, dot files included, sorted.
     func remoteFiles() -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: remoteDirectory)) ?? []).sorted()

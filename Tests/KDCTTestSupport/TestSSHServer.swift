@@ -1,7 +1,6 @@
 import Foundation
 import KDCTExport
 import KDCTFormats
-import KDCTTestSupport
 import Testing
 
 /// A private OpenSSH server for one test: `/usr/sbin/sshd -D` on 127.0.0.1 and a free port, with its own host key,
@@ -11,11 +10,11 @@ import Testing
 /// account with a password. Root's own password is never touched; the tests create the account `kdct-export-test`
 /// (useradd) with a random password kept in `.build/` (so concurrent test processes agree on it). That server
 /// only accepts this user, only on 127.0.0.1, only while the test runs.
-final class TestSSHServer: @unchecked Sendable {
-    static let user = "kdct-export-test"
+public final class TestSSHServer: @unchecked Sendable {
+    public static let user = "kdct-export-test"
 
     /// The account's password, or the reason the account could not be set up.
-    static let account: Result<String, any Error> = Result {
+    public static let account: Result<String, any Error> = Result {
         guard getuid() == 0 else {
             throw KDCTError(.unsupported, "the export tests must run as root: they create a test user and start sshd")
         }
@@ -39,25 +38,25 @@ final class TestSSHServer: @unchecked Sendable {
         return password
     }
 
-    let directory: TemporaryDirectory
-    let port: Int
+    public let directory: TemporaryDirectory
+    public let port: Int
     /// The server's host key (private) and its `.pub`.
-    let hostKey: String
+    public let hostKey: String
     /// An authorized client key without passphrase.
-    let clientKey: String
+    public let clientKey: String
     /// An authorized client key protected by `clientKeyPassphrase`.
-    let encryptedClientKey: String
-    let clientKeyPassphrase = "correct horse battery staple"
+    public let encryptedClientKey: String
+    public let clientKeyPassphrase = "correct horse battery staple"
     /// A directory on the "host" the test user may write to.
-    let remoteDirectory: String
+    public let remoteDirectory: String
     /// The test user's password.
-    let password: String
+    public let password: String
     private let process: SpawnedProcess
 
     /// Starts a server. `passwordAuthentication` enables passwords; `sftp` false leaves out the SFTP subsystem;
     /// `sftpServerArguments` are given to sftp-server (e.g. `-P posix-rename@openssh.com` to refuse a request);
     /// `extraConfig` is appended to sshd_config.
-    init(passwordAuthentication: Bool = false, sftp: Bool = true, sftpServerArguments: String = "",
+    public init(passwordAuthentication: Bool = false, sftp: Bool = true, sftpServerArguments: String = "",
          extraConfig: String = "") throws {
         password = try Self.account.get()
         directory = try TemporaryDirectory("kdct-sshd")
@@ -124,30 +123,39 @@ final class TestSSHServer: @unchecked Sendable {
         process.terminate()
     }
 
+    /// Stops (SIGSTOP) or continues (SIGCONT) every process this sshd started: the per-connection sshd
+    /// processes and their sftp-servers, as a host that hangs mid-transfer would. The listener keeps running.
+    public func pauseSessions(_ paused: Bool) {
+        for pid in Self.descendants(of: listenerPID) { kill(pid, paused ? SIGSTOP : SIGCONT) }
+    }
+
+    /// Stops or continues the listener itself (new connections then hang before the SSH banner).
+    public func pauseListener(_ paused: Bool) { kill(listenerPID, paused ? SIGSTOP : SIGCONT) }
+
     /// The listening sshd's process id.
-    var listenerPID: pid_t { process.pid }
+    public var listenerPID: pid_t { process.pid }
 
     /// The endpoint of the test user on this server.
-    var endpoint: SSHEndpoint { SSHEndpoint(user: Self.user, host: "127.0.0.1", port: port) }
+    public var endpoint: SSHEndpoint { SSHEndpoint(user: Self.user, host: "127.0.0.1", port: port) }
 
     /// `remoteDirectory/name` as a remote location.
-    func location(_ name: String) -> RemoteLocation {
+    public func location(_ name: String) -> RemoteLocation {
         RemoteLocation(endpoint: endpoint, path: remoteDirectory + "/" + name)
     }
 
     /// The host key's public line (`ssh-ed25519 AAAA... comment`).
-    var hostPublicKey: String {
+    public var hostPublicKey: String {
         (try? String(contentsOfFile: hostKey + ".pub", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
     }
 
     /// `ssh-keygen -l`'s SHA-256 fingerprint of the host key (the oracle for ours).
-    func hostKeyFingerprint() throws -> String {
+    public func hostKeyFingerprint() throws -> String {
         let listed = try runProcess(["ssh-keygen", "-l", "-E", "sha256", "-f", hostKey + ".pub"])
         return listed.stdout.split(separator: " ").dropFirst().first.map(String.init) ?? ""
     }
 
     /// Writes a known_hosts file trusting this server (`[127.0.0.1]:port ssh-ed25519 ...`); returns its path.
-    func writeKnownHosts(_ name: String = "known_hosts") throws -> String {
+    public func writeKnownHosts(_ name: String = "known_hosts") throws -> String {
         let path = directory.file(name)
         try "[127.0.0.1]:\(port) \(hostPublicKey)\n".write(toFile: path, atomically: true, encoding: .utf8)
         return path
@@ -155,7 +163,7 @@ final class TestSSHServer: @unchecked Sendable {
 
     /// Options that trust this server and log in with `clientKey` (no agent, no default identities, nothing
     /// from the test runner's own ~/.ssh).
-    func options(knownHosts: String? = nil, identity: Bool = true) throws -> SSHConnectionOptions {
+    public func options(knownHosts: String? = nil, identity: Bool = true) throws -> SSHConnectionOptions {
         var options = SSHConnectionOptions()
         options.knownHostsFile = try knownHosts ?? writeKnownHosts()
         options.identityFiles = identity ? [clientKey] : []
@@ -167,12 +175,12 @@ final class TestSSHServer: @unchecked Sendable {
 
     /// SIGKILLs every process this sshd started (the per-connection sshd processes and their sftp-servers),
     /// which drops every connection at once; the listener itself keeps running.
-    func killSessions() {
+    public func killSessions() {
         for pid in Self.descendants(of: process.pid) { kill(pid, SIGKILL) }
     }
 
     /// The process ids below `root`, from /proc/*/stat.
-    static func descendants(of root: Int32) -> [Int32] {
+    public static func descendants(of root: Int32) -> [Int32] {
         var children: [Int32: [Int32]] = [:]
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         for entry in entries {
@@ -230,12 +238,12 @@ final class TestSSHServer: @unchecked Sendable {
 }
 
 /// An ssh-agent of our own (`ssh-agent -D -a SOCKET`) holding the given keys.
-final class TestSSHAgent: @unchecked Sendable {
-    let socketPath: String
+public final class TestSSHAgent: @unchecked Sendable {
+    public let socketPath: String
     private let process: SpawnedProcess
     private let directory: TemporaryDirectory
 
-    init(keys: [String]) throws {
+    public init(keys: [String]) throws {
         directory = try TemporaryDirectory("kdct-agent")
         socketPath = directory.file("agent.sock")
         process = try SpawnedProcess(["/usr/bin/ssh-agent", "-D", "-a", socketPath])
@@ -252,12 +260,12 @@ final class TestSSHAgent: @unchecked Sendable {
 /// A long-running helper (sshd, ssh-agent) started with posix_spawn. Foundation's `Process` cannot be used for
 /// these: it learns that a child ended when a socket it passed to the child closes, and sshd and ssh-agent close
 /// every inherited descriptor at startup, so `Process` would block waiting for them.
-final class SpawnedProcess: @unchecked Sendable {
-    let pid: pid_t
+public final class SpawnedProcess: @unchecked Sendable {
+    public let pid: pid_t
     private var reaped = false
 
     /// Starts `arguments[0]` (an absolute path) with stdin, stdout and stderr on /dev/null.
-    init(_ arguments: [String]) throws {
+    public init(_ arguments: [String]) throws {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -270,7 +278,7 @@ final class SpawnedProcess: @unchecked Sendable {
     /// posix_spawn with nothing blocked and default signal handlers. Test threads block signals, and a spawned
     /// program inherits the mask: ssh-agent would then never see SIGTERM, kdct-native never SIGINT.
     /// `environment` nil keeps this process's.
-    static func spawn(_ arguments: [String], actions: inout posix_spawn_file_actions_t,
+    public static func spawn(_ arguments: [String], actions: inout posix_spawn_file_actions_t,
                       environment: [String: String]?) throws -> pid_t {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -296,7 +304,7 @@ final class SpawnedProcess: @unchecked Sendable {
     }
 
     /// True until the process has exited.
-    var isRunning: Bool {
+    public var isRunning: Bool {
         guard !reaped else { return false }
         var status: Int32 = 0
         if waitpid(pid, &status, WNOHANG) == pid { reaped = true }
@@ -304,7 +312,7 @@ final class SpawnedProcess: @unchecked Sendable {
     }
 
     /// SIGTERM, then waits for it (SIGKILL after five seconds).
-    func terminate() {
+    public func terminate() {
         guard !reaped else { return }
         kill(pid, SIGTERM)
         var status: Int32 = 0
@@ -319,14 +327,14 @@ final class SpawnedProcess: @unchecked Sendable {
 }
 
 /// SHA-256 of a file, by `sha256sum` (the oracle).
-func fileSHA256(_ path: String) throws -> String {
+public func fileSHA256(_ path: String) throws -> String {
     let result = try runProcess(["sha256sum", path])
     return String(result.stdout.prefix(64))
 }
 
 /// Writes `size` bytes of deterministic pseudo-random data to `path`: the AES-128-CTR keystream of a key made
 /// from `seed` (openssl, fast even for hundreds of MiB in a debug build).
-func writeRandomFile(_ path: String, size: Int, seed: UInt64 = 1) throws {
+public func writeRandomFile(_ path: String, size: Int, seed: UInt64 = 1) throws {
     let key = String(format: "%032llx", seed &* 0x9E37_79B9_7F4A_7C15)
     let made = try runProcess(["sh", "-c", "head -c \(size) /dev/zero | openssl enc -aes-128-ctr -nosalt -K \(key) -iv 0 > \"$0\"", path])
     guard made.status == 0 else { throw KDCTError(.io, "making random data failed: \(made.stderr)") }
