@@ -8,7 +8,8 @@ import Testing
 ///
 /// The tests run as root (here and in CI): sshd needs root to log a user in, and the password test needs an
 /// account with a password. Root's own password is never touched; the tests create the account `kdct-export-test`
-/// (useradd) with a random password kept in `.build/` (so concurrent test processes agree on it). That server
+/// (useradd) with a random password kept in `/var/tmp/kdct-export-test.password`, one per machine, so that
+/// concurrent test processes, of this checkout or of another, agree on it. That server
 /// only accepts this user, only on 127.0.0.1, only while the test runs.
 public final class TestSSHServer: @unchecked Sendable {
     public static let user = "kdct-export-test"
@@ -22,15 +23,24 @@ public final class TestSSHServer: @unchecked Sendable {
             let created = try runProcess(["useradd", "-m", "-s", "/bin/sh", user])
             guard created.status == 0 else { throw KDCTError(.io, "useradd failed: \(created.stderr)") }
         }
-        let passwordFile = packageRoot.appendingPathComponent(".build/kdct-export-test.password").path
-        var password = (try? String(contentsOfFile: passwordFile, encoding: .utf8))?
-            .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        let passwordFile = "/var/tmp/kdct-export-test.password"
+        func recorded() -> String {
+            ((try? String(contentsOfFile: passwordFile, encoding: .utf8)) ?? "")
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        var password = recorded()
         if password.isEmpty {
-            password = "kdct-" + UUID().uuidString
-            guard FileManager.default.createFile(atPath: passwordFile, contents: Data(password.utf8),
+            // Written whole under a private name, then linked into place: of two processes racing here, the
+            // second link fails and that process takes the first one's password.
+            let candidate = "kdct-" + UUID().uuidString
+            let staged = passwordFile + ".\(getpid())"
+            guard FileManager.default.createFile(atPath: staged, contents: Data(candidate.utf8),
                                                  attributes: [.posixPermissions: 0o600]) else {
-                throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: passwordFile])
+                throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: staged])
             }
+            defer { unlink(staged) }
+            password = link(staged, passwordFile) == 0 ? candidate : recorded()
+            guard !password.isEmpty else { throw KDCTError(.io, "cannot record the test password", file: passwordFile) }
         }
         let changed = try runProcess(["chpasswd"], stdin: Data("\(user):\(password)\n".utf8))
         guard changed.status == 0 else { throw KDCTError(.io, "chpasswd failed: \(changed.stderr)") }
