@@ -149,7 +149,9 @@ public enum ImageCreator {
         switch options.preallocation {
         case .falloc: try target.allocate(offset: 0, length: size)
         case .full: try target.writeZeros(offset: 0, length: size)
-        case .off, .metadata: break
+        // As qemu-img (file-posix's allocate_first_block): the first 4 KiB written as zeros, so tools probing the
+        // file's alignment find a block.
+        case .off, .metadata: try target.writeZeros(offset: 0, length: min(size, 4096))
         }
         return CreatedImage(virtualSize: size, fileLength: size, layoutMatchesQemu: true)
     }

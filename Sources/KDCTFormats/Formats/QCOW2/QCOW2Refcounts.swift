@@ -185,12 +185,24 @@ struct QCOW2RefcountEditor {
         table.tableClusters = clusters
     }
 
-    /// Writes every block changed since the last call, those in `only` (by block index) or all when nil.
+    /// Writes every block changed since the last call, those in `only` (by block index) or all when nil; blocks
+    /// adjacent in the file go out in one write.
     mutating func writeChangedBlocks(only: Set<Int>? = nil) throws {
-        for index in changed.sorted() where only?.contains(index) ?? true {
-            guard let offset = table.blockOffset(index), let bytes = blocks[index] else { continue }
-            try bytes.withUnsafeBytes { try file.write($0, at: offset) }
-            changed.remove(index)
+        var pending: [(offset: UInt64, index: Int)] = []
+        for index in changed where only?.contains(index) ?? true {
+            if let offset = table.blockOffset(index), blocks[index] != nil { pending.append((offset, index)) }
+        }
+        pending.sort { $0.offset < $1.offset }
+        var start = 0
+        while start < pending.count {
+            var end = start + 1
+            while end < pending.count, pending[end].offset == pending[end - 1].offset + table.clusterSize { end += 1 }
+            var run: [UInt8] = []
+            run.reserveCapacity((end - start) * Int(table.clusterSize))
+            for item in pending[start..<end] { run += blocks[item.index] ?? [] }
+            try run.withUnsafeBytes { try file.write($0, at: pending[start].offset) }
+            for item in pending[start..<end] { changed.remove(item.index) }
+            start = end
         }
     }
 

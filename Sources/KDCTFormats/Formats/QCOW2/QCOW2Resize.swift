@@ -7,8 +7,9 @@
 /// - new L2 tables and data clusters (with preallocation), a larger L1 table when the old one cannot map the new
 ///   size, refcount blocks for the new clusters, and a larger refcount table when the old one cannot name them;
 ///   written and flushed first;
-/// - refcounts of the new clusters in the existing refcount blocks, then the refcount table's new entries (or the
-///   header's switch to the new table): until then the new clusters are free space, after it leaks;
+/// - refcounts of the new clusters in the existing refcount blocks, then the new refcount blocks: named by the header's
+///   switch to a new refcount table (one write), or entered in the table in place one by one, each after the block
+///   counting it, so no block shows without its refcount: until then the new clusters are free space, after it leaks;
 /// - L2 entries of preallocated clusters written into existing L2 tables (past the old end, so never read yet);
 /// - the header's size, `l1_size` and `l1_table_offset`: one 24-byte write inside the first sector (bytes 24-47),
 ///   the switch to the new state;
@@ -181,11 +182,19 @@ struct QCOW2Resize {
             let missing = (plan.first / perBlock...((end - 1) / perBlock)).filter { refcounts.table.blockOffset(Int($0)) == nil }
             let entries = (end - 1) / perBlock + 1
             let neededTable = entries > tableCapacity ? (entries * 8 + clusterSize - 1) / clusterSize : 0
-            if UInt64(missing.count) == blockCount && neededTable == tableClusters {
+            var table = neededTable
+            if table == 0 && !missing.isEmpty {
+                // Blocks that cannot be named one by one, each after the one counting it, come with a new table.
+                let placed = missing.enumerated().map { (Int($0.element), cursor + UInt64($0.offset)) }
+                if visibilityOrder(of: placed) == nil {
+                    table = (max(entries, tableCapacity) * 8 + clusterSize - 1) / clusterSize
+                }
+            }
+            if UInt64(missing.count) == blockCount && table == tableClusters {
                 for (i, index) in missing.enumerated() { plan.blocks.append((Int(index), cursor + UInt64(i))) }
                 break
             }
-            (blockCount, tableClusters) = (UInt64(missing.count), neededTable)
+            (blockCount, tableClusters) = (UInt64(missing.count), table)
         }
         cursor += blockCount
         if tableClusters > 0 {
@@ -248,8 +257,11 @@ struct QCOW2Resize {
         try file.sync()
     }
 
-    /// Makes the appended clusters counted: the existing blocks' refcounts for them, then the refcount table's
-    /// entries for the new blocks (in place, or the header's switch to the new table). Flushed after each step.
+    /// Makes the appended clusters counted: the existing blocks' refcounts for them, then the new blocks: the
+    /// header's switch to the new refcount table naming them all (one 12-byte write of `refcount_table_offset` and
+    /// `refcount_table_clusters`), or, in the table in place, one entry at a time (an 8-byte write each, flushed),
+    /// each block only once the block counting its own cluster is named (itself, or one named before), so no block
+    /// is ever visible without its refcount. Flushed after each step.
     private mutating func commitRefcounts(_ plan: GrowthPlan) throws {
         try refcounts.writeChangedBlocks()
         try file.sync()
@@ -258,14 +270,42 @@ struct QCOW2Resize {
             fields.u64be(tableCluster * clusterSize, at: 0)
             fields.u32be(UInt32(plan.tableClusters), at: 8)
             try fields.bytes.withUnsafeBytes { try file.write($0, at: 48) }
-        } else {
-            for block in plan.blocks {
-                var entry = ByteWriter(count: 8)
-                entry.u64be(block.cluster * clusterSize, at: 0)
-                try entry.bytes.withUnsafeBytes { try file.write($0, at: header.refcountTableOffset + UInt64(block.index) * 8) }
-            }
+            try file.sync()
+            return
         }
-        try file.sync()
+        guard let order = visibilityOrder(of: plan.blocks) else {
+            throw KDCTError.corrupt("the new refcount blocks cannot be named one by one (planned with a new table)",
+                                    file: path, field: "refcount table")
+        }
+        for block in order {
+            var entry = ByteWriter(count: 8)
+            entry.u64be(block.cluster * clusterSize, at: 0)
+            try entry.bytes.withUnsafeBytes { try file.write($0, at: header.refcountTableOffset + UInt64(block.index) * 8) }
+            try file.sync()
+        }
+    }
+
+    /// An order in which the new refcount `blocks` can be named in the table one by one, each after the block
+    /// counting its own cluster (itself, an existing block, or one named before); nil when there is none (then the
+    /// table is moved instead).
+    private func visibilityOrder(of blocks: [(index: Int, cluster: UInt64)]) -> [(index: Int, cluster: UInt64)]? {
+        let perBlock = refcounts.table.refcountsPerBlock
+        let newIndexes = Set(blocks.map(\.index))
+        var named = Set(refcounts.table.entries.indices.filter {
+            refcounts.table.blockOffset($0) != nil && !newIndexes.contains($0)
+        })
+        var pending = blocks
+        var order: [(index: Int, cluster: UInt64)] = []
+        while !pending.isEmpty {
+            guard let next = pending.firstIndex(where: { block in
+                let counter = Int(block.cluster / perBlock)
+                return counter == block.index || named.contains(counter)
+            }) else { return nil }
+            let block = pending.remove(at: next)
+            order.append(block)
+            named.insert(block.index)
+        }
+        return order
     }
 
     /// The L2 entries of preallocated clusters that go into existing L2 tables (all past the old end); and, when the
