@@ -56,10 +56,7 @@ struct Create: ParsableCommand {
             case (.qcow2, "cluster_size"):
                 options.clusterSize = try OptionList.clusterSize(value)
             case (_, "preallocation"):
-                guard let mode = MeasureOptions.Preallocation(rawValue: value) else {
-                    throw ValidationError("preallocation must be off, metadata, falloc or full")
-                }
-                options.preallocation = mode
+                options.preallocation = try OptionList.preallocation(value)
             case (.qcow2, "compression_type"):
                 guard let type = CompressionType(rawValue: value == "zlib" ? "deflate" : value) else {
                     throw ValidationError("compression_type must be zlib or zstd")

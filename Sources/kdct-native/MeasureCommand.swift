@@ -50,9 +50,7 @@ struct Measure: ParsableCommand {
             case (.qcow2, "cluster_size"):
                 options.clusterSize = try OptionList.clusterSize(value)
             case (_, "preallocation"):
-                guard let mode = MeasureOptions.Preallocation(rawValue: value) else {
-                    throw ValidationError("preallocation must be off, metadata, falloc or full")
-                }
+                let mode = try OptionList.preallocation(value)
                 if format == .raw && mode == .metadata { throw ValidationError("raw has no metadata to preallocate") }
                 options.preallocation = mode
             case (.qcow2, "refcount_bits"):

@@ -69,6 +69,14 @@ enum OptionList {
         }
     }
 
+    /// A `preallocation=` value.
+    static func preallocation(_ text: String) throws -> MeasureOptions.Preallocation {
+        guard let mode = MeasureOptions.Preallocation(rawValue: text) else {
+            throw ValidationError("preallocation must be off, metadata, falloc or full")
+        }
+        return mode
+    }
+
     /// A `cluster_size=` value in bytes.
     static func clusterSize(_ text: String) throws -> Int {
         guard let size = SizeArgument.parse(text), size <= 1 << 30 else {

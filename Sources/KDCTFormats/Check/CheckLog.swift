@@ -120,8 +120,11 @@ struct HostRanges {
 /// What a file range of a two-level image holds, packed into a `HostRanges` label: the header, the first-level
 /// table (L1 table, grain directory), one second-level table or one allocation unit (cluster, grain).
 enum TableRangeLabel {
+    /// The header; the first-level table.
     case header, directory
+    /// Second-level table number N.
     case table(Int)
+    /// Allocation unit (guest cluster or grain) number N.
     case unit(UInt64)
 
     /// The label's packed value.

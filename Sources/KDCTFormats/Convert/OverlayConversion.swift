@@ -35,17 +35,8 @@ struct OverlayPlan {
 
     /// Opens `overlay`'s backing file for the output `destination` and decides how `source` is written over it.
     static func prepare(source: any BlockDevice, destination: String, overlay: BackingOverlay) throws -> OverlayPlan {
-        var openOptions = overlay.openOptions
-        openOptions.format = overlay.backingFormat
-        openOptions.snapshot = nil
-        let resolved = try ReferenceResolver.resolve(overlay.backingFile, kind: .backingFile, relativeTo: destination,
-                                                     policy: openOptions.effectiveReferencePolicy)
-        let backing: any BlockDevice
-        do {
-            backing = try ImageOpener.open(resolved, options: openOptions)
-        } catch let error as KDCTError {
-            throw error.referred(by: destination, as: .backingFile)
-        }
+        let (backing, resolved) = try ImageOpener.openBacking(overlay.backingFile, format: overlay.backingFormat,
+                                                              forImage: destination, options: overlay.openOptions)
         let identity = FilePaths.status(resolved, followingLinks: true)?.identity
         let layers = [source.info] + source.info.backingChain
         let depth = layers.firstIndex { FilePaths.status($0.filename, followingLinks: true)?.identity == identity }

@@ -101,6 +101,23 @@ public enum ImageOpener {
         try open(file: file, context: OpenContext(options: options, depth: 0, visited: [file.identity]))
     }
 
+    /// Opens the backing file `name` that the image at `imagePath` names (or will name: `create -b`, `convert -B`),
+    /// as the chain opens it: relative to the image's directory, under `options`' reference policy, as `format`
+    /// when given (checked against the content). Errors note the image naming it.
+    static func openBacking(_ name: String, format: ImageFormat?, forImage imagePath: String,
+                            options: OpenOptions) throws -> (device: any BlockDevice, path: String) {
+        var options = options
+        options.format = format
+        options.snapshot = nil
+        let resolved = try ReferenceResolver.resolve(name, kind: .backingFile, relativeTo: imagePath,
+                                                     policy: options.effectiveReferencePolicy)
+        do {
+            return (try open(resolved, options: options), resolved)
+        } catch let error as KDCTError {
+            throw error.referred(by: imagePath, as: .backingFile)
+        }
+    }
+
     /// True when `format` has a reader (not only recognition).
     public static func canRead(_ format: ImageFormat) -> Bool { FormatRegistry.reader(for: format) != nil }
 

@@ -57,9 +57,10 @@ public enum ImageCreator {
         var backingPath: String?
         var virtualSize = size
         if let backingFile = options.backingFile {
-            let backing = try openBacking(backingFile, for: path, options: options)
-            backingPath = backing.info.filename
-            if virtualSize == nil { virtualSize = backing.virtualSize }
+            let backing = try ImageOpener.openBacking(backingFile, format: options.backingFormat, forImage: path,
+                                                      options: options.backingOpenOptions)
+            backingPath = backing.path
+            if virtualSize == nil { virtualSize = backing.device.virtualSize }
         }
         guard let requested = virtualSize else {
             throw KDCTError(.invalidArgument, "image creation needs a size (or a backing file to take it from)",
@@ -119,21 +120,6 @@ public enum ImageCreator {
         }
         if options.backingFile == nil && options.backingFormat != nil {
             throw KDCTError(.invalidArgument, "a backing format without a backing file", field: "backing_fmt")
-        }
-    }
-
-    /// Opens the backing file named `name` for the new image `path` under the reference policy (the name is
-    /// relative to the new image's directory, as qcow2 stores it), as the declared format.
-    static func openBacking(_ name: String, for path: String, options: CreateOptions) throws -> any BlockDevice {
-        var openOptions = options.backingOpenOptions
-        openOptions.format = options.backingFormat
-        openOptions.snapshot = nil
-        let resolved = try ReferenceResolver.resolve(name, kind: .backingFile, relativeTo: path,
-                                                     policy: openOptions.effectiveReferencePolicy)
-        do {
-            return try ImageOpener.open(resolved, options: openOptions)
-        } catch let error as KDCTError {
-            throw error.referred(by: path, as: .backingFile)
         }
     }
 

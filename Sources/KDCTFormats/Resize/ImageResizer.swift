@@ -27,8 +27,9 @@ public struct ResizeOptions: Sendable {
 public struct ResizeResult: Sendable, Equatable {
     /// The image's format.
     public var format: ImageFormat
-    /// The virtual size before and after.
+    /// The virtual size before.
     public var oldSize: UInt64
+    /// The virtual size after.
     public var newSize: UInt64
 }
 
@@ -152,12 +153,8 @@ public enum ImageResizer {
         if newSize < oldSize { return try resize.shrink(to: newSize) }
         var backingSize: UInt64?
         if let backing = image.backingFileName {
-            var openOptions = options.openOptions
-            openOptions.format = image.header.backingFormat.flatMap { ImageFormat(name: $0) }
-            openOptions.snapshot = nil
-            let resolved = try ReferenceResolver.resolve(backing, kind: .backingFile, relativeTo: path,
-                                                         policy: openOptions.effectiveReferencePolicy)
-            backingSize = try ImageOpener.open(resolved, options: openOptions).virtualSize
+            backingSize = try ImageOpener.openBacking(backing, format: image.header.backingFormat.flatMap { ImageFormat(name: $0) },
+                                                      forImage: path, options: options.openOptions).device.virtualSize
         }
         try resize.grow(to: newSize, preallocation: options.preallocation, backingSize: backingSize)
     }

@@ -110,6 +110,7 @@ public struct SnapshotSelector: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// The selector as messages show it (`"name"`, `id 2, name "x"`).
     public var description: String {
         if let idOrName { return "\"\(idOrName)\"" }
         return [id.map { "id \($0)" }, name.map { "name \"\($0)\"" }].compactMap { $0 }.joined(separator: ", ")
