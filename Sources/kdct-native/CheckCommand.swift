@@ -43,7 +43,6 @@ struct Check: ParsableCommand {
                 print(report.jsonValue.jsonText())
             }
         }
-        if report.checkErrors > 0 { Console.error("kdct-native: Check failed\n") }
         if report.exitStatus != 0 { throw CommandExit(code: report.exitStatus) }
     }
 }

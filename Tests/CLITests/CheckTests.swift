@@ -344,11 +344,13 @@ enum HeldImage {
             try? input.fileHandleForWriting.close()
             process.waitUntilExit()
         }
-        // qemu-io takes its locks when it opens the image; wait until they show.
-        for _ in 0..<100 {
-            if try runProcess(["qemu-img", "info", path]).status != 0 { break }
-            usleep(50_000)
+        // qemu-io takes its locks when it opens the image; wait until they show (a loaded machine may take seconds).
+        var held = false
+        for _ in 0..<600 where !held {
+            held = try runProcess(["qemu-img", "info", path]).status != 0
+            if !held { usleep(100_000) }
         }
+        #expect(held, "qemu-io never took its locks on \(path)")
         try body()
     }
 }

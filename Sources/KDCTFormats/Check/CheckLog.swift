@@ -46,14 +46,6 @@ final class CheckLog: Sendable {
         }
     }
 
-    /// A part of the metadata the check could not read: the check is incomplete.
-    func checkError(_ text: String) {
-        state.withLock { report in
-            report.checkErrors += 1
-            message("ERROR \(text)", &report)
-        }
-    }
-
     /// A remark for the report.
     func note(_ text: String) {
         state.withLock { $0.notes.append(text) }
@@ -76,7 +68,7 @@ final class CheckLog: Sendable {
 protocol CheckableImage {
     /// Walks this layer's metadata (not its backing file's or parent's) and records what is wrong in `log`;
     /// `limits` bound what the walk keeps in memory. Throws only when the walk cannot go on (a read fails, a limit
-    /// is reached): the check is then incomplete.
+    /// is reached): the check cannot complete.
     func check(into log: CheckLog, limits: ImageLimits) throws
 }
 

@@ -12,7 +12,8 @@ public struct ImageCheckReport: Sendable, Equatable {
     public var corruptions: Int = 0
     /// Space referenced by nothing, or counted more often than it is referenced: waste, no harm to data (`leaks`).
     public var leaks: Int = 0
-    /// Parts the check could not read or decode, so it is incomplete (`check-errors`).
+    /// Internal errors during the check (`check-errors`, always printed); a check that cannot complete throws
+    /// instead, so a returned report has 0.
     public var checkErrors: Int = 0
     /// Corruptions repaired (`corruptions-fixed`; KDCT repairs none).
     public var corruptionsFixed: Int = 0

@@ -11,9 +11,9 @@ public enum ImageChecker {
     /// Problem lines kept in a report at most (the counts stay exact).
     public static let maxMessages = 1000
 
-    /// Checks the image at `path`. Throws when the image cannot be opened at all (a header that does not decode, a
-    /// referenced file that cannot be opened): qemu-img check's exit status 1. A walk that stops part way (a read
-    /// error) is reported as a check error in the returned report.
+    /// Checks the image at `path`. Throws when the check cannot complete (a header that does not decode, a
+    /// referenced file that cannot be opened, a table above the limits, a read error): qemu-img check's exit
+    /// status 1, with no report, as qemu-img when it cannot open the image.
     public static func check(_ path: String, options: OpenOptions = OpenOptions()) throws -> ImageCheckReport {
         try ImageOpener.refuseTemporaryOutput(path)
         let file = try ReadOnlyFile(path: path)
@@ -31,7 +31,7 @@ public enum ImageChecker {
         do {
             try image.check(into: log, limits: options.limits)
         } catch let error as KDCTError {
-            log.checkError("the check could not complete: \(error.description)")
+            throw error.inFile(path)
         }
         return log.report
     }
@@ -41,7 +41,7 @@ public enum ImageChecker {
     /// copied to a temporary file beside it (only its data ranges, with `copy_file_range`, so a sparse image stays
     /// sparse and a reflink-capable file system shares the blocks), the refcount blocks are corrected in the copy,
     /// which is flushed and renamed over the image. An image held by another process (a running VM) is refused, and
-    /// nothing is changed when the check finds corruptions or cannot complete. Returns the check of the repaired
+    /// nothing is changed when the check finds corruptions or cannot complete (it throws then). Returns the check of the repaired
     /// image with `leaksFixed` set (or the first check, when nothing was repaired).
     public static func repairLeaks(_ path: String, options: OpenOptions = OpenOptions()) throws -> ImageCheckReport {
         try ImageOpener.refuseTemporaryOutput(path)
@@ -58,14 +58,13 @@ public enum ImageChecker {
         let audit: QCOW2RefcountAudit
         do {
             audit = try image.refcountAudit(log: log, limits: options.limits)
+            try image.check(into: log, limits: options.limits, audit: audit)
         } catch let error as KDCTError {
-            log.checkError("the check could not complete: \(error.description)")
-            return log.report
+            throw error.inFile(path)
         }
-        try image.check(into: log, limits: options.limits, audit: audit)
         let found = log.report
         guard found.leaks > 0 else { return found }
-        guard found.corruptions == 0, found.checkErrors == 0 else {
+        guard found.corruptions == 0 else {
             log.note("the leaks were not repaired: the image has corruptions, and kdct-native repairs only leaks")
             return log.report
         }

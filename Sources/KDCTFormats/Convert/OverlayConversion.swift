@@ -30,8 +30,6 @@ struct OverlayPlan {
     let source: any BlockDevice
     /// The backing file to compare clusters with; nil when it is a layer of the source chain.
     let comparison: (any BlockDevice)?
-    /// The depth of the backing file in the source chain, when it is one of its layers.
-    let layerDepth: Int?
 
     /// Opens `overlay`'s backing file for the output `destination` and decides how `source` is written over it.
     static func prepare(source: any BlockDevice, destination: String, overlay: BackingOverlay) throws -> OverlayPlan {
@@ -41,11 +39,9 @@ struct OverlayPlan {
         let layers = [source.info] + source.info.backingChain
         let depth = layers.firstIndex { FilePaths.status($0.filename, followingLinks: true)?.identity == identity }
         if let depth {
-            return OverlayPlan(source: OverlaySource(source: source, backing: backing, layerDepth: depth),
-                               comparison: nil, layerDepth: depth)
+            return OverlayPlan(source: OverlaySource(source: source, backing: backing, layerDepth: depth), comparison: nil)
         }
-        return OverlayPlan(source: OverlaySource(source: source, backing: backing, layerDepth: nil),
-                           comparison: backing, layerDepth: nil)
+        return OverlayPlan(source: OverlaySource(source: source, backing: backing, layerDepth: nil), comparison: backing)
     }
 }
 
