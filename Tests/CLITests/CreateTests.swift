@@ -24,10 +24,13 @@ import Testing
     func expectCreatesLikeQemu(_ name: String, _ arguments: [String], size: String?, byteIdentical: Bool = true,
                                in dir: TemporaryDirectory, sourceLocation: SourceLocation = #_sourceLocation) throws {
         let tail = size.map { [$0] } ?? []
-        let theirs = try Self.run(in: dir.path, ["qemu-img", "create", "-q"] + arguments + ["qemu-" + name] + tail)
-        let ours = try Self.run(in: dir.path, [CLI.binary, "create", "-q"] + arguments + ["ours-" + name] + tail)
+        let theirs = try Self.run(in: dir.path, ["qemu-img", "create"] + arguments + ["qemu-" + name] + tail)
+        let ours = try Self.run(in: dir.path, [CLI.binary, "create"] + arguments + ["ours-" + name] + tail)
         #expect(theirs.status == 0 && ours.status == 0, "\(name): qemu \(theirs.stderr) / ours \(ours.stderr)",
                 sourceLocation: sourceLocation)
+        // The same `Formatting ...` line.
+        #expect(ours.stdout == theirs.stdout.replacingOccurrences(of: "'qemu-\(name)'", with: "'ours-\(name)'"),
+                "ours: \(ours.stdout)qemu-img: \(theirs.stdout)", sourceLocation: sourceLocation)
         let (qemuFile, ourFile) = (dir.file("qemu-" + name), dir.file("ours-" + name))
         if byteIdentical {
             #expect(try FileFingerprint(qemuFile).sha256 == FileFingerprint(ourFile).sha256,
