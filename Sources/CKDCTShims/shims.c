@@ -108,3 +108,20 @@ uint32_t kdct_crc32c(uint32_t crc, const void *buffer, size_t length) {
     while (length--) crc = crc32c_table[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
     return ~crc;
 }
+
+int kdct_claim_image(int fd) {
+    struct flock probe;
+    memset(&probe, 0, sizeof(probe));
+    probe.l_type = F_WRLCK;
+    probe.l_whence = SEEK_SET;
+    if (fcntl(fd, F_OFD_GETLK, &probe) != 0) return -1;
+    if (probe.l_type != F_UNLCK) return 1;
+    struct flock claim;
+    memset(&claim, 0, sizeof(claim));
+    claim.l_type = F_RDLCK;
+    claim.l_whence = SEEK_SET;
+    claim.l_start = 100;
+    claim.l_len = 200;
+    if (fcntl(fd, F_OFD_SETLK, &claim) != 0) return (errno == EAGAIN || errno == EACCES) ? 1 : -1;
+    return 0;
+}

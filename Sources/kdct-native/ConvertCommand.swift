@@ -64,6 +64,15 @@ struct Convert: ParsableCommand {
     @Option(name: .customLong("progress"), help: "Progress for scripts: json (one object per line on stdout, then a done or failed object).")
     var progressStyle: ProgressStyle?
 
+    @Option(name: .customShort("B"), help: ArgumentHelp("Write a qcow2 overlay of this backing file (stored as given, relative to the destination's folder): only what it does not hold, for incremental migration. Needs -F.", valueName: "backing"))
+    var backingFile: String?
+
+    @Option(name: .customShort("F"), help: ArgumentHelp("Format of the -B backing file (checked against its content).", valueName: "fmt"))
+    var backingFormat: String?
+
+    @Option(name: .customShort("l"), help: ArgumentHelp("Read a qcow2 internal snapshot instead of the active layer: NAME_OR_ID, snapshot.id=ID or snapshot.name=NAME.", valueName: "snapshot"))
+    var snapshot: String?
+
     @Flag(help: "Replace an existing destination file (a block device never needs it).")
     var force = false
 
@@ -94,6 +103,21 @@ struct Convert: ParsableCommand {
         if sparseSize != nil && copyOffload { throw ValidationError("-C cannot be used with -S (copied data is not zero-detected)") }
         if targetIsZero && !useExisting { throw ValidationError("--target-is-zero needs -n") }
         if useExisting && !outputOptions.isEmpty { throw ValidationError("-o has no effect with -n (the existing image is kept)") }
+        if backingFile != nil {
+            if backingFormat == nil { throw ValidationError("use of backing file requires explicit backing format (-F)") }
+            if useExisting || copyOffload || sparseSize != nil {
+                throw ValidationError("-B writes a new qcow2 overlay: not with -n, -C or -S")
+            }
+            if let requestedFormat, requestedFormat != .qcow2 { throw ValidationError("-B needs -O qcow2 (a backing file is a qcow2 feature)") }
+        } else if backingFormat != nil {
+            throw ValidationError("-F names the format of the -B backing file")
+        }
+        if let backingFormat, ImageFormat(name: backingFormat) == nil {
+            throw ValidationError("unknown backing format '\(backingFormat)'; see 'kdct-native formats'")
+        }
+        if let snapshot {
+            do { _ = try SnapshotSelector(qemuSyntax: snapshot) } catch let error as KDCTError { throw ValidationError("-l: \(error.message)") }
+        }
         _ = try minimumSparseRun()
         _ = try parsedOutputOptions(format: requestedFormat ?? .raw)
     }
@@ -112,33 +136,28 @@ struct Convert: ParsableCommand {
         var options = ConvertOptions(outputFormat: format)
         options.qcow2.compress = compress
         var vhdSize: VHDSizeMode?
-        for item in outputOptions.flatMap({ $0.split(separator: ",") }) {
-            let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts.count == 2 else { throw ValidationError("-o expects key=value, got '\(item)'") }
-            switch parts[0] {
+        for (key, value) in try OptionList.pairs(outputOptions) {
+            switch key {
             case "cluster_size":
-                guard let size = SizeArgument.parse(parts[1]), size <= 1 << 30 else {
-                    throw ValidationError("cluster_size: '\(parts[1])' is not a size")
-                }
-                options.qcow2.clusterSize = Int(size)
+                options.qcow2.clusterSize = try OptionList.clusterSize(value)
             case "compression_type":
                 // qemu spells deflate "zlib".
-                guard let type = CompressionType(rawValue: parts[1] == "zlib" ? "deflate" : parts[1]) else {
+                guard let type = CompressionType(rawValue: value == "zlib" ? "deflate" : value) else {
                     throw ValidationError("compression_type must be deflate or zstd (qemu calls deflate 'zlib')")
                 }
                 options.qcow2.compressionType = type
             case "preallocation":
-                guard let mode = RawPreallocation(rawValue: parts[1]) else {
+                guard let mode = RawPreallocation(rawValue: value) else {
                     throw ValidationError("preallocation must be off, falloc or full")
                 }
                 options.rawPreallocation = mode
             case "vhd_size":
-                guard let mode = VHDSizeMode(rawValue: parts[1]) else {
+                guard let mode = VHDSizeMode(rawValue: value) else {
                     throw ValidationError("vhd_size must be current or chs")
                 }
                 vhdSize = mode
             default:
-                throw ValidationError("unknown -o option '\(parts[0])'")
+                throw ValidationError("unknown -o option '\(key)'")
             }
         }
         options.destination.useExisting = useExisting
@@ -147,6 +166,12 @@ struct Convert: ParsableCommand {
         options.destination.checkSpace = !noSpaceCheck
         options.destination.minimumSparseRun = try minimumSparseRun()
         options.destination.copyOffload = copyOffload
+        if let backingFile, let format = backingFormat.flatMap({ ImageFormat(name: $0) }) {
+            var overlay = BackingOverlay(backingFile: backingFile, backingFormat: format)
+            overlay.openOptions = source.openOptions
+            overlay.openOptions.parentFiles = []
+            options.backing = overlay
+        }
         return (options, vhdSize)
     }
 
@@ -172,6 +197,7 @@ struct Convert: ParsableCommand {
                 throw ValidationError("an appliance converts to a local directory; send its disks with 'kdct-native export'")
             }
             if useExisting { throw ValidationError("-n writes one image; an appliance converts to a directory") }
+            if backingFile != nil || snapshot != nil { throw ValidationError("-B and -l apply to single images, not appliances") }
             var (options, _) = try parsedOutputOptions(format: requestedFormat ?? .raw)
             configure(&options, reporter: reporter)
             return try runAppliance(options: options)
@@ -179,6 +205,7 @@ struct Convert: ParsableCommand {
         if appliance.config != nil || appliance.noVerify {
             throw ValidationError("--config and --no-verify apply to OVA/OVF appliances only")
         }
+        if remote && backingFile != nil { throw ValidationError("-B writes a local overlay; send it with 'kdct-native export'") }
         if remote && useExisting { throw ValidationError("-n applies to local destinations") }
         let format = try OutputFormatChoice.choose(requested: requestedFormat,
                                                    destination: remote ? FilePaths.lastComponent(of: destination) : destination,
@@ -191,6 +218,7 @@ struct Convert: ParsableCommand {
         configure(&options, reporter: reporter)
         var openOptions = source.openOptions
         if let vhdSize { openOptions.vhdSizeMode = vhdSize }
+        openOptions.snapshot = try snapshot.map { try SnapshotSelector(qemuSyntax: $0) }
         let device = try ImageOpener.open(sourceImage, options: openOptions)
         if remote {
             if appliance.domainXML != nil { throw ValidationError("--domain-xml needs a local destination") }

@@ -14,16 +14,27 @@ struct Info: ParsableCommand {
     @Option(help: "Deployment configuration to describe, for an OVF with several.")
     var config: String?
 
+    @Flag(name: .customLong("backing-chain"), help: "Describe every layer of the backing or parent chain (opened under --references): human output separates the layers with a blank line, JSON is a list with one object per layer, as qemu-img info --backing-chain.")
+    var backingChain = false
+
     @Argument(help: "The image, or an appliance (.ova archive or .ovf descriptor).")
     var image: String
 
     func run() throws {
         if Appliance.isAppliance(path: image) { return try runAppliance(configuration: config) }
         if config != nil { throw ValidationError("--config applies to OVA/OVF appliances only") }
-        let info = try ImageOpener.inspect(image, options: source.openOptions)
+        guard backingChain else {
+            let info = try ImageOpener.inspect(image, options: source.openOptions)
+            switch output {
+            case .json: print(info.infoValue.jsonText())
+            case .human: print(HumanInfo.render(info), terminator: "")
+            }
+            return
+        }
+        let layers = try ImageOpener.open(image, options: source.openOptions).info.layers
         switch output {
-        case .json: print(info.infoValue.jsonText())
-        case .human: print(HumanInfo.render(info), terminator: "")
+        case .json: print(InfoValue.array(layers.map(\.infoValue)).jsonText())
+        case .human: print(layers.map(HumanInfo.render).joined(separator: "\n"), terminator: "")
         }
     }
 }
@@ -32,13 +43,14 @@ struct Info: ParsableCommand {
 enum HumanInfo {
     static func render(_ info: ImageInfo) -> String {
         var out = "image: \(info.filename)\n"
-        out += "file format: \(info.format == .vhd ? "vpc" : info.format.rawValue)\n"
+        out += "file format: \(info.format.qemuName)\n"
         if let subformat = info.subformat { out += "subformat: \(subformat)\n" }
         out += "virtual size: \(ByteCount.human(info.virtualSize)) (\(info.virtualSize) bytes)\n"
         if let actual = info.actualSize { out += "disk size: \(ByteCount.human(actual))\n" }
         if let cluster = info.clusterSize { out += "cluster_size: \(cluster)\n" }
         if let backing = info.backingFilename {
-            out += "backing file: \(backing)\n"
+            let full = info.fullBackingFilename.map { $0 == backing ? "" : " (actual path: \($0))" } ?? ""
+            out += "backing file: \(backing)\(full)\n"
             if let format = info.backingFormat { out += "backing file format: \(format)\n" }
         }
         if info.dirty { out += "dirty: yes\n" }
@@ -56,12 +68,6 @@ enum HumanInfo {
             out += renderFields(fields, level: 1)
         }
         for note in info.notes { out += "note: \(note)\n" }
-        for (depth, below) in info.backingChain.enumerated() {
-            out += "\nbacking image \(depth + 1):\n"
-            var lower = below
-            lower.backingChain = []
-            out += render(lower)
-        }
         return out
     }
 

@@ -11,14 +11,14 @@ struct KDCTNative: ParsableCommand {
         commandName: "kdct-native",
         abstract: "Convert VirtualBox, VMware and Hyper-V disks for KVM, without qemu.",
         version: "kdct-native version \(kdctVersion)",
-        subcommands: [Info.self, Convert.self, Measure.self, Map.self, Compare.self, Check.self, Checksum.self,
-                      Formats.self, Export.self, Serve.self]
+        subcommands: [Info.self, Convert.self, Create.self, Resize.self, Measure.self, Map.self, Compare.self,
+                      Check.self, Checksum.self, Formats.self, Export.self, Serve.self]
     )
 
     /// Parses, runs, and maps every failure to one stderr line and an exit status (1, or the command's own).
     static func main() {
         do {
-            var command = try parseAsRoot()
+            var command = try parseAsRoot(Resize.separatingNegativeSize(Array(CommandLine.arguments.dropFirst())))
             try command.run()
         } catch let status as CommandExit {
             Console.exit(status.code)

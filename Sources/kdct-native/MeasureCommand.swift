@@ -45,27 +45,19 @@ struct Measure: ParsableCommand {
             throw ValidationError("output format must be raw or qcow2, not '\(outputFormat)'")
         }
         var options = MeasureOptions(format: format)
-        for item in outputOptions.flatMap({ $0.split(separator: ",") }) {
-            let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts.count == 2 else { throw ValidationError("-o expects key=value, got '\(item)'") }
-            let value = parts[1]
-            switch (format, parts[0]) {
+        for (key, value) in try OptionList.pairs(outputOptions) {
+            switch (format, key) {
             case (.qcow2, "cluster_size"):
-                guard let bytes = SizeArgument.parse(value), bytes <= 1 << 30 else {
-                    throw ValidationError("cluster_size: '\(value)' is not a size")
-                }
-                options.clusterSize = Int(bytes)
+                options.clusterSize = try OptionList.clusterSize(value)
             case (_, "preallocation"):
-                guard let mode = MeasureOptions.Preallocation(rawValue: value) else {
-                    throw ValidationError("preallocation must be off, metadata, falloc or full")
-                }
+                let mode = try OptionList.preallocation(value)
                 if format == .raw && mode == .metadata { throw ValidationError("raw has no metadata to preallocate") }
                 options.preallocation = mode
             case (.qcow2, "refcount_bits"):
                 guard let bits = Int(value) else { throw ValidationError("refcount_bits: '\(value)' is not a number") }
                 options.refcountBits = bits
             case (.qcow2, "extended_l2"):
-                guard let flag = Self.onOff(value) else { throw ValidationError("extended_l2 must be on or off") }
+                guard let flag = OptionList.onOff(value) else { throw ValidationError("extended_l2 must be on or off") }
                 options.extendedL2 = flag
             case (.qcow2, "compat"):
                 switch value {
@@ -78,18 +70,10 @@ struct Measure: ParsableCommand {
                     throw ValidationError("compression_type must be zlib or zstd")
                 }
             default:
-                throw ValidationError("unknown -o option '\(parts[0])' for \(format)")
+                throw ValidationError("unknown -o option '\(key)' for \(format)")
             }
         }
         return options
-    }
-
-    private static func onOff(_ text: String) -> Bool? {
-        switch text {
-        case "on", "true", "yes": return true
-        case "off", "false", "no": return false
-        default: return nil
-        }
     }
 
     func run() throws {

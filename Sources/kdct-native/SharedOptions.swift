@@ -49,3 +49,39 @@ extension ReferencePolicy: ExpressibleByArgument {}
 extension VHDSizeMode: ExpressibleByArgument {}
 extension CompressionType: ExpressibleByArgument {}
 extension RawPreallocation: ExpressibleByArgument {}
+
+/// qemu-img's `-o key=value,...` lists, repeatable, as (key, value) pairs in order.
+enum OptionList {
+    static func pairs(_ lists: [String]) throws -> [(key: String, value: String)] {
+        try lists.flatMap { $0.split(separator: ",") }.map { item in
+            let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { throw ValidationError("-o expects key=value, got '\(item)'") }
+            return (parts[0], parts[1])
+        }
+    }
+
+    /// qemu's spellings of a boolean option.
+    static func onOff(_ text: String) -> Bool? {
+        switch text {
+        case "on", "true", "yes": return true
+        case "off", "false", "no": return false
+        default: return nil
+        }
+    }
+
+    /// A `preallocation=` value.
+    static func preallocation(_ text: String) throws -> MeasureOptions.Preallocation {
+        guard let mode = MeasureOptions.Preallocation(rawValue: text) else {
+            throw ValidationError("preallocation must be off, metadata, falloc or full")
+        }
+        return mode
+    }
+
+    /// A `cluster_size=` value in bytes.
+    static func clusterSize(_ text: String) throws -> Int {
+        guard let size = SizeArgument.parse(text), size <= 1 << 30 else {
+            throw ValidationError("cluster_size: '\(text)' is not a size")
+        }
+        return Int(size)
+    }
+}

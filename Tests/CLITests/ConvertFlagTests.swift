@@ -169,7 +169,7 @@ import Testing
         #expect(version.stdout.hasPrefix("kdct-native version "))
         let help = try CLI.run(["--help"])
         #expect(help.status == 0)
-        for command in ["info", "convert", "measure", "map", "compare", "check", "checksum", "formats", "export"] {
+        for command in ["info", "convert", "create", "resize", "measure", "map", "compare", "check", "checksum", "formats", "export"] {
             #expect(help.stdout.contains("\n  \(command) "), "--help does not list \(command)")
         }
     }

@@ -18,7 +18,7 @@ import KDCTTestSupport
             let info = try runProcess(["qemu-img", "info", "--output", "json", out])
             #expect(info.stdout.contains("\"cluster-size\": \(clusterSize)"))
             // And our own checker agrees.
-            #expect(try QCOW2Checker.check(path: out).isClean)
+            #expect(try ImageChecker.check(out).isClean)
             // No larger than qemu-img's output of the same source with the same options (file length).
             let qemuOut = dir.file("qemu-\(compress).qcow2")
             try qemuImg(["convert", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=\(clusterSize)"]
@@ -126,7 +126,7 @@ import KDCTTestSupport
         let source = try TestPattern.writeRaw(to: dir.file("src.raw"), size: 4 << 20)
         let out = dir.file("out.qcow2")
         try convertImage(source, to: out, format: .qcow2)
-        #expect(try QCOW2Checker.check(path: out).isClean)
+        #expect(try ImageChecker.check(out).isClean)
         // Clear the first L1 entry: every cluster of that L2 table and the table itself leak.
         let handle = try FileHandle(forUpdating: URL(fileURLWithPath: out))
         try handle.seek(toOffset: 40)
@@ -135,9 +135,9 @@ import KDCTTestSupport
         let saved = handle.readData(ofLength: 8)
         try handle.seek(toOffset: l1Offset)
         handle.write(Data(count: 8))
-        let leaking = try QCOW2Checker.check(path: out)
-        #expect(leaking.corruptions.isEmpty)
-        #expect(!leaking.leakedClusters.isEmpty)
+        let leaking = try ImageChecker.check(out)
+        #expect(leaking.corruptions == 0)
+        #expect(leaking.leaks > 0)
         // Restore it, then zero the refcount table entry: every cluster's refcount becomes 0.
         try handle.seek(toOffset: l1Offset)
         handle.write(saved)
@@ -146,7 +146,7 @@ import KDCTTestSupport
         try handle.seek(toOffset: refcountTable)
         handle.write(Data(count: 8))
         try handle.close()
-        #expect(!(try QCOW2Checker.check(path: out).corruptions.isEmpty))
+        #expect(try ImageChecker.check(out).corruptions > 0)
     }
 
     /// Compressed output holds incompressible clusters back: more than the 16 MiB budget of them (interleaved with

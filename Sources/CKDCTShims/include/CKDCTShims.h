@@ -40,6 +40,13 @@ int kdct_link_unnamed(int fd, const char *path);
    -1 with errno (EXDEV, EINVAL, EOPNOTSUPP, ENOSYS where the kernel cannot offload). */
 ssize_t kdct_copy_file_range(int in, off_t in_offset, int out, off_t out_offset, size_t length);
 
+/* Claims the image open on `fd` before it is changed (resize, leak repair): 1 when another open file holds a POSIX
+   or OFD lock on any byte of it (F_OFD_GETLK for a whole-file write lock; qemu locks the images a running VM
+   uses), else takes shared OFD locks on bytes 100-299, the bytes qemu's own lock protocol checks, so a qemu that
+   starts meanwhile refuses the image, and returns 0; -1 with errno on failure. The locks end when the file is
+   closed. */
+int kdct_claim_image(int fd);
+
 /* posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL). */
 int kdct_advise_sequential(int fd);
 

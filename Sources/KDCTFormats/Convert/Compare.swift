@@ -53,7 +53,7 @@ public enum GuestComparison {
         return .identical
     }
 
-    private static func firstDifference(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Int? {
+    static func firstDifference(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Int? {
         guard let baseA = a.baseAddress, let baseB = b.baseAddress, memcmp(baseA, baseB, a.count) != 0 else { return nil }
         // Narrow down by blocks with memcmp, then bytes within the differing block.
         var start = 0

@@ -12,6 +12,9 @@ public struct ConvertOptions: Sendable {
     public var pipeline = PipelineOptions()
     /// Writing into an existing image or device, zeroing, flushing, sparseness, copy offloading, space check.
     public var destination = DestinationOptions()
+    /// Write the QCOW2 output as an overlay of a backing file (`convert -B`): only what the backing file does not
+    /// hold (see `BackingOverlay`). Local file destinations only.
+    public var backing: BackingOverlay?
 
     /// Default options: RAW output.
     public init(outputFormat: ImageFormat = .raw) { self.outputFormat = outputFormat }
@@ -19,10 +22,17 @@ public struct ConvertOptions: Sendable {
 
 /// Converts a `BlockDevice` into a RAW or QCOW2 image on an `OutputTarget`.
 public enum DiskConverter {
-    /// Makes the writer for `options.outputFormat` on `target`.
-    static func makeWriter(target: any OutputTarget, virtualSize: UInt64,
-                                  options: ConvertOptions) throws -> any ImageWriter {
+    /// Makes the writer for `options.outputFormat` on `target` (an overlay's, with `overlay`).
+    static func makeWriter(target: any OutputTarget, virtualSize: UInt64, options: ConvertOptions,
+                           overlay: OverlayPlan? = nil) throws -> any ImageWriter {
         let virtualSize = options.destination.outputVirtualSize ?? virtualSize
+        if let overlay, let backing = options.backing {
+            var qcow2 = options.qcow2
+            qcow2.backingFile = backing.backingFile
+            qcow2.backingFormat = backing.backingFormat
+            return OverlayWriter(wrapping: try QCOW2Writer(target: target, virtualSize: virtualSize, options: qcow2),
+                                 comparison: overlay.comparison)
+        }
         let writer = try makeFormatWriter(target: target, virtualSize: virtualSize, options: options)
         // `-S`: only a minimum other than the writer's own granule changes anything.
         if let minimum = options.destination.minimumSparseRun, minimum == 0 || minimum > UInt64(writer.clusterSize) {
@@ -52,8 +62,19 @@ public enum DiskConverter {
     @discardableResult
     public static func convert(_ source: any BlockDevice, to target: any OutputTarget,
                                options: ConvertOptions) throws -> ConvertResult {
+        guard options.backing == nil else {
+            target.abort()
+            throw KDCTError(.invalidArgument, "an overlay (a backing file) is written to a local file: use convert(_:toFile:options:)",
+                            file: target.displayName, field: "backing")
+        }
+        return try convert(source, to: target, options: options, overlay: nil)
+    }
+
+    private static func convert(_ source: any BlockDevice, to target: any OutputTarget, options: ConvertOptions,
+                                overlay: OverlayPlan?) throws -> ConvertResult {
         do {
-            let writer = try makeWriter(target: target, virtualSize: source.virtualSize, options: options)
+            let writer = try makeWriter(target: target, virtualSize: source.virtualSize, options: options,
+                                        overlay: overlay)
             let result: ConvertResult
             if options.destination.copyOffload, let copying = writer as? any RangeCopyingWriter, writer.compression == nil {
                 result = try CopyOffloadConversion.run(source: source, writer: copying, options: options.pipeline)
@@ -84,7 +105,21 @@ public enum DiskConverter {
                 info = current.backingChain.first
             }
         }
-        let prepared = try OutputDestination.open(destination, for: source, options: options)
-        return try convert(source, to: prepared.target, options: prepared.options)
+        guard let backing = options.backing else {
+            let prepared = try OutputDestination.open(destination, for: source, options: options)
+            return try convert(source, to: prepared.target, options: prepared.options, overlay: nil)
+        }
+        // An overlay: qcow2, written from the view of the source that leaves the backing file's ranges out.
+        guard options.outputFormat == .qcow2 else {
+            throw KDCTError(.invalidArgument, "a backing file needs a qcow2 output", file: destination, field: "backing")
+        }
+        guard !options.destination.useExisting, !options.destination.copyOffload,
+              options.destination.minimumSparseRun == nil else {
+            throw KDCTError(.invalidArgument, "an overlay is written as a new qcow2 image: not into an existing one, without copy offloading or a minimum sparse run",
+                            file: destination, field: "backing")
+        }
+        let plan = try OverlayPlan.prepare(source: source, destination: destination, overlay: backing)
+        let prepared = try OutputDestination.open(destination, for: plan.source, options: options)
+        return try convert(plan.source, to: prepared.target, options: prepared.options, overlay: plan)
     }
 }

@@ -30,14 +30,28 @@ enum QCOW2BitmapSizes {
         return total + (directory + cluster - 1) / cluster * cluster
     }
 
-    /// One bitmap directory entry: what the size depends on.
+    /// One bitmap directory entry: what the size depends on, and where its bitmap table is (for `check`).
     struct Entry: Equatable {
         var granularityBits: UInt8
         var nameSize: UInt16
+        var tableOffset: UInt64 = 0
+        var tableEntries: UInt32 = 0
+    }
+
+    /// The bitmap directory: where it is and its entries.
+    struct Directory: Equatable {
+        var offset: UInt64
+        var size: UInt64
+        var entries: [Entry]
     }
 
     /// The directory entries of the image in `file`.
     static func directoryEntries(_ file: ReadOnlyFile) throws -> [Entry] {
+        try directory(file)?.entries ?? []
+    }
+
+    /// The bitmap directory of the image in `file`, or nil when it has no bitmaps extension.
+    static func directory(_ file: ReadOnlyFile) throws -> Directory? {
         let header = ByteReader(try file.readBytes(count: 104, at: 0, what: "qcow2 header"), structure: "qcow2 header")
         let version = try header.u32be(4)
         let headerLength = version >= 3 ? UInt64(try header.u32be(100)) : 72
@@ -58,12 +72,14 @@ enum QCOW2BitmapSizes {
                 }
                 let data = ByteReader(try file.readBytes(count: 24, at: offset + 8, what: "bitmaps extension"),
                                       structure: "bitmaps extension")
-                return try entries(file, count: try data.u32be(0), directorySize: try data.u64be(8),
-                                   directoryOffset: try data.u64be(16))
+                let (size, directoryOffset) = (try data.u64be(8), try data.u64be(16))
+                return Directory(offset: directoryOffset, size: size,
+                                 entries: try entries(file, count: try data.u32be(0), directorySize: size,
+                                                      directoryOffset: directoryOffset))
             }
             offset += 8 + (length + 7) / 8 * 8
         }
-        return []
+        return nil
     }
 
     private static func entries(_ file: ReadOnlyFile, count: UInt32, directorySize: UInt64,
@@ -84,7 +100,8 @@ enum QCOW2BitmapSizes {
             let granularityBits = try directory.u8(position + 17)
             let nameSize = try directory.u16be(position + 18)
             let extraSize = try directory.u32be(position + 20)
-            result.append(Entry(granularityBits: granularityBits, nameSize: nameSize))
+            result.append(Entry(granularityBits: granularityBits, nameSize: nameSize,
+                                tableOffset: try directory.u64be(position), tableEntries: try directory.u32be(position + 8)))
             position += (24 + Int(extraSize) + Int(nameSize) + 7) / 8 * 8
         }
         return result

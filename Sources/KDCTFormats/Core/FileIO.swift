@@ -598,3 +598,19 @@ public struct FileStatus: Sendable, Equatable {
         group = st.st_gid
     }
 }
+
+/// Claims the image open on `descriptor` before it is changed in place or replaced (`resize`, a leak repair):
+/// refused with `io` (EBUSY) when another process holds a lock on it, as qemu does on the images a running VM uses;
+/// otherwise shared locks on the bytes qemu's lock protocol checks keep a qemu that starts meanwhile away until the
+/// file is closed.
+func claimImage(descriptor: Int32, path: String) throws {
+    switch kdct_claim_image(descriptor) {
+    case 0:
+        return
+    case 1:
+        throw KDCTError(.io, "the image is in use: another process (a running VM?) holds a lock on it",
+                        file: path, errno: EBUSY)
+    default:
+        throw KDCTError.io("fcntl(F_OFD_SETLK)", errno: errno, file: path)
+    }
+}

@@ -44,6 +44,9 @@ public enum ImageFormat: String, Sendable, CaseIterable, CustomStringConvertible
         }
     }
 
+    /// The name qemu-img gives the format (`vpc` for VHD): in JSON output and image headers.
+    package var qemuName: String { self == .vhd ? "vpc" : rawValue }
+
     /// Formats KDCTFormats can write.
     public var isWritable: Bool { self == .raw || self == .qcow2 }
 }

@@ -6,15 +6,26 @@ final class OpenContext: Sendable {
     let depth: Int
     /// Identities of the files on the path from the top image, to refuse loops.
     let visited: Set<FileIdentity>
+    /// When the image is opened to be checked: where its reader records the problems it finds in its tables, so
+    /// the open goes on and the check lists them all. Nil for every other open (and for the files it references).
+    let problems: CheckLog?
 
-    init(options: OpenOptions, depth: Int, visited: Set<FileIdentity>) {
+    init(options: OpenOptions, depth: Int, visited: Set<FileIdentity>, problems: CheckLog? = nil) {
         self.options = options
         self.depth = depth
         self.visited = visited
+        self.problems = problems
     }
 
     /// The safety limits in force.
     var limits: ImageLimits { options.limits }
+
+    /// A problem a reader found in its tables while opening: thrown, or, when the image is opened to be checked,
+    /// recorded as a corruption so the open goes on (the reader then leaves the entry at fault out).
+    func report(_ problem: KDCTError) throws {
+        guard let problems else { throw problem }
+        problems.corrupt(problem)
+    }
 
     /// Resolves `name` (stored in the image at `imagePath`) under the reference policy. Returns nil when references
     /// are only reported, not opened (`info`); throws when the policy refuses it or it does not exist.
@@ -43,6 +54,7 @@ final class OpenContext: Sendable {
         }
         var childOptions = options
         childOptions.format = format
+        childOptions.snapshot = nil
         let file = try ReadOnlyFile(path: path)
         if visited.contains(file.identity) {
             throw KDCTError(.corrupt, "\(kind.rawValue) \(path) loops back to an image already in the chain",
@@ -70,17 +82,40 @@ final class OpenContext: Sendable {
 public enum ImageOpener {
     /// Opens the image at `path` read-only.
     public static func open(_ path: String, options: OpenOptions = OpenOptions()) throws -> any BlockDevice {
+        try refuseTemporaryOutput(path)
+        return try open(file: ReadOnlyFile(path: path), options: options)
+    }
+
+    /// Throws `invalidArgument` when `path` names the temporary file of an unfinished conversion, which is never
+    /// opened as an image.
+    package static func refuseTemporaryOutput(_ path: String) throws {
         if let destination = TemporaryOutputName.destinationName(of: FilePaths.lastComponent(of: path)) {
             throw KDCTError(.invalidArgument,
                             "is the temporary file of an unfinished conversion to \(destination), not an image",
                             file: path)
         }
-        return try open(file: ReadOnlyFile(path: path), options: options)
     }
 
     /// Opens an already-open file as the top image (an appliance's disk inside its archive, for example).
     package static func open(file: ReadOnlyFile, options: OpenOptions) throws -> any BlockDevice {
         try open(file: file, context: OpenContext(options: options, depth: 0, visited: [file.identity]))
+    }
+
+    /// Opens the backing file `name` that the image at `imagePath` names (or will name: `create -b`, `convert -B`),
+    /// as the chain opens it: relative to the image's directory, under `options`' reference policy, as `format`
+    /// when given (checked against the content). Errors note the image naming it.
+    static func openBacking(_ name: String, format: ImageFormat?, forImage imagePath: String,
+                            options: OpenOptions) throws -> (device: any BlockDevice, path: String) {
+        var options = options
+        options.format = format
+        options.snapshot = nil
+        let resolved = try ReferenceResolver.resolve(name, kind: .backingFile, relativeTo: imagePath,
+                                                     policy: options.effectiveReferencePolicy)
+        do {
+            return (try open(resolved, options: options), resolved)
+        } catch let error as KDCTError {
+            throw error.referred(by: imagePath, as: .backingFile)
+        }
     }
 
     /// True when `format` has a reader (not only recognition).
@@ -128,6 +163,10 @@ public enum ImageOpener {
     static func open(file: ReadOnlyFile, context: OpenContext) throws -> any BlockDevice {
         do {
             let format = try detectFormat(file, options: context.options)
+            if context.options.snapshot != nil && format != .qcow2 {
+                throw KDCTError(.unsupported, "internal snapshots exist only in qcow2 images; this image is \(format)",
+                                file: file.path, field: "snapshot")
+            }
             guard let reader = FormatRegistry.reader(for: format) else {
                 throw KDCTError(.unsupported, "recognised as \(format.rawValue.uppercased()), not supported yet",
                                 file: file.path, field: "format")

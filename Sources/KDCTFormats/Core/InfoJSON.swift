@@ -67,18 +67,20 @@ extension ImageReference {
 
 extension ImageInfo {
     /// The description with qemu-img info's JSON keys (`virtual-size`, `filename`, `format`, `actual-size`,
-    /// `cluster-size`, `dirty-flag`, `backing-filename`, `format-specific`), plus what KDCT knows beyond qemu
-    /// (`subformat`, `producer`, `references`, `notes`, `backing-image`).
+    /// `cluster-size`, `dirty-flag`, `backing-filename`, `full-backing-filename`, `backing-filename-format`,
+    /// `format-specific`), plus what KDCT knows beyond qemu (`subformat`, `producer`, `references`, `notes`,
+    /// `backing-image`).
     public var infoValue: InfoValue {
         var pairs: [(String, InfoValue)] = [
             ("virtual-size", .unsigned(virtualSize)),
             ("filename", .string(filename)),
-            ("format", .string(format == .vhd ? "vpc" : format.rawValue)),
+            ("format", .string(format.qemuName)),
         ]
         if let actualSize { pairs.append(("actual-size", .unsigned(actualSize))) }
         if let clusterSize { pairs.append(("cluster-size", .unsigned(clusterSize))) }
         pairs.append(("dirty-flag", .bool(dirty)))
         if let backingFilename { pairs.append(("backing-filename", .string(backingFilename))) }
+        if let fullBackingFilename { pairs.append(("full-backing-filename", .string(fullBackingFilename))) }
         if let backingFormat { pairs.append(("backing-filename-format", .string(backingFormat))) }
         if case let .object(fields) = formatSpecific, !fields.isEmpty {
             pairs.append(("format-specific", .object([("type", .string(format.rawValue)), ("data", formatSpecific)])))
@@ -93,5 +95,38 @@ extension ImageInfo {
             pairs.append(("backing-image", lower.infoValue))
         }
         return .object(pairs)
+    }
+}
+
+extension ImageInfo {
+    /// The backing file as `qemu-img info` names it in `full-backing-filename`: for the formats whose backing name
+    /// is a path relative to the image (qcow2, qcow, qed, a VMDK delta's `parentFileNameHint`), the stored name in
+    /// the directory part of this image's name (qemu's `path_combine`: `base.qcow2` below `top.qcow2`,
+    /// `/vms/base.qcow2` below `/vms/top.qcow2`); for parents found by search (VHD, VHDX and VDI locators and
+    /// UUIDs), the path the parent was opened at, when it was. Nil without a backing file.
+    public var fullBackingFilename: String? {
+        guard let backingFilename else { return nil }
+        switch format {
+        case .qcow2, .qcow, .qed, .vmdk:
+            return HostFileNames.combine(filename, backingFilename)
+        default:
+            return references.first { $0.kind == .parent && $0.opened }?.resolvedPath
+        }
+    }
+
+    /// Every layer of the chain this image heads, top first, as `qemu-img info --backing-chain` lists them: each
+    /// without the layers below it, and each lower layer named by the `full-backing-filename` of the layer above
+    /// (when it has one), as qemu names it.
+    public var layers: [ImageInfo] {
+        var top = self
+        top.backingChain = []
+        var result = [top]
+        for below in backingChain {
+            var layer = below
+            layer.backingChain = []
+            if let name = result[result.count - 1].fullBackingFilename { layer.filename = name }
+            result.append(layer)
+        }
+        return result
     }
 }

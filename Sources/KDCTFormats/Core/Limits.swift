@@ -59,6 +59,9 @@ public struct OpenOptions: Sendable {
     public var parentFiles: [String] = []
     /// VHD virtual size convention override (nil: per creator, as qemu does).
     public var vhdSizeMode: VHDSizeMode?
+    /// The internal snapshot to read instead of the active layer (`convert -l`): QCOW2 images only, and only the
+    /// image opened (its backing file is read as it is).
+    public var snapshot: SnapshotSelector?
 
     /// Default options.
     public init(format: ImageFormat? = nil) { self.format = format }

@@ -149,6 +149,43 @@ final class TwoLevelTable: Sendable {
         }
     }
 
+    // MARK: Walking the tables (checks)
+
+    /// First-level entries.
+    var directoryCount: Int { directory.count }
+
+    /// First-level entry `index` as stored.
+    func directoryEntry(_ index: Int) -> UInt64 { directory[index] }
+
+    /// The file offset of the second-level table first-level entry `index` names (nil: none), decoded and checked as
+    /// a lookup does; throws what a lookup would throw for it.
+    func tableOffset(_ index: Int) throws -> UInt64? {
+        try decodeDirectoryEntry(directory[index], index)
+    }
+
+    /// Calls `body` with every entry of table `table` (at file offset `offset`) that is not all zeros, in order,
+    /// reading the table through the cache in the chunks lookups use.
+    func forEachEntry(ofTable table: Int, at offset: UInt64, _ body: (Entry) throws -> Void) throws {
+        let entryBytes = layout.entryBytes
+        var first: UInt64 = 0
+        while first < layout.entriesPerTable {
+            let count = min(chunkEntries, layout.entriesPerTable - first)
+            let chunk = try chunks.value(for: ChunkKey(tableOffset: offset, firstEntry: first)) {
+                try file.readBytes(count: Int(count) * entryBytes, at: offset + first * UInt64(entryBytes),
+                                   what: "\(layout.tableName) \(table) at file offset \(offset)")
+            }
+            for i in 0..<Int(count) {
+                let (raw, bitmap) = chunk.withUnsafeBytes { bytes in
+                    (word(bytes, i * entryBytes, width: min(entryBytes, 8)),
+                     entryBytes == 16 ? word(bytes, i * entryBytes + 8, width: 8) : 0)
+                }
+                if raw == 0 && bitmap == 0 { continue }
+                try body(Entry(raw: raw, bitmap: bitmap, table: UInt64(table), index: first + UInt64(i)))
+            }
+            first += count
+        }
+    }
+
     /// The unit holding a guest offset.
     struct Unit {
         /// Its index in the guest.

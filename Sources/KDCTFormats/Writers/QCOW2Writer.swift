@@ -22,6 +22,11 @@ public final class QCOW2Writer: RangeCopyingWriter {
         public var compress = false
         /// The header's compression type (used by `compress`; zstd sets the incompatible feature bit).
         public var compressionType: CompressionType = .deflate
+        /// The backing file the output is an overlay of (`convert -B`, set from `ConvertOptions.backing`), stored
+        /// as given, and its format (`-F`). Guest clusters the writer is given no segment for are then left to the
+        /// backing file.
+        var backingFile: String?
+        var backingFormat: ImageFormat?
 
         /// Default options.
         public init(clusterSize: Int = 65536, compress: Bool = false, compressionType: CompressionType = .deflate) {
@@ -76,6 +81,10 @@ public final class QCOW2Writer: RangeCopyingWriter {
         guard size >= 512, size <= 2 << 20, size & (size - 1) == 0 else {
             throw KDCTError(.invalidArgument, "cluster_size must be a power of two between 512 and 2097152, not \(size)",
                             field: "cluster_size")
+        }
+        if options.backingFile != nil {
+            try QCOW2HeaderEncoding(clusterBits: size.trailingZeroBitCount, size: 0, backingFile: options.backingFile,
+                                    backingFormat: options.backingFormat?.qemuName).validate()
         }
         self.options = options
         self.target = target
@@ -242,6 +251,14 @@ public final class QCOW2Writer: RangeCopyingWriter {
         }
     }
 
+    /// Makes guest cluster `guestCluster` read as zeros (the version 3 zero flag, no host cluster) instead of
+    /// leaving it unallocated: in an overlay (`Options.backingFile`) an unallocated cluster shows the backing file,
+    /// so the zero ranges above it must say so. Called for clusters of the segment about to be written, before
+    /// `write(_:)`.
+    func setZero(guestCluster: UInt64) {
+        setL2Entry(guestCluster: guestCluster, QCOW2Entry.zeroFlag)
+    }
+
     /// Copy offloading: the clusters are allocated like a data run and the target copies their bytes from
     /// `source` (a partial last cluster is completed with zeros by the file's end or by `write`).
     public func copy(from source: ReadOnlyFile, at sourceOffset: UInt64, guestOffset: UInt64, length: UInt64) throws {
@@ -376,23 +393,12 @@ public final class QCOW2Writer: RangeCopyingWriter {
         try target.setLength(l1Clusters > 0 ? l1Host + UInt64(l1Stored) : tableHost + UInt64(tableClusters) * cs)
     }
 
-    /// The version 3 header (qcow2.txt, "Header"), 112 bytes plus the end-of-extensions marker, padded to a cluster.
+    /// The version 3 header (qcow2.txt, "Header"), with the backing file's format and name when the output is an
+    /// overlay, padded to a cluster.
     private func encodeHeader(l1Offset: UInt64, refcountTableOffset: UInt64, refcountTableClusters: Int) -> [UInt8] {
-        var header = ByteWriter(count: clusterSize)
-        header.put([0x51, 0x46, 0x49, 0xFB], at: 0)               // magic "QFI\xfb"
-        header.u32be(3, at: 4)                                     // version
-        header.u32be(UInt32(clusterBits), at: 20)                  // cluster_bits
-        header.u64be(virtualSize, at: 24)                          // size
-        header.u32be(UInt32(l1.count), at: 36)                     // l1_size
-        header.u64be(l1Offset, at: 40)                             // l1_table_offset
-        header.u64be(refcountTableOffset, at: 48)                  // refcount_table_offset
-        header.u32be(UInt32(refcountTableClusters), at: 56)        // refcount_table_clusters
-        let zstd = options.compressionType == .zstd
-        header.u64be(zstd ? 1 << 3 : 0, at: 72)                    // incompatible_features: compression type
-        header.u32be(4, at: 96)                                    // refcount_order: 16-bit refcounts
-        header.u32be(112, at: 100)                                 // header_length
-        header.u8(zstd ? 1 : 0, at: 104)                           // compression_type
-        // Bytes 112..119 stay zero: the end-of-header-extensions marker.
-        return header.bytes
+        QCOW2HeaderEncoding(clusterBits: clusterBits, size: virtualSize, l1Size: UInt32(l1.count), l1TableOffset: l1Offset,
+                            refcountTableOffset: refcountTableOffset, refcountTableClusters: UInt32(refcountTableClusters),
+                            compressionType: options.compressionType, backingFile: options.backingFile,
+                            backingFormat: options.backingFormat?.qemuName).encode(count: clusterSize)
     }
 }

@@ -11,9 +11,9 @@ final class QCOWImage: MappedDevice {
     let virtualSize: UInt64
     let info: ImageInfo
     let hostFileNames: HostFileNames
-    private let tables: TwoLevelTable
+    let tables: TwoLevelTable
     private let clusterBits: UInt64
-    private let clusterSize: UInt64
+    let clusterSize: UInt64
 
     /// Reads and validates the header and L1 table of `file`. `backingReference` describes the backing file
     /// for `info` (the caller opens it).
@@ -22,8 +22,10 @@ final class QCOWImage: MappedDevice {
                       backingReference: backingReference)
     }
 
-    /// Reads and validates the L1 table of `file`, whose validated header is `header`.
-    init(file: ReadOnlyFile, header: QCOWHeader, limits: ImageLimits, backingReference: ImageReference?) throws {
+    /// Reads and validates the L1 table of `file`, whose validated header is `header`. A bad L1 entry is passed to
+    /// `report`, which throws it (the default) or records it (a check), and the entry is then left out.
+    init(file: ReadOnlyFile, header: QCOWHeader, limits: ImageLimits, backingReference: ImageReference?,
+         report: (KDCTError) throws -> Void = { throw $0 }) throws {
         self.file = file
         self.header = header
         clusterBits = UInt64(header.clusterBits)
@@ -31,15 +33,19 @@ final class QCOWImage: MappedDevice {
         virtualSize = header.virtualSize
         let l2Bytes = UInt64(header.l2Entries) * 8
         let l1Bytes = try file.readBytes(count: Int(header.l1Entries) * 8, at: header.l1TableOffset, what: "QCOW L1 table")
-        let l1Table = TableDecoding.uint64BigEndian(l1Bytes)
+        var l1Table = TableDecoding.uint64BigEndian(l1Bytes)
         for (index, l2Offset) in l1Table.enumerated() where l2Offset != 0 {
+            var problem: KDCTError?
             if l2Offset % header.clusterSize != 0 {
-                throw KDCTError.corrupt("L1 entry \(index) points to an L2 table at offset \(l2Offset), not aligned to the cluster size \(header.clusterSize)",
-                                        file: file.path, field: "L1 entry \(index)")
+                problem = KDCTError.corrupt("L1 entry \(index) points to an L2 table at offset \(l2Offset), not aligned to the cluster size \(header.clusterSize)",
+                                            file: file.path, field: "L1 entry \(index)")
+            } else if l2Offset > file.size || l2Bytes > file.size - l2Offset {
+                problem = KDCTError.corrupt("L1 entry \(index) points to an L2 table at offset \(l2Offset), past the end of the file (\(file.size) bytes)",
+                                            file: file.path, field: "L1 entry \(index)")
             }
-            if l2Offset > file.size || l2Bytes > file.size - l2Offset {
-                throw KDCTError.corrupt("L1 entry \(index) points to an L2 table at offset \(l2Offset), past the end of the file (\(file.size) bytes)",
-                                        file: file.path, field: "L1 entry \(index)")
+            if let problem {
+                try report(problem)
+                l1Table[index] = 0
             }
         }
         let layout = TwoLevelTable.Layout(unitBytes: clusterSize, entriesPerTable: UInt64(header.l2Entries), entryBytes: 8,
@@ -70,14 +76,16 @@ final class QCOWImage: MappedDevice {
     @Sendable static func open(_ file: ReadOnlyFile, _ context: OpenContext) throws -> any BlockDevice {
         let header = try readHeader(file, limits: context.limits)
         guard let name = try backingName(file, header: header) else {
-            return try QCOWImage(file: file, header: header, limits: context.limits, backingReference: nil)
+            return try QCOWImage(file: file, header: header, limits: context.limits, backingReference: nil,
+                                 report: context.report)
         }
         guard let path = try context.resolveReference(name, kind: .backingFile, from: file.path) else {
             return try QCOWImage(file: file, header: header, limits: context.limits,
-                                 backingReference: ImageReference(kind: .backingFile, name: name))
+                                 backingReference: ImageReference(kind: .backingFile, name: name), report: context.report)
         }
         let top = try QCOWImage(file: file, header: header, limits: context.limits,
-                                backingReference: ImageReference(kind: .backingFile, name: name, resolvedPath: path, opened: true))
+                                backingReference: ImageReference(kind: .backingFile, name: name, resolvedPath: path, opened: true),
+                                report: context.report)
         let base = try context.openResolved(path, kind: .backingFile, from: file.path)
         return try ChainedBlockDevice(top: top, opened: base, reference: name)
     }
@@ -91,21 +99,36 @@ final class QCOWImage: MappedDevice {
     /// The run an allocated L2 entry maps, its data checked to lie inside the file.
     private func mapping(_ entry: TwoLevelTable.Entry, _ unit: TwoLevelTable.Unit) throws -> MappedRun {
         let (cluster, within, length) = (unit.index, unit.within, unit.length)
-        let what = "L2 entry \(entry.index) of L2 table \(entry.table) (cluster \(cluster), guest offset \(cluster << clusterBits))"
-        switch QCOWClusterEntry(raw: entry.raw, clusterBits: header.clusterBits) {
+        switch try decode(entry, cluster: cluster) {
         case .unallocated:
             return .absent(length)
         case let .data(host):
-            let needed = min(clusterSize, virtualSize - (cluster << clusterBits))
+            return .data(length, file, host + within)
+        case let .compressed(host, size):
+            let unit = CompressedUnit(file: file, hostOffset: host, framing: .bounded(UInt64(size)), codec: .deflate,
+                                      unitBytes: Int(clusterSize), shortUnitBytes: nil, within: Int(within),
+                                      label: .cluster(index: cluster, guestOffset: cluster << clusterBits))
+            return MappedRun(length: length, mapping: .compressed(unit))
+        }
+    }
+
+    /// Decodes the L2 entry of guest cluster `cluster` and checks what it names: a data cluster aligned, with the
+    /// part inside the disk inside the file; a compressed cluster of at least one byte inside the file.
+    func decode(_ entry: TwoLevelTable.Entry, cluster: UInt64) throws -> QCOWClusterEntry {
+        let what = "L2 entry \(entry.index) of L2 table \(entry.table) (cluster \(cluster), guest offset \(cluster << clusterBits))"
+        let decoded = QCOWClusterEntry(raw: entry.raw, clusterBits: header.clusterBits)
+        switch decoded {
+        case .unallocated:
+            break
+        case let .data(host):
             if host % clusterSize != 0 {
                 throw KDCTError.corrupt("\(what) points to offset \(host), not aligned to the cluster size \(clusterSize)",
                                         file: file.path, field: "L2 entry")
             }
-            if host > file.size || needed > file.size - host {
+            if host > file.size || dataBytes(ofCluster: cluster) > file.size - host {
                 throw KDCTError.corrupt("\(what) points to offset \(host), past the end of the file (\(file.size) bytes)",
                                         file: file.path, field: "L2 entry")
             }
-            return .data(length, file, host + within)
         case let .compressed(host, size):
             if size == 0 {
                 throw KDCTError.corrupt("\(what): compressed cluster at offset \(host) has size 0", file: file.path, field: "L2 entry")
@@ -114,12 +137,12 @@ final class QCOWImage: MappedDevice {
                 throw KDCTError.corrupt("\(what): compressed cluster of \(size) bytes at offset \(host) goes past the end of the file (\(file.size) bytes)",
                                         file: file.path, field: "L2 entry")
             }
-            let unit = CompressedUnit(file: file, hostOffset: host, framing: .bounded(UInt64(size)), codec: .deflate,
-                                      unitBytes: Int(clusterSize), shortUnitBytes: nil, within: Int(within),
-                                      label: .cluster(index: cluster, guestOffset: cluster << clusterBits))
-            return MappedRun(length: length, mapping: .compressed(unit))
         }
+        return decoded
     }
+
+    /// The bytes of guest cluster `cluster` inside the disk (the last one may be short).
+    func dataBytes(ofCluster cluster: UInt64) -> UInt64 { min(clusterSize, virtualSize - min(virtualSize, cluster << clusterBits)) }
 
     // MARK: Info
 

@@ -12,19 +12,27 @@ final class QCOW2Image: MappedDevice {
     let header: QCOW2Header
     /// The backing file name, if the image has one.
     let backingFileName: String?
-    /// Internal snapshots (listed only).
+    /// Internal snapshots, and the bytes their table takes in the file.
     let snapshots: [QCOW2Snapshot]
+    let snapshotTableLength: Int
+    /// The internal snapshot read instead of the active layer (`convert -l`), if any.
+    let readSnapshot: QCOW2Snapshot?
+    let virtualSize: UInt64
     let info: ImageInfo
     let hostFileNames: HostFileNames
-    private let tables: TwoLevelTable
+    /// The L1 table read (the active one, or the snapshot's) and the L2 lookup through it.
+    let tables: TwoLevelTable
     private let clusterBits: UInt64
 
-    /// Registry entry point: opens the image and, when it has a backing file, the chain below it.
+    /// Registry entry point: opens the image (or the internal snapshot `OpenOptions.snapshot` names) and, when it
+    /// has a backing file, the chain below it.
     @Sendable static func open(_ file: ReadOnlyFile, _ context: OpenContext) throws -> any BlockDevice {
         let head = try QCOW2Header.readFirstCluster(of: file)
         let header = try QCOW2Header.decode(head, fileSize: file.size, limits: context.limits)
+        let snapshot = context.depth == 0 ? context.options.snapshot : nil
         guard let backing = try header.backingFileName(from: head) else {
-            return try QCOW2Image(file: file, header: header, backingFileName: nil, limits: context.limits)
+            return try QCOW2Image(file: file, header: header, backingFileName: nil, limits: context.limits,
+                                  snapshot: snapshot)
         }
         let declared = header.backingFormat.flatMap { ImageFormat(name: $0) }
         if header.backingFormat != nil && declared == nil {
@@ -32,10 +40,11 @@ final class QCOW2Image: MappedDevice {
                                         file: file.path, field: "backing format")
         }
         guard let base = try context.openReference(backing, kind: .backingFile, from: file.path, format: declared) else {
-            return try QCOW2Image(file: file, header: header, backingFileName: backing, limits: context.limits)
+            return try QCOW2Image(file: file, header: header, backingFileName: backing, limits: context.limits,
+                                  snapshot: snapshot)
         }
         let top = try QCOW2Image(file: file, header: header, backingFileName: backing, limits: context.limits,
-                                 backingOpened: true)
+                                 backingOpened: true, snapshot: snapshot)
         return try ChainedBlockDevice(top: top, opened: base, reference: backing)
     }
 
@@ -46,35 +55,66 @@ final class QCOW2Image: MappedDevice {
         try self.init(file: file, header: header, backingFileName: try header.backingFileName(from: head), limits: limits)
     }
 
-    /// Reads the L1 and snapshot tables of `file`, whose validated header is `header`.
+    /// Reads the snapshot table and the L1 table of `file`, whose validated header is `header`: the active L1
+    /// table, or the L1 table of the internal snapshot `snapshot` selects (read with the snapshot's virtual size).
     init(file: ReadOnlyFile, header: QCOW2Header, backingFileName: String?, limits: ImageLimits,
-         backingOpened: Bool = false) throws {
+         backingOpened: Bool = false, snapshot selector: SnapshotSelector? = nil) throws {
         self.file = file
         self.header = header
         self.backingFileName = backingFileName
         clusterBits = UInt64(header.clusterBits)
-        snapshots = try Self.readSnapshots(file: file, header: header)
-        tables = try Self.openTables(file: file, header: header, limits: limits)
+        (snapshots, snapshotTableLength) = try Self.readSnapshots(file: file, header: header)
+        if let selector {
+            let snapshot = try QCOW2Snapshot.find(selector, in: snapshots, file: file.path)
+            let size = snapshot.virtualSize ?? header.size
+            try Self.checkL1(field: "snapshot \(snapshot.id) L1 table", offset: snapshot.l1TableOffset,
+                             entries: snapshot.l1Size, covering: size, header: header, fileSize: file.size,
+                             limits: limits)
+            readSnapshot = snapshot
+            virtualSize = size
+            tables = try Self.openTables(file: file, header: header, l1Offset: snapshot.l1TableOffset,
+                                         l1Size: snapshot.l1Size, limits: limits)
+        } else {
+            readSnapshot = nil
+            virtualSize = header.size
+            tables = try Self.openTables(file: file, header: header, l1Offset: header.l1TableOffset,
+                                         l1Size: header.l1Size, limits: limits)
+        }
         let references = backingFileName.map { [ImageReference(kind: .backingFile, name: $0, opened: backingOpened)] } ?? []
         info = Self.makeInfo(file: file, header: header, snapshots: snapshots, backingFileName: backingFileName,
-                             references: references)
+                             references: references, readSnapshot: readSnapshot, virtualSize: virtualSize)
         hostFileNames = HostFileNames(file)
     }
 
-    private static func readSnapshots(file: ReadOnlyFile, header: QCOW2Header) throws -> [QCOW2Snapshot] {
-        guard header.snapshotCount > 0 else { return [] }
+    private static func readSnapshots(file: ReadOnlyFile, header: QCOW2Header) throws -> ([QCOW2Snapshot], Int) {
+        guard header.snapshotCount > 0 else { return ([], 0) }
         let length = QCOW2Snapshot.tableReadLength(count: Int(header.snapshotCount), fileSize: file.size,
                                                    offset: header.snapshotsOffset)
         let bytes = try file.readBytes(count: length, at: header.snapshotsOffset, what: "qcow2 snapshot table")
         return try QCOW2Snapshot.decodeTable(bytes, count: Int(header.snapshotCount))
     }
 
-    /// The L1 table (read now) and the L2 lookup through it. L1 entries are checked when used, so `info` (which
-    /// reads no L2 table) describes an image whose tables are damaged.
-    private static func openTables(file: ReadOnlyFile, header: QCOW2Header, limits: ImageLimits) throws -> TwoLevelTable {
+    /// Checks an L1 table other than the header's (a snapshot's) as the header's is checked: large enough for
+    /// `size` guest bytes, within the limits, cluster-aligned and inside the file.
+    static func checkL1(field: String, offset: UInt64, entries: UInt32, covering size: UInt64, header: QCOW2Header,
+                        fileSize: UInt64, limits: ImageLimits) throws {
+        let bytesPerL2 = header.clusterSize * header.l2Entries
+        let needed = (size + bytesPerL2 - 1) / bytesPerL2
+        if UInt64(entries) < needed {
+            throw KDCTError.corrupt("\(field) has \(entries) entries, too few for \(size) bytes (needs \(needed))", field: field)
+        }
+        try ImageLimits.check("\(field) size", UInt64(entries) * 8, max: min(limits.maxTableBytes, 32 << 20))
+        if entries > 0 { try header.checkTable(field, offset: offset, length: UInt64(entries) * 8, fileSize: fileSize) }
+    }
+
+    /// The L1 table at `l1Offset` (`l1Size` entries, read now) and the L2 lookup through it. L1 entries are checked
+    /// when used, so `info` (which reads no L2 table) describes an image whose tables are damaged, and `check`
+    /// reports each bad entry.
+    static func openTables(file: ReadOnlyFile, header: QCOW2Header, l1Offset: UInt64, l1Size: UInt32,
+                           limits: ImageLimits) throws -> TwoLevelTable {
         var l1: [UInt64] = []
-        if header.l1Size > 0 {
-            let bytes = try file.readBytes(count: Int(header.l1Size) * 8, at: header.l1TableOffset, what: "qcow2 L1 table")
+        if l1Size > 0 {
+            let bytes = try file.readBytes(count: Int(l1Size) * 8, at: l1Offset, what: "qcow2 L1 table")
             l1 = TableDecoding.uint64BigEndian(bytes)
         }
         let layout = TwoLevelTable.Layout(unitBytes: header.clusterSize, entriesPerTable: header.l2Entries,
@@ -100,10 +140,9 @@ final class QCOW2Image: MappedDevice {
         }
     }
 
-    var virtualSize: UInt64 { header.size }
-
     private static func makeInfo(file: ReadOnlyFile, header: QCOW2Header, snapshots: [QCOW2Snapshot],
-                                 backingFileName: String?, references: [ImageReference]) -> ImageInfo {
+                                 backingFileName: String?, references: [ImageReference],
+                                 readSnapshot: QCOW2Snapshot?, virtualSize: UInt64) -> ImageInfo {
         var specific: [(String, InfoValue)] = [
             ("compat", .string(header.version == 3 ? "1.1" : "0.10")),
             ("compression-type", .string(header.compressionType == .zstd ? "zstd" : "zlib")),
@@ -122,11 +161,15 @@ final class QCOW2Image: MappedDevice {
             })))
         }
         var notes: [String] = []
-        if !snapshots.isEmpty { notes.append("\(snapshots.count) internal snapshot(s); the active layer is read") }
+        if let readSnapshot {
+            notes.append("internal snapshot \(readSnapshot.id) \"\(readSnapshot.name)\" is read, not the active layer")
+        } else if !snapshots.isEmpty {
+            notes.append("\(snapshots.count) internal snapshot(s); the active layer is read")
+        }
         if header.incompatibleFeatures & QCOW2Header.IncompatibleFeature.corrupt != 0 {
             notes.append("qemu marked this image corrupt; it is read as is")
         }
-        return ImageInfo(format: .qcow2, filename: file.path, virtualSize: header.size,
+        return ImageInfo(format: .qcow2, filename: file.path, virtualSize: virtualSize,
                          subformat: header.version == 3 ? "v3" : "v2", clusterSize: header.clusterSize,
                          dirty: header.isDirty, backingFilename: backingFileName, backingFormat: header.backingFormat,
                          references: references, formatSpecific: .object(specific), notes: notes,

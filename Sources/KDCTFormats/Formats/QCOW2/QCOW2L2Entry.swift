@@ -14,6 +14,9 @@ enum QCOW2ClusterMapping: Sendable, Equatable {
 enum QCOW2Entry {
     /// Bits 9-55 of an L1 or standard L2 entry: the host offset.
     static let offsetMask: UInt64 = 0x00FF_FFFF_FFFF_FE00
+    /// Bit 63 of an L1 or standard L2 entry: the cluster's refcount is exactly 1 (COPIED, qemu's
+    /// `QCOW_OFLAG_COPIED`).
+    static let copiedFlag: UInt64 = 1 << 63
     /// Bit 62: the cluster is compressed.
     static let compressedFlag: UInt64 = 1 << 62
     /// Bit 0 of a standard L2 entry (version 3 without extended L2): the cluster reads as zeros.
@@ -43,6 +46,13 @@ enum QCOW2Entry {
         let host = entry & ((1 << shift) - 1)
         let sectors = ((entry >> shift) & ((1 << (UInt64(clusterBits) - 8)) - 1)) + 1
         return (host, sectors * 512 - (host & 511))
+    }
+
+    /// The bytes a compressed cluster occupies in the file, from the start of its first sector, ending at
+    /// `fileSize` at most: the range whose host clusters its refcount counts (`check`, `resize`).
+    static func compressedRange(host: UInt64, size: UInt64, fileSize: UInt64) -> (start: UInt64, length: UInt64) {
+        let start = host & ~511
+        return (start, min(size + (host & 511), fileSize > start ? fileSize - start : 0))
     }
 
     /// Decodes a standard (64-bit) L2 entry, or the first word of an extended one (whose bit 0 is not a zero flag).

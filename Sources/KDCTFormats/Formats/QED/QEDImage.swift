@@ -12,9 +12,9 @@ final class QEDImage: MappedDevice {
     let virtualSize: UInt64
     let info: ImageInfo
     let hostFileNames: HostFileNames
-    private let tables: TwoLevelTable
+    let tables: TwoLevelTable
     private let clusterBits: UInt64
-    private let clusterSize: UInt64
+    let clusterSize: UInt64
 
     /// Reads and validates the header and L1 table of `file`. `backingReference` describes the backing file for
     /// `info` (the caller opens it).
@@ -23,17 +23,25 @@ final class QEDImage: MappedDevice {
                       backingReference: backingReference)
     }
 
-    /// Reads and validates the L1 table of `file`, whose validated header is `header`.
-    init(file: ReadOnlyFile, header: QEDHeader, limits: ImageLimits, backingReference: ImageReference?) throws {
+    /// Reads and validates the L1 table of `file`, whose validated header is `header`. A bad L1 entry is passed to
+    /// `report`, which throws it (the default) or records it (a check), and the entry is then left out.
+    init(file: ReadOnlyFile, header: QEDHeader, limits: ImageLimits, backingReference: ImageReference?,
+         report: (KDCTError) throws -> Void = { throw $0 }) throws {
         self.file = file
         self.header = header
         clusterSize = UInt64(header.clusterSize)
         clusterBits = UInt64(header.clusterSize.trailingZeroBitCount)
         virtualSize = header.imageSize
         let l1Bytes = try file.readBytes(count: Int(header.tableBytes), at: header.l1TableOffset, what: "QED L1 table")
-        let l1Table = TableDecoding.uint64LittleEndian(l1Bytes)
+        var l1Table = TableDecoding.uint64LittleEndian(l1Bytes)
         for (index, l2Offset) in l1Table.enumerated() where l2Offset != 0 {
-            try QEDImage.checkTableOffset(l2Offset, header: header, fileSize: file.size, what: "L1 entry \(index)", path: file.path)
+            do {
+                try QEDImage.checkTableOffset(l2Offset, header: header, fileSize: file.size, what: "L1 entry \(index)",
+                                              path: file.path)
+            } catch let error as KDCTError {
+                try report(error)
+                l1Table[index] = 0
+            }
         }
         let layout = TwoLevelTable.Layout(unitBytes: clusterSize, entriesPerTable: UInt64(header.tableEntries), entryBytes: 8,
                                           byteOrder: .littleEndian, tableName: "QED L2 table", directoryName: "L1 table")
@@ -75,14 +83,16 @@ final class QEDImage: MappedDevice {
     @Sendable static func open(_ file: ReadOnlyFile, _ context: OpenContext) throws -> any BlockDevice {
         let header = try readHeader(file, limits: context.limits)
         guard let name = try backingName(file, header: header) else {
-            return try QEDImage(file: file, header: header, limits: context.limits, backingReference: nil)
+            return try QEDImage(file: file, header: header, limits: context.limits, backingReference: nil,
+                                report: context.report)
         }
         guard let path = try context.resolveReference(name, kind: .backingFile, from: file.path) else {
             return try QEDImage(file: file, header: header, limits: context.limits,
-                                backingReference: ImageReference(kind: .backingFile, name: name))
+                                backingReference: ImageReference(kind: .backingFile, name: name), report: context.report)
         }
         let top = try QEDImage(file: file, header: header, limits: context.limits,
-                               backingReference: ImageReference(kind: .backingFile, name: name, resolvedPath: path, opened: true))
+                               backingReference: ImageReference(kind: .backingFile, name: name, resolvedPath: path, opened: true),
+                               report: context.report)
         let base = try context.openResolved(path, kind: .backingFile, from: file.path,
                                             format: header.backingIsRaw ? .raw : nil)
         return try ChainedBlockDevice(top: top, opened: base, reference: name)
@@ -103,17 +113,22 @@ final class QEDImage: MappedDevice {
         case .zero:
             return .zero(length)
         case let .data(host):
-            let what = "L2 entry \(entry.index) of L2 table \(entry.table) (cluster \(cluster), guest offset \(cluster << clusterBits))"
-            // The low bits of an offset are reserved and must be zero; cluster alignment covers them.
-            if host % clusterSize != 0 || host < header.headerBytes {
-                throw KDCTError.corrupt("\(what) is \(host), not a cluster-aligned offset after the header",
-                                        file: file.path, field: "L2 entry")
-            }
-            if host > file.size || clusterSize > file.size - host {
-                throw KDCTError.corrupt("\(what) points to offset \(host), past the end of the file (\(file.size) bytes)",
-                                        file: file.path, field: "L2 entry")
-            }
+            try checkDataOffset(host, entry: entry, cluster: cluster)
             return .data(length, file, host + unit.within)
+        }
+    }
+
+    /// A data cluster's offset must be cluster-aligned (which keeps the reserved low bits zero), after the header,
+    /// with the whole cluster inside the file.
+    func checkDataOffset(_ host: UInt64, entry: TwoLevelTable.Entry, cluster: UInt64) throws {
+        let what = "L2 entry \(entry.index) of L2 table \(entry.table) (cluster \(cluster), guest offset \(cluster << clusterBits))"
+        if host % clusterSize != 0 || host < header.headerBytes {
+            throw KDCTError.corrupt("\(what) is \(host), not a cluster-aligned offset after the header",
+                                    file: file.path, field: "L2 entry")
+        }
+        if host > file.size || clusterSize > file.size - host {
+            throw KDCTError.corrupt("\(what) points to offset \(host), past the end of the file (\(file.size) bytes)",
+                                    file: file.path, field: "L2 entry")
         }
     }
 

@@ -57,8 +57,10 @@ struct VDIBlockMap: Sendable {
     }
 
     /// Checks that every allocated block inside the disk has its guest bytes inside the file: the part of block
-    /// `i` below `virtualSize` must end at or before `fileSize`. Throws `corrupt` naming the first bad entry.
-    func validate(virtualSize: UInt64, blockSize: UInt64, fileSize: UInt64) throws {
+    /// `i` below `virtualSize` must end at or before `fileSize`. Each bad entry is a `corrupt` error passed to
+    /// `report`, which throws it (the default: the first one ends the open) or records it (a check).
+    func validate(virtualSize: UInt64, blockSize: UInt64, fileSize: UInt64,
+                  report: (KDCTError) throws -> Void = { throw $0 }) throws {
         let blocksInDisk = Int(min(UInt64(entries.count), (virtualSize + blockSize - 1) / blockSize))
         for index in 0..<blocksInDisk {
             let entry = entries[index]
@@ -67,9 +69,9 @@ struct VDIBlockMap: Sendable {
             let guestStart = UInt64(index) * blockSize
             let needed = min(blockSize, virtualSize - guestStart)
             if start > fileSize || needed > fileSize - start {
-                throw KDCTError.corrupt(
+                try report(KDCTError.corrupt(
                     "block map entry \(index) (guest offset \(guestStart)) points to block slot \(entry) at file offset \(start), past the end of the file (\(fileSize) bytes)",
-                    field: "block map entry \(index)")
+                    field: "block map entry \(index)"))
             }
         }
     }

@@ -35,11 +35,14 @@ final class VDIImage: MappedDevice {
         hostFileNames = HostFileNames(file)
     }
 
-    /// Reads the block map of `file`, whose validated header is `header`, and checks every entry against the file.
-    static func readBlockMap(_ file: ReadOnlyFile, header: VDIHeader) throws -> VDIBlockMap {
+    /// Reads the block map of `file`, whose validated header is `header`, and checks every entry against the file;
+    /// a bad entry is passed to `report` (by default thrown).
+    static func readBlockMap(_ file: ReadOnlyFile, header: VDIHeader,
+                             report: (KDCTError) throws -> Void = { throw $0 }) throws -> VDIBlockMap {
         let mapBytes = try file.readBytes(count: Int(header.blockCount) * 4, at: header.blocksOffset, what: "VDI block map")
         let blockMap = VDIBlockMap(bytes: mapBytes, header: header)
-        try blockMap.validate(virtualSize: header.virtualSize, blockSize: UInt64(header.blockSize), fileSize: file.size)
+        try blockMap.validate(virtualSize: header.virtualSize, blockSize: UInt64(header.blockSize), fileSize: file.size,
+                              report: report)
         return blockMap
     }
 
@@ -55,7 +58,7 @@ final class VDIImage: MappedDevice {
     /// references are opened.
     @Sendable static func open(_ file: ReadOnlyFile, _ context: OpenContext) throws -> any BlockDevice {
         let header = try readHeader(file, limits: context.limits)
-        let blockMap = try readBlockMap(file, header: header)
+        let blockMap = try readBlockMap(file, header: header, report: context.report)
         guard header.hasParent else {
             return VDIImage(file: file, header: header, blockMap: blockMap, parentReference: nil)
         }

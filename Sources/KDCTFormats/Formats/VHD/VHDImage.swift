@@ -27,7 +27,7 @@ final class VHDImage: MappedDevice {
     /// The block lookup (dynamic/differencing).
     private let blocks: BlockTable
     /// Bytes of the bitmap stored before each block's data.
-    private let bitmapSize: UInt64
+    let bitmapSize: UInt64
     /// Per-block sector presence.
     private let presenceCache: BoundedCache<UInt64, BlockPresence>
 
@@ -87,7 +87,7 @@ final class VHDImage: MappedDevice {
             }
             return described.image(header: nil, bat: [])
         }
-        let (header, bat) = try readDynamicHeader(described, limits: context.limits)
+        let (header, bat) = try readDynamicHeader(described, context: context)
         guard described.footer.diskType == .differencing else { return described.image(header: header, bat: bat) }
         return try openDifferencing(described, header: header, bat: bat, context: context)
     }
@@ -120,7 +120,8 @@ final class VHDImage: MappedDevice {
     /// Reads the dynamic disk header at the footer's data offset and the BAT it names, checking the table geometry
     /// first (an impossible table is reported as such even when the rest is damaged), then the checksum, then every
     /// BAT entry against the file.
-    private static func readDynamicHeader(_ described: Described, limits: ImageLimits) throws -> (VHDDynamicHeader, [UInt32]) {
+    private static func readDynamicHeader(_ described: Described, context: OpenContext) throws -> (VHDDynamicHeader, [UInt32]) {
+        let limits = context.limits
         let file = described.file
         let virtualSize = described.virtualSize
         let headerOffset = described.footer.dataOffset
@@ -162,7 +163,8 @@ final class VHDImage: MappedDevice {
                                          header.tableOffset..<max(batEnd, header.tableOffset + 1)]
         let bat = try VHDBlockAllocationTable.decode(batData, blockSize: blockSize,
                                                      bitmapSize: VHDDynamicHeader.bitmapSize(blockSize: header.blockSize),
-                                                     reserved: reserved, fileSize: file.size, file: file.path)
+                                                     reserved: reserved, fileSize: file.size, file: file.path,
+                                                     report: context.report)
         return (header, bat.entries)
     }
 

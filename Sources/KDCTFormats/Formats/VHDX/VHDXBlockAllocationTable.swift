@@ -83,8 +83,11 @@ struct VHDXBlockAllocationTable: Sendable {
     ///   size), overlapping neither `reserved` (regions, log) nor each other;
     /// - in a differencing disk, sector bitmap entries: not present (0) or present (6), 1 MiB in the file
     ///   under the same rules. (Fixed and dynamic disks never use them; their values are ignored.)
+    /// Each bad entry is passed to `report`, which throws it (the default) or records it (a check); a recorded entry
+    /// is kept out of the overlap comparison.
     static func decode(_ bytes: [UInt8], geometry: VHDXBATGeometry, differencing: Bool, virtualSize: UInt64,
-                              fileSize: UInt64, reserved: [Range<UInt64>], file: String? = nil) throws -> VHDXBlockAllocationTable {
+                       fileSize: UInt64, reserved: [Range<UInt64>], file: String? = nil,
+                       report: (KDCTError) throws -> Void = { throw $0 }) throws -> VHDXBlockAllocationTable {
         let entries = TableDecoding.uint64LittleEndian(bytes)
         guard UInt64(entries.count) >= geometry.totalEntries else {
             throw KDCTError.corrupt("BAT holds \(entries.count) entries, \(geometry.totalEntries) needed", file: file, field: "BAT")
@@ -93,24 +96,28 @@ struct VHDXBlockAllocationTable: Sendable {
         let stride = geometry.chunkRatio + 1
         for index in 0..<Int(geometry.totalEntries) {
             let entry = VHDXBATEntry(raw: entries[index])
-            if UInt64(index) % stride == geometry.chunkRatio {
-                // Fixed and dynamic disks never use sector bitmap entries; their values are ignored.
-                guard differencing else { continue }
-                switch entry.state {
-                case 0: continue
-                case 6: try placements.place(index, entry, length: 1 << 20,
-                                             what: "sector bitmap block of chunk \(UInt64(index) / stride)")
-                default:
-                    throw KDCTError.corrupt("sector bitmap entry has undefined state \(entry.state)", file: file, field: "BAT entry \(index)")
+            do {
+                if UInt64(index) % stride == geometry.chunkRatio {
+                    // Fixed and dynamic disks never use sector bitmap entries; their values are ignored.
+                    guard differencing else { continue }
+                    switch entry.state {
+                    case 0: continue
+                    case 6: try placements.place(index, entry, length: 1 << 20,
+                                                 what: "sector bitmap block of chunk \(UInt64(index) / stride)")
+                    default:
+                        throw KDCTError.corrupt("sector bitmap entry has undefined state \(entry.state)", file: file, field: "BAT entry \(index)")
+                    }
+                    continue
                 }
-                continue
+                let block = UInt64(index) - UInt64(index) / stride
+                guard block < geometry.dataBlocks else { continue }
+                try checkPayload(entry, index: index, block: block, entries: entries, geometry: geometry,
+                                 differencing: differencing, virtualSize: virtualSize, placements: &placements)
+            } catch let error as KDCTError {
+                try report(error)
             }
-            let block = UInt64(index) - UInt64(index) / stride
-            guard block < geometry.dataBlocks else { continue }
-            try checkPayload(entry, index: index, block: block, entries: entries, geometry: geometry,
-                             differencing: differencing, virtualSize: virtualSize, placements: &placements)
         }
-        try placements.checkOverlaps()
+        try placements.checkOverlaps(report: report)
         return VHDXBlockAllocationTable(entries: entries)
     }
 
@@ -181,12 +188,12 @@ struct VHDXBlockAllocationTable: Sendable {
             placed.append((start, end, index))
         }
 
-        /// No two placed blocks overlap.
-        mutating func checkOverlaps() throws {
+        /// No two placed blocks overlap; each overlap is passed to `report`.
+        mutating func checkOverlaps(report: (KDCTError) throws -> Void) throws {
             placed.sort { $0.start < $1.start }
             for i in placed.indices.dropFirst() where placed[i].start < placed[i - 1].end {
-                throw KDCTError.corrupt("BAT entries \(placed[i - 1].index) and \(placed[i].index) place blocks that overlap at file offset \(placed[i].start)",
-                                        file: file, field: "BAT entry \(placed[i].index)")
+                try report(KDCTError.corrupt("BAT entries \(placed[i - 1].index) and \(placed[i].index) place blocks that overlap at file offset \(placed[i].start)",
+                                        file: file, field: "BAT entry \(placed[i].index)"))
             }
         }
     }

@@ -83,7 +83,8 @@ final class VHDXImage: MappedDevice {
         let (view, replay) = try replayLog(file, header: header, logRange: logRange, limits: limits, notes: &notes)
         let regions = try readRegionTable(view, logRange: logRange, notes: &notes)
         let (parameters, locator) = try readMetadata(view, region: regions.metadata, limits: limits)
-        let (geometry, bat) = try readBAT(view, regions: regions, parameters: parameters, logRange: logRange, limits: limits)
+        let (geometry, bat) = try readBAT(view, regions: regions, parameters: parameters, logRange: logRange,
+                                          context: context)
         let opened = Opened(identifier: identifier, header: header, currentHeader: current, logRange: logRange, view: view,
                             replay: replay, notes: notes, parameters: parameters, locator: locator, geometry: geometry,
                             bat: bat)
@@ -197,7 +198,8 @@ final class VHDXImage: MappedDevice {
 
     /// The BAT, every entry that matters checked against the file (see `VHDXBlockAllocationTable.decode`).
     private static func readBAT(_ view: VHDXFileView, regions: VHDXRegionTable, parameters: VHDXDiskParameters,
-                                logRange: Range<UInt64>?, limits: ImageLimits) throws -> (VHDXBATGeometry, [UInt64]) {
+                                logRange: Range<UInt64>?, context: OpenContext) throws -> (VHDXBATGeometry, [UInt64]) {
+        let limits = context.limits
         let path = view.path
         let geometry = VHDXBATGeometry(parameters)
         let (batBytes, batOverflow) = geometry.totalEntries.multipliedReportingOverflow(by: 8)
@@ -212,7 +214,7 @@ final class VHDXImage: MappedDevice {
         if let logRange { reserved.append(logRange) }
         let bat = try VHDXBlockAllocationTable.decode(batData, geometry: geometry, differencing: parameters.hasParent,
                                                       virtualSize: parameters.virtualDiskSize, fileSize: view.size,
-                                                      reserved: reserved, file: path)
+                                                      reserved: reserved, file: path, report: context.report)
         return (geometry, bat.entries)
     }
 

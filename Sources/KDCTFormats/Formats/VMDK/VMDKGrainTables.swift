@@ -122,14 +122,18 @@ enum VMDKGrainEncoding: Sendable, Equatable {
 /// - Each extent's table cache gets an equal share of `maxTableCacheBytes` (at least one table).
 final class VMDKTableBudget {
     let limits: ImageLimits
+    /// Where a grain directory entry that does not decode goes: thrown (the default), or recorded by a check, the
+    /// entry then read as "no grain table" (`OpenContext.report`).
+    let report: (KDCTError) throws -> Void
     private(set) var remainingDirectoryBytes: UInt64
     private(set) var remainingEagerBytes: UInt64
     /// Bytes of cached tables each extent may keep.
     let cacheBytesPerExtent: UInt64
 
     /// A budget for a disk with `sparseExtents` sparse extents.
-    init(limits: ImageLimits, sparseExtents: Int) {
+    init(limits: ImageLimits, sparseExtents: Int, report: @escaping (KDCTError) throws -> Void = { throw $0 }) {
         self.limits = limits
+        self.report = report
         remainingDirectoryBytes = limits.maxTableBytes
         remainingEagerBytes = min(limits.maxTableCacheBytes, limits.maxTableBytes)
         cacheBytesPerExtent = limits.maxTableCacheBytes / UInt64(max(1, sparseExtents))

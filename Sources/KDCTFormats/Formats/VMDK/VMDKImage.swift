@@ -139,7 +139,8 @@ final class VMDKImage: MappedDevice {
         }
         var descriptor = try VMDKDescriptor.parse(text, limits: limits, file: file.path)
         let extent = try openHostedSparseExtent(file, header: header, byteCount: nil, guestBase: 0,
-                                                budget: VMDKTableBudget(limits: limits, sparseExtents: 1))
+                                                budget: VMDKTableBudget(limits: limits, sparseExtents: 1,
+                                                                        report: context.report))
         if descriptor.createType == nil { descriptor.createType = extent.isCompressed ? "streamOptimized" : "monolithicSparse" }
         let createType = descriptor.createType ?? "monolithicSparse"
         if context.options.untrusted, createType != "monolithicSparse", createType != "streamOptimized" {
@@ -257,7 +258,7 @@ final class VMDKImage: MappedDevice {
         let sparseTypes: Set<VMDKDescriptor.ExtentType> = [.sparse, .vmfsSparse, .seSparse]
         let budget = VMDKTableBudget(limits: limits, sparseExtents: descriptor.extents.filter {
             sparseTypes.contains($0.type) && $0.access != .noAccess
-        }.count)
+        }.count, report: context.report)
         var builder = InfoBuilder(file: file, descriptor: descriptor)
         var pieces: [Piece] = []
         var start: UInt64 = 0

@@ -18,7 +18,7 @@ final class VMDKSparseExtent: VMDKExtentReader {
     let allocatedTables: Int
     /// Every grain table was read at open.
     let tablesLoadedAtOpen: Bool
-    private let tables: TwoLevelTable
+    let tables: TwoLevelTable
     private let grainBytes: UInt64
 
     /// Largest grain accepted in a compressed extent (every known writer uses 64 KiB): bounds the per-thread
@@ -64,8 +64,13 @@ final class VMDKSparseExtent: VMDKExtentReader {
                 let entry = width == 8
                     ? UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self))
                     : UInt64(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: index * 4, as: UInt32.self)))
-                return try encoding.tableOffset(entry, index: index, tableBytes: layout.tableBytes, fileSize: file.size,
-                                                file: file.path) ?? 0
+                do {
+                    return try encoding.tableOffset(entry, index: index, tableBytes: layout.tableBytes,
+                                                    fileSize: file.size, file: file.path) ?? 0
+                } catch let error as KDCTError {
+                    try budget.report(error)
+                    return 0
+                }
             }
         }
     }
