@@ -4,7 +4,11 @@ import PackageDescription
 let package = Package(
     name: "kdct-native",
     products: [
+        // Disk image readers, the RAW and QCOW2 writers and the converter; Glibc and C codecs only (no Foundation).
         .library(name: "KDCTFormats", targets: ["KDCTFormats"]),
+        // OVA/OVF appliances in, libvirt domain XML out (Foundation, FoundationXML).
+        .library(name: "KDCTAppliance", targets: ["KDCTAppliance"]),
+        // Shipping a converted disk to a KVM host over SFTP/SCP (libssh2).
         .library(name: "KDCTExport", targets: ["KDCTExport"]),
         .library(name: "KDCTServer", targets: ["KDCTServer"]),
         .executable(name: "kdct-native", targets: ["kdct-native"]),
@@ -22,20 +26,25 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.2"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // `swift package generate-documentation` (the DocC catalogs of the libraries).
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
     ],
     targets: [
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .systemLibrary(name: "CDeflate", path: "Sources/CDeflate"),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd"),
         .systemLibrary(name: "CLibSSH2", path: "Sources/CLibSSH2"),
+        .systemLibrary(name: "CLibCrypto", path: "Sources/CLibCrypto"),
         .target(name: "CKDCTShims", path: "Sources/CKDCTShims"),
         .target(
             name: "KDCTFormats",
-            dependencies: [
-                "CZlib", "CDeflate", "CZstd", "CKDCTShims",
-                .product(name: "Crypto", package: "swift-crypto"),
-            ],
+            dependencies: ["CZlib", "CDeflate", "CZstd", "CLibCrypto", "CKDCTShims"],
             path: "Sources/KDCTFormats"
+        ),
+        .target(
+            name: "KDCTAppliance",
+            dependencies: ["KDCTFormats", .product(name: "Crypto", package: "swift-crypto")],
+            path: "Sources/KDCTAppliance"
         ),
         .target(
             name: "KDCTExport",
@@ -46,7 +55,7 @@ let package = Package(
         .target(
             name: "KDCTServer",
             dependencies: [
-                "KDCTFormats", "KDCTExport",
+                "KDCTFormats", "KDCTAppliance", "KDCTExport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -64,16 +73,16 @@ let package = Package(
         .executableTarget(
             name: "kdct-native",
             dependencies: [
-                "KDCTFormats", "KDCTExport", "KDCTServer", "CKDCTShims",
+                "KDCTFormats", "KDCTAppliance", "KDCTExport", "KDCTServer", "CKDCTShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/kdct-native"
         ),
-        // Shared test helpers: temp dirs, qemu-img oracle, deterministic pattern, corpus loader, CLI runner.
+        // Shared test helpers: temp dirs, qemu-img oracle, deterministic pattern, corpus loader, CLI runner, appliances.
         .target(
             name: "KDCTTestSupport",
-            dependencies: ["KDCTFormats"],
+            dependencies: ["KDCTFormats", "KDCTAppliance"],
             path: "Tests/KDCTTestSupport"
         ),
         .testTarget(
@@ -86,18 +95,23 @@ let package = Package(
             path: "Tests/KDCTFormatsTests"
         ),
         .testTarget(
+            name: "KDCTApplianceTests",
+            dependencies: ["KDCTAppliance", "KDCTFormats", "KDCTTestSupport"],
+            path: "Tests/KDCTApplianceTests"
+        ),
+        .testTarget(
             name: "KDCTExportTests",
             dependencies: ["KDCTExport", "KDCTFormats", "KDCTTestSupport"],
             path: "Tests/KDCTExportTests"
         ),
         .testTarget(
             name: "KDCTServerTests",
-            dependencies: ["KDCTServer", "KDCTFormats", "KDCTExport", "KDCTTestSupport"],
+            dependencies: ["KDCTServer", "KDCTFormats", "KDCTAppliance", "KDCTExport", "KDCTTestSupport"],
             path: "Tests/KDCTServerTests"
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["KDCTFormats", "KDCTTestSupport"],
+            dependencies: ["KDCTFormats", "KDCTAppliance", "KDCTTestSupport"],
             path: "Tests/CLITests"
         ),
     ]

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Export throughput on loopback: `kdct-native export` against OpenSSH's `sftp` put of the same file, to the same
-# private sshd, alternating the tools, `sync` before each timed run, median of RUNS runs each.
-# Writes Benchmarks/RESULTS-export.md. Needs root (it starts sshd and logs in as root with a generated key).
+# Export throughput on loopback: `kdct-native export` against OpenSSH's `sftp -b` put of the same file to the same
+# private sshd: with sftp's default cipher and MAC, and forced to the ones libssh2 negotiates (aes128-ctr,
+# hmac-sha2-256). Every configuration runs RUNS times, the configurations alternating, `sync` before each run;
+# the table shows medians of the wall time, the client's CPU seconds (user+sys of the process and its children:
+# sftp's ssh) and the server's (sshd and sftp-server: the children the listening sshd reaped).
+# Writes Benchmarks/RESULTS-export.md (keeping its "## Analysis" section, written by hand). Needs root (it starts sshd and logs in as root with a generated key).
 #
-#   Benchmarks/export-bench.sh [SIZE_MIB=1024] [RUNS=5] [BINARY=.build/release/kdct-native]
+#   Benchmarks/export-bench.sh [SIZE_MIB=1024] [RUNS=5] [BINARY=.build/release/kdct-native] [STREAMS="1 2 3 4"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-1024}
 RUNS=${2:-5}
 BIN=${3:-.build/release/kdct-native}
+STREAMS=${4:-"1 2 3 4"}
 [ "$(id -u)" -eq 0 ] || { echo "run as root (sshd needs it)" >&2; exit 1; }
 if [ ! -x "$BIN" ]; then swift build -c release --product kdct-native; fi
 
@@ -45,57 +49,85 @@ echo "[127.0.0.1]:$PORT $(cat "$WORK/host_key.pub")" > "$WORK/known_hosts"
 head -c $((SIZE_MIB << 20)) /dev/urandom > "$WORK/disk.raw"
 SRC="$WORK/disk.raw"
 SSH_OPTS=(-o "UserKnownHostsFile=$WORK/known_hosts" -o StrictHostKeyChecking=yes -o BatchMode=yes -i "$WORK/client_key")
+CLK=$(getconf CLK_TCK)
 
 now() { date +%s.%N; }
-run_kdct() { # $1: extra flags
-    rm -f "$WORK/remote/k.raw"
+# CPU seconds the listening sshd has collected from the session processes it reaped.
+server_cpu() { awk -v hz="$CLK" '{ printf "%.3f\n", ($16 + $17) / hz }' "/proc/$SSHD_PID/stat"; }
+# Runs "$@" (stdin from $STDIN_TEXT), prints "wall client server".
+measure() {
     sync
-    local t0; t0=$(now)
-    SSH_AUTH_SOCK= "$BIN" export -P "$PORT" -i "$WORK/client_key" --known-hosts "$WORK/known_hosts" $1 \
-        "$SRC" "root@127.0.0.1:$WORK/remote/k.raw" > /dev/null
-    elapsed "$t0"
+    local s0 t0 t1 s1
+    s0=$(server_cpu); t0=$(now)
+    /usr/bin/time -f "%U %S" -o "$WORK/time" "$@" <<< "${STDIN_TEXT:-}" > /dev/null
+    t1=$(now)
+    # The session sshd ends just after the client; wait until the listener has reaped it.
+    for _ in $(seq 50); do [ -z "$(pgrep -P "$SSHD_PID")" ] && break; sleep 0.02; done
+    s1=$(server_cpu)
+    awk -v a="$t0" -v b="$t1" -v s0="$s0" -v s1="$s1" '{ printf "%.3f %.3f %.3f\n", b - a, $1 + $2, s1 - s0 }' "$WORK/time"
 }
-run_sftp() { # $1: put flags (-f: fsync@openssh.com after the transfer, as kdct-native always does)
+run_sftp() { # $@: extra ssh options
     rm -f "$WORK/remote/s.raw"
-    sync
-    local t0; t0=$(now)
-    SSH_AUTH_SOCK= sftp -q -P "$PORT" "${SSH_OPTS[@]}" -b - root@127.0.0.1 > /dev/null <<< "put $1 $SRC $WORK/remote/s.raw"
-    elapsed "$t0"
+    STDIN_TEXT="put $SRC $WORK/remote/s.raw" measure env SSH_AUTH_SOCK= sftp -q -P "$PORT" "${SSH_OPTS[@]}" "$@" -b - root@127.0.0.1
 }
-elapsed() { awk -v a="$(now)" -v b="$1" 'BEGIN { printf "%.3f\n", a - b }'; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+run_kdct() { # $@: extra flags
+    rm -f "$WORK/remote/k.raw" "$WORK/remote/.k.raw.kdct-export.part"
+    STDIN_TEXT="" measure env SSH_AUTH_SOCK= ${PLAIN_CTR:+KDCT_SSH_PLAIN_CTR=1} "$BIN" export -P "$PORT" -i "$WORK/client_key" --known-hosts "$WORK/known_hosts" "$@" \
+        "$SRC" "root@127.0.0.1:$WORK/remote/k.raw"
+}
 
-declare -a T_SFTP T_SFTP_F T_KDCT T_KDCT_NV
+run_kdct_plain() { PLAIN_CTR=1 run_kdct "$@"; }
+
+# The configurations, in the order they alternate.
+declare -a NAMES CMDS
+NAMES+=("OpenSSH \`sftp -b\` put, default cipher and MAC"); CMDS+=("run_sftp")
+NAMES+=("OpenSSH \`sftp -b\` put, aes128-ctr + hmac-sha2-256"); CMDS+=("run_sftp -c aes128-ctr -o MACs=hmac-sha2-256")
+for n in $STREAMS; do
+    NAMES+=("\`kdct-native export --no-verify --streams $n\`"); CMDS+=("run_kdct --no-verify --streams $n")
+done
+NAMES+=("\`kdct-native export --no-verify --streams 1\`, OpenSSL's per-block AES-CTR (KDCT_SSH_PLAIN_CTR=1)")
+CMDS+=("run_kdct_plain --no-verify --streams 1")
+NAMES+=("\`kdct-native export\` (default streams, SHA-256 verified on the host)"); CMDS+=("run_kdct")
+
+declare -A WALL CLIENT SERVER
 for i in $(seq "$RUNS"); do
-    T_SFTP+=("$(run_sftp "")")
-    T_KDCT_NV+=("$(run_kdct --no-verify)")
-    T_SFTP_F+=("$(run_sftp -f)")
-    T_KDCT+=("$(run_kdct "")")
-    echo "run $i: sftp put ${T_SFTP[-1]}s, kdct --no-verify ${T_KDCT_NV[-1]}s, sftp put -f ${T_SFTP_F[-1]}s, kdct ${T_KDCT[-1]}s" >&2
+    for k in "${!CMDS[@]}"; do
+        read -r w c s <<< "$(${CMDS[$k]})"
+        WALL[$k]+="$w "; CLIENT[$k]+="$c "; SERVER[$k]+="$s "
+        echo "run $i: ${NAMES[$k]}: wall $w s, client $c s, server $s s" >&2
+    done
 done
 cmp "$SRC" "$WORK/remote/k.raw" && cmp "$SRC" "$WORK/remote/s.raw"
 
-M_SFTP=$(printf '%s\n' "${T_SFTP[@]}" | median)
-M_SFTP_F=$(printf '%s\n' "${T_SFTP_F[@]}" | median)
-M_KDCT_NV=$(printf '%s\n' "${T_KDCT_NV[@]}" | median)
-M_KDCT=$(printf '%s\n' "${T_KDCT[@]}" | median)
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 rate() { awk -v s="$SIZE_MIB" -v t="$1" 'BEGIN { printf "%.1f", s / t }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+SAME=$(echo "${WALL[1]}" | median)
+DEFAULT=$(echo "${WALL[0]}" | median)
 {
     echo "# Export throughput (loopback)"
     echo
-    echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average before: $LOAD."
-    echo "$SIZE_MIB MiB of random data, $RUNS runs each, tools alternated, \`sync\` before each run; median wall time."
-    echo "OpenSSH $(ssh -V 2>&1 | cut -d, -f1), libssh2 $(dpkg-query -W -f='${Version}' libssh2-1 2>/dev/null || echo '?')."
+    echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average after: $LOAD."
+    echo "$SIZE_MIB MiB of random data, $RUNS runs of each configuration, configurations alternated, \`sync\` before each run;"
+    echo "medians. Client CPU: user+sys of the command and its children (sftp's ssh); server CPU: sshd and sftp-server."
+    echo "OpenSSH $(ssh -V 2>&1 | cut -d, -f1), libssh2 $(dpkg-query -W -f='${Version}' libssh2-1 2>/dev/null || echo '?'),"
+    echo "kdct-native negotiates aes128-ctr + hmac-sha2-256."
     echo
-    echo "| tool | median s | MiB/s | throughput vs \`put\` | vs \`put -f\` |"
-    echo "| --- | --- | --- | --- | --- |"
-    echo "| OpenSSH \`sftp\` put | $M_SFTP | $(rate "$M_SFTP") | 1.00x | |"
-    echo "| OpenSSH \`sftp\` put -f (fsync) | $M_SFTP_F | $(rate "$M_SFTP_F") | $(ratio "$M_SFTP" "$M_SFTP_F")x | 1.00x |"
-    echo "| \`kdct-native export --no-verify\` (fsync) | $M_KDCT_NV | $(rate "$M_KDCT_NV") | $(ratio "$M_SFTP" "$M_KDCT_NV")x | $(ratio "$M_SFTP_F" "$M_KDCT_NV")x |"
-    echo "| \`kdct-native export\` (fsync, SHA-256 on the host) | $M_KDCT | $(rate "$M_KDCT") | $(ratio "$M_SFTP" "$M_KDCT")x | $(ratio "$M_SFTP_F" "$M_KDCT")x |"
+    echo "| tool | wall s | MiB/s | throughput vs sftp, same cipher | vs sftp, default cipher | client CPU s | server CPU s |"
+    echo "| --- | --- | --- | --- | --- | --- | --- |"
+    for k in "${!CMDS[@]}"; do
+        w=$(echo "${WALL[$k]}" | median)
+        echo "| ${NAMES[$k]} | $w | $(rate "$w") | $(ratio "$SAME" "$w")x | $(ratio "$DEFAULT" "$w")x | $(echo "${CLIENT[$k]}" | median) | $(echo "${SERVER[$k]}" | median) |"
+    done
     echo
-    echo "Raw timings (s): put ${T_SFTP[*]}; put -f ${T_SFTP_F[*]}; kdct --no-verify ${T_KDCT_NV[*]}; kdct ${T_KDCT[*]}."
-} > Benchmarks/RESULTS-export.md
+    echo "Raw wall times (s), in run order:"
+    echo
+    for k in "${!CMDS[@]}"; do echo "- ${NAMES[$k]}: ${WALL[$k]}"; done
+} > "$WORK/table.md"
+if [ -f Benchmarks/RESULTS-export.md ]; then
+    sed -n '/^## Analysis/,$p' Benchmarks/RESULTS-export.md > "$WORK/analysis.md"
+    if [ -s "$WORK/analysis.md" ]; then { echo; cat "$WORK/analysis.md"; } >> "$WORK/table.md"; fi
+fi
+cp "$WORK/table.md" Benchmarks/RESULTS-export.md
 cat Benchmarks/RESULTS-export.md

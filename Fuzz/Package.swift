@@ -9,7 +9,10 @@ let package = Package(
     targets: [
         .target(
             name: "FuzzSupport",
-            dependencies: [.product(name: "KDCTFormats", package: "kdct-native")],
+            dependencies: [
+                .product(name: "KDCTFormats", package: "kdct-native"),
+                .product(name: "KDCTAppliance", package: "kdct-native"),
+            ],
             path: "Sources/FuzzSupport"
         ),
         // One harness binary; run-fuzzers.sh runs it as fuzz-raw, fuzz-qcow2 ... fuzz-ova.

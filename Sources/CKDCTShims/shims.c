@@ -1,11 +1,13 @@
 #define _GNU_SOURCE
 #include "CKDCTShims.h"
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 #include <pthread.h>
+#include <linux/fs.h>
 
 off_t kdct_seek_data(int fd, off_t offset) { return lseek(fd, offset, SEEK_DATA); }
 off_t kdct_seek_hole(int fd, off_t offset) { return lseek(fd, offset, SEEK_HOLE); }
@@ -13,6 +15,30 @@ off_t kdct_seek_hole(int fd, off_t offset) { return lseek(fd, offset, SEEK_HOLE)
 int kdct_fallocate(int fd, off_t offset, off_t length) { return fallocate(fd, 0, offset, length); }
 int kdct_punch_hole(int fd, off_t offset, off_t length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
+int kdct_block_device_size(int fd, uint64_t *size) { return ioctl(fd, BLKGETSIZE64, size); }
+int kdct_block_sector_size(int fd, int *size) { return ioctl(fd, BLKSSZGET, size); }
+
+int kdct_block_zero_out(int fd, uint64_t offset, uint64_t length) {
+    uint64_t range[2] = { offset, length };
+    return ioctl(fd, BLKZEROOUT, range);
+}
+
+int kdct_open_unnamed(const char *directory, int mode) {
+    return open(directory, O_TMPFILE | O_RDWR | O_CLOEXEC, mode);
+}
+
+int kdct_link_unnamed(int fd, const char *path) {
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    if (linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0) return 0;
+    if (errno == EEXIST) return -1;
+    return linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH);
+}
+
+ssize_t kdct_copy_file_range(int in, off_t in_offset, int out, off_t out_offset, size_t length) {
+    return copy_file_range(in, &in_offset, out, &out_offset, length, 0);
 }
 
 int kdct_start_writeback(int fd, off_t offset, off_t length) {

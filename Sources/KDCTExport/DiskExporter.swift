@@ -1,7 +1,6 @@
 import CKDCTShims
-import CLibSSH2
-import Crypto
 import KDCTFormats
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -9,11 +8,14 @@ import Glibc
 /// Sends a local disk image (any file, sent byte for byte) to a KVM host.
 ///
 /// SFTP (the default): the file is written under a temporary name beside the destination
-/// (`.NAME.kdct-export.part`, created exclusively), zero runs of at least `minimumHole` bytes are not sent (the
-/// remote file gets holes), the file is flushed with `fsync@openssh.com` when the server offers it, its SHA-256 is
-/// compared with the local file's, and only then is it renamed to the destination name. An interrupted upload
-/// stays under the temporary name; `resume` continues it after checking that its content equals the local
-/// file's prefix (and starts over when it does not).
+/// (`.NAME.kdct-export.part`, created exclusively), on `streams` connections at once, each writing its own
+/// chunks; all-zero runs are not sent (the remote file gets holes). The file is flushed with
+/// `fsync@openssh.com` when the server offers it, its chunks' SHA-256 digests are compared with the local
+/// file's, and only then is it renamed to the destination name (atomically replacing an old file with
+/// `overwrite`). An interrupted upload stays under the temporary name; `resume` keeps every chunk of it that
+/// matches the local file and sends the rest.
+///
+/// Every wait on the host honours `connection.timeout` and `connection.cancellation` (see `SessionDriver`).
 ///
 /// scp (`transferProtocol = .scp`, for hosts with no SFTP server) can promise less, and the exporter says so: the
 /// protocol streams every byte (no holes), cannot append (no resume), cannot create exclusively or rename, and has
@@ -23,11 +25,21 @@ import Glibc
 public enum DiskExporter {
     /// Exports `localPath` to `location`.
     public static func export(localPath: String, to location: RemoteLocation, options: ExportOptions) throws -> ExportResult {
-        let file = try ReadOnlyFile(path: localPath)
+        var options = options
         if options.resume && options.transferProtocol == .scp {
             throw KDCTError(.unsupported, "--resume needs SFTP: the scp protocol cannot continue a partial file", field: "--resume")
         }
+        guard (1...ExportOptions.maximumStreams).contains(options.streams) else {
+            throw KDCTError(.invalidArgument, "streams must be between 1 and \(ExportOptions.maximumStreams), not \(options.streams)",
+                            field: "--streams")
+        }
+        guard options.connection.timeout > 0 else {
+            throw KDCTError(.invalidArgument, "the timeout must be positive", field: "--timeout")
+        }
+        try options.connection.resolvePassword()
+        let file = try ReadOnlyFile(path: localPath)
         _ = kdct_advise_sequential(file.descriptor)
+        options.progress?(ExportProgress(phase: .connecting, processedBytes: 0, totalBytes: file.size))
         let connection = try SSHConnection(endpoint: location.endpoint, options: options.connection)
         defer { connection.disconnect() }
         switch options.transferProtocol {
@@ -43,118 +55,46 @@ public enum DiskExporter {
         FilePaths.join(FilePaths.directory(of: path), ".\(FilePaths.lastComponent(of: path)).kdct-export.part")
     }
 
-    /// The permission bits of the local file, given to the remote one.
-    static func permissions(of file: ReadOnlyFile) -> Int32 {
+    /// The permission bits of a local file, given to the remote one (0644 when they cannot be read).
+    static func permissions(of descriptor: Int32) -> Int32 {
         var st = stat()
-        guard fstat(file.descriptor, &st) == 0 else { return 0o644 }
+        guard fstat(descriptor, &st) == 0 else { return 0o644 }
         return Int32(st.st_mode & 0o777)
     }
 
-    /// SHA-256 state over the local file's first `length` bytes (holes hashed as zeros without being read).
-    static func hashPrefix(of file: ReadOnlyFile, length: UInt64) throws -> SHA256 {
-        var hasher = SHA256()
-        let chunk = 4 << 20
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
-        defer { buffer.deallocate() }
-        var position: UInt64 = 0
-        while position < length {
-            let dataStart = min(try file.nextData(from: position) ?? length, length)
-            WrittenContentDigest.hashZeros(&hasher, count: dataStart - position)
-            let dataEnd = min(try file.nextHole(from: dataStart), length)
-            var offset = dataStart
-            while offset < dataEnd {
-                let count = Int(min(UInt64(chunk), dataEnd - offset))
-                let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
-                try file.read(into: slice, at: offset, what: "local data")
-                hasher.update(bufferPointer: UnsafeRawBufferPointer(slice))
-                offset += UInt64(count)
-            }
-            position = max(dataEnd, dataStart)
+    /// The path to write for `location`: a directory (or a path ending in `/`) gets `localName` (without one,
+    /// a directory is refused); a symbolic link is followed (its target is replaced, the link stays). Refuses a
+    /// device or anything but a regular file, and an existing file without `overwrite`.
+    static func destinationPath(for location: RemoteLocation, localName: String?, overwrite: Bool,
+                                sftp: SFTPSession) throws -> String {
+        var path = location.path
+        if let localName {
+            let isDirectory = try path.hasSuffix("/") || sftp.status(of: path)?.isDirectory == true
+            if isDirectory { path = FilePaths.join(path.hasSuffix("/") ? String(path.dropLast()) : path, localName) }
         }
-        return hasher
+        guard var existing = try sftp.status(of: path, followLinks: false) else { return path }
+        if existing.isSymbolicLink {
+            let target: String
+            do {
+                target = try sftp.canonicalPath(path)
+            } catch {
+                throw KDCTError(.invalidArgument, "is a symbolic link whose target cannot be resolved on the host (\(error))",
+                                file: sftp.remoteName(path))
+            }
+            path = target
+            guard let resolved = try sftp.status(of: path, followLinks: false) else { return path }
+            existing = resolved
+        }
+        let name = sftp.remoteName(path)
+        if existing.isDirectory { throw KDCTError(.invalidArgument, "is a directory on the host", file: name) }
+        guard existing.isRegularFile else {
+            throw KDCTError(.invalidArgument, "is not a regular file on the host (a device or a special file); exports write regular files only",
+                            file: name)
+        }
+        if !overwrite { throw KDCTError(.alreadyExists, "exists on the host (use --force to replace it)", file: name) }
+        return path
     }
 }
-
-/// Feeds a local file to a sink in order: data runs as they are, zero runs (holes and all-zero 64 KiB blocks)
-/// either skipped (when at least `minimumHole` long) or passed on as zeros.
-struct SparseFileReader {
-    let file: ReadOnlyFile
-    let minimumHole: UInt64
-    let sendShortZeroRuns: Bool
-    static let blockSize = 64 << 10
-
-    /// Calls `emit` with each run to send, in increasing offsets, from `start` to the end of the file; `tick`
-    /// after each chunk with the offset reached. Returns the bytes passed to `emit`.
-    func run(from start: UInt64, emit: (UnsafeRawBufferPointer, UInt64) throws -> Void,
-             tick: (UInt64) throws -> Void) throws -> UInt64 {
-        let size = file.size
-        let chunk = 4 << 20
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
-        defer { buffer.deallocate() }
-        var emitted: UInt64 = 0
-        var zeroRunStart: UInt64?
-
-        func endZeroRun(at end: UInt64) throws {
-            guard let runStart = zeroRunStart else { return }
-            zeroRunStart = nil
-            guard end - runStart < minimumHole, sendShortZeroRuns else { return }
-            var offset = runStart
-            try zeroBytes.withUnsafeBytes { zeros in
-                while offset < end {
-                    let count = Int(min(UInt64(zeros.count), end - offset))
-                    try emit(UnsafeRawBufferPointer(rebasing: zeros[0..<count]), offset)
-                    emitted += UInt64(count)
-                    offset += UInt64(count)
-                }
-            }
-        }
-
-        var position = start
-        while position < size {
-            guard let dataStart = try file.nextData(from: position) else { break }
-            if dataStart > position && zeroRunStart == nil { zeroRunStart = position }
-            let dataEnd = max(try file.nextHole(from: dataStart), dataStart)
-            var offset = dataStart
-            while offset < dataEnd {
-                let count = Int(min(UInt64(chunk), dataEnd - offset))
-                let got = try file.readAvailable(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]), at: offset)
-                guard got == count else {
-                    throw KDCTError(.truncated, "the file shrank while being exported (read \(got) of \(count) bytes at offset \(offset))",
-                                    file: file.path)
-                }
-                var index = 0
-                var dataRun: Int?
-                while index < count {
-                    let length = min(Self.blockSize, count - index)
-                    if kdct_is_zero(buffer.baseAddress! + index, length) != 0 {
-                        if let runStart = dataRun {
-                            try emit(UnsafeRawBufferPointer(rebasing: buffer[runStart..<index]), offset + UInt64(runStart))
-                            emitted += UInt64(index - runStart)
-                            dataRun = nil
-                        }
-                        if zeroRunStart == nil { zeroRunStart = offset + UInt64(index) }
-                    } else if dataRun == nil {
-                        try endZeroRun(at: offset + UInt64(index))
-                        dataRun = index
-                    }
-                    index += length
-                }
-                if let runStart = dataRun {
-                    try emit(UnsafeRawBufferPointer(rebasing: buffer[runStart..<count]), offset + UInt64(runStart))
-                    emitted += UInt64(count - runStart)
-                }
-                offset += UInt64(count)
-                try tick(offset)
-            }
-            position = dataEnd
-        }
-        // A trailing zero run is never sent: the final size makes it a hole (SFTP) or the caller pads it (scp).
-        return emitted
-    }
-}
-
-/// 1 MiB of zeros to send for short zero runs.
-private let zeroBytes = [UInt8](repeating: 0, count: 1 << 20)
 
 /// An export over SFTP.
 private struct SFTPUpload {
@@ -163,320 +103,197 @@ private struct SFTPUpload {
     let connection: SSHConnection
     let options: ExportOptions
 
+    private var cancellation: CancellationToken? { options.connection.cancellation }
+
+    private func report(_ phase: ExportProgress.Phase, _ processed: UInt64, of total: UInt64, sent: UInt64 = 0,
+                        resumed: UInt64 = 0) {
+        options.progress?(ExportProgress(phase: phase, processedBytes: processed, totalBytes: total, sentBytes: sent,
+                                         resumedBytes: resumed))
+    }
+
+    /// What the upload will do: the units to send, the bytes kept from an interrupted upload, and the open file.
+    private struct Plan {
+        var remote: SFTPFile
+        var units: [UploadUnit]
+        var keptBytes: UInt64?
+        var restarted = false
+    }
+
     func run() throws -> ExportResult {
         let sftp = try connection.openSFTP()
         var notes = connection.notes
-        var path = location.path
-        let isDirectory = try sftp.status(of: path)?.isDirectory == true
-        if path.hasSuffix("/") || isDirectory {
-            path = FilePaths.join(path.hasSuffix("/") ? String(path.dropLast()) : path, FilePaths.lastComponent(of: file.path))
-        }
-        let remoteName = sftp.remoteName(path)
-        if let existing = try sftp.status(of: path, followLinks: false) {
-            if existing.isDirectory { throw KDCTError(.invalidArgument, "is a directory on the host", file: remoteName) }
-            if !options.overwrite {
-                throw KDCTError(.alreadyExists, "exists on the host (use --force to replace it)", file: remoteName)
-            }
-        }
+        let path = try DiskExporter.destinationPath(for: location, localName: FilePaths.lastComponent(of: file.path),
+                                                    overwrite: options.overwrite, sftp: sftp)
         let temporary = DiskExporter.temporaryPath(for: path)
         let size = file.size
-        let mode = DiskExporter.permissions(of: file)
-        let digest = options.verify ? WrittenContentDigest(name: remoteName, hashFromZero: true) : nil
-        var start: UInt64 = 0
-        var resumedFrom: UInt64?
-        var restarted = false
-        let remote: SFTPFile
-        if let partial = try sftp.status(of: temporary, followLinks: false) {
-            if options.resume {
-                guard partial.isRegularFile else {
-                    throw KDCTError(.invalidArgument, "the interrupted upload is not a regular file", file: sftp.remoteName(temporary))
-                }
-                remote = try sftp.openForWriting(temporary, exclusive: false, mode: mode, window: options.pipelineWindow)
-                let partialSize = try remote.size()
-                if try prefixMatches(partialSize: partialSize, temporary: temporary, sftp: sftp, digest: digest, notes: &notes) {
-                    start = partialSize
-                    resumedFrom = partialSize
-                } else {
-                    restarted = true
-                    try remote.setSize(0)
-                    notes.append("the interrupted upload (\(partialSize) bytes) does not match the local file; started over")
-                }
-            } else if options.overwrite {
-                try sftp.remove(temporary)
-                remote = try sftp.openForWriting(temporary, exclusive: true, mode: mode, window: options.pipelineWindow)
-            } else {
-                throw KDCTError(.alreadyExists,
-                                "an interrupted upload to this destination is on the host (\(partial.size.map { "\($0) bytes" } ?? "size unknown")); rerun with --resume to continue it, or --force to start over",
-                                file: sftp.remoteName(temporary))
-            }
-        } else {
-            if options.resume { notes.append("no interrupted upload was found; started from the beginning") }
-            remote = try sftp.openForWriting(temporary, exclusive: true, mode: mode, window: options.pipelineWindow)
-        }
+        let layout = ChunkLayout.chunks(ofFileSize: size)
+        let plan = try makePlan(sftp: sftp, temporary: temporary, layout: layout, notes: &notes)
+        let kept = plan.keptBytes ?? 0
 
-        var sent: UInt64 = 0
+        // The local digests (per chunk, and of the whole file), hashed on their own thread while the data goes.
+        let hashing = options.verify
+            ? try LocalHashing(file: file, ranges: layout, wholeFile: true, cancellation: cancellation)
+            : nil
+        let upload = ParallelUpload(file: file, units: plan.units, temporary: temporary, options: options)
+        let counters = upload.counters
+        let streams: Int
+        var sha256: String?
+        var method = VerificationMethod.skipped
         let flushed: Bool
+        let placement: PlacementMethod
         do {
-            let reader = SparseFileReader(file: file, minimumHole: options.minimumHole, sendShortZeroRuns: true)
-            let progress = options.progress
-            let cancelled = options.isCancelled
-            progress?(ExportProgress(phase: .uploading, processedBytes: start, totalBytes: size, sentBytes: 0))
-            var sentSoFar: UInt64 = 0
-            sent = try reader.run(from: start, emit: { bytes, offset in
-                try remote.write(bytes, at: offset)
-                try digest?.record(bytes, at: offset)
-                sentSoFar += UInt64(bytes.count)
-            }, tick: { offset in
-                if cancelled?() == true {
-                    throw KDCTError(.cancelled, "export interrupted")
-                }
-                progress?(ExportProgress(phase: .uploading, processedBytes: offset, totalBytes: size, sentBytes: sentSoFar))
-            })
-            try remote.setSize(size)
-            try digest?.setLength(size)
-            flushed = try remote.sync()
-            try remote.close()
-            progress?(ExportProgress(phase: .uploading, processedBytes: size, totalBytes: size, sentBytes: sent))
+            report(.uploading, kept, of: size, resumed: kept)
+            let outcome = try upload.run(primary: plan.remote) {
+                report(.uploading, kept + counters.processed.load(ordering: .relaxed), of: size,
+                       sent: counters.sent.load(ordering: .relaxed), resumed: kept)
+            }
+            streams = outcome.streams
+            notes += outcome.notes
+            try plan.remote.setSize(size)
+            let sent = counters.sent.load(ordering: .relaxed)
+            if let hashing {
+                let (expected, whole) = try hashing.result()
+                method = try verify(temporary: temporary, layout: layout, expected: expected, sent: sent, kept: kept,
+                                    sftp: sftp, notes: &notes)
+                sha256 = whole
+            }
+            // Flushed before the rename, so a crash of the host never leaves a partly written file under the name.
+            report(.committing, 0, of: size, sent: sent, resumed: kept)
+            flushed = try plan.remote.sync()
+            try plan.remote.close()
+            placement = try RemotePlacement.place(temporary, at: path, overwrite: options.overwrite, sftp: sftp, notes: &notes)
+            report(.committing, size, of: size, sent: sent, resumed: kept)
         } catch var error as KDCTError {
-            if error.kind == .cancelled { try? remote.close() } else { remote.closeDiscarding() }
-            error.message += "; the partial upload is kept on the host as \(temporary): rerun with --resume to continue it"
-            throw error
-        } catch {
-            remote.closeDiscarding()
+            plan.remote.closeDiscarding()
+            if error.code != .checksum && error.code != .alreadyExists {
+                error.message += "; the partial upload is kept on the host as \(temporary): rerun with --resume to continue it"
+            }
             throw error
         }
+        let sent = counters.sent.load(ordering: .relaxed)
         if !flushed {
             notes.append("the server does not offer fsync@openssh.com: the data was not flushed to stable storage on the host")
         }
-
-        var sha256: String?
-        var method = VerificationMethod.skipped
-        if let digest {
-            let expected = digest.finish()
-            (sha256, method) = try verify(temporary: temporary, expected: expected, size: size, sftp: sftp, notes: &notes)
-        }
-        try placeFile(temporary, at: path, sftp: sftp)
         var destination = location
         destination.path = path
+        let processed = counters.processed.load(ordering: .relaxed)
         return ExportResult(destination: destination, temporaryPath: temporary, size: size, sentBytes: sent,
-                            skippedZeroBytes: size - start - min(sent, size - start), resumedFrom: resumedFrom,
-                            restartedPartialUpload: restarted, sha256: sha256, verification: method, flushed: flushed,
+                            skippedZeroBytes: processed - min(sent, processed), resumedBytes: plan.keptBytes,
+                            restartedPartialUpload: plan.restarted, sha256: sha256, verification: method,
+                            placement: placement, flushed: flushed, streams: streams,
                             hostKeyFingerprint: connection.hostKey.fingerprint,
                             hostKeyRecorded: connection.hostKeyWasRecorded, authentication: connection.authentication,
                             notes: notes)
     }
 
-    /// True when the interrupted upload's `partialSize` bytes equal the local file's first bytes (SHA-256 on
-    /// both sides); primes `digest` with that prefix.
-    private func prefixMatches(partialSize: UInt64, temporary: String, sftp: SFTPSession, digest: WrittenContentDigest?,
-                               notes: inout [String]) throws -> Bool {
-        guard partialSize <= file.size else { return false }
-        options.progress?(ExportProgress(phase: .checkingPartialUpload, processedBytes: 0, totalBytes: file.size, sentBytes: 0))
-        let local = try DiskExporter.hashPrefix(of: file, length: partialSize)
-        guard partialSize > 0 else {
-            digest?.resume(afterPrefixOf: 0, hasher: local)
-            return true
+    /// Opens the temporary file (creating it, or reusing an interrupted upload with `resume`) and decides what
+    /// to send.
+    private func makePlan(sftp: SFTPSession, temporary: String, layout: [ByteRange],
+                          notes: inout [String]) throws -> Plan {
+        let size = file.size
+        let mode = DiskExporter.permissions(of: file.descriptor)
+        let everything = layout.map { UploadUnit(range: $0, sendZeros: false) }
+        guard let partial = try sftp.status(of: temporary, followLinks: false) else {
+            if options.resume { notes.append("no interrupted upload was found; started from the beginning") }
+            let remote = try sftp.openForWriting(temporary, exclusive: true, mode: mode, window: options.pipelineWindow)
+            return Plan(remote: remote, units: everything)
         }
-        let hasher = RemoteHasher(connection: connection, sftp: sftp, preference: options.verification)
-        let (remote, _) = try hasher.digests(of: temporary, ranges: [(0, partialSize)], fileSize: partialSize, notes: &notes)
-        guard remote.first == TextEncoding.hex(local.finalize()) else { return false }
-        digest?.resume(afterPrefixOf: partialSize, hasher: local)
-        return true
+        guard options.resume else {
+            if options.overwrite {
+                try sftp.remove(temporary)
+                let remote = try sftp.openForWriting(temporary, exclusive: true, mode: mode, window: options.pipelineWindow)
+                return Plan(remote: remote, units: everything)
+            }
+            throw KDCTError(.alreadyExists,
+                            "an interrupted upload to this destination is on the host (\(partial.size.map { "\($0) bytes" } ?? "size unknown")); rerun with --resume to continue it, or --force to start over",
+                            file: sftp.remoteName(temporary))
+        }
+        guard partial.isRegularFile, !partial.isSymbolicLink else {
+            throw KDCTError(.invalidArgument, "the interrupted upload is not a regular file", file: sftp.remoteName(temporary))
+        }
+        let remote = try sftp.openForWriting(temporary, exclusive: false, mode: mode, window: options.pipelineWindow)
+        let partialSize = try remote.size()
+        if partialSize > size {
+            try remote.setSize(0)
+            notes.append("the interrupted upload (\(partialSize) bytes) is longer than the local file; started over")
+            return Plan(remote: remote, units: everything, restarted: true)
+        }
+        // The chunks of the interrupted upload, the last one cut where it ends.
+        let compared = layout.compactMap { chunk -> ByteRange? in
+            chunk.start < partialSize ? ByteRange(start: chunk.start, length: min(chunk.end, partialSize) - chunk.start) : nil
+        }
+        let matches = try compare(compared, temporary: temporary, sftp: sftp, notes: &notes)
+        // Nothing in common: not an upload of this file. Starting from an empty file lets holes stay holes.
+        if !matches.isEmpty && !matches.contains(true) {
+            try remote.setSize(0)
+            notes.append("the interrupted upload (\(partialSize) bytes) does not match the local file; started over")
+            return Plan(remote: remote, units: everything, restarted: true)
+        }
+        var units: [UploadUnit] = []
+        var keptBytes: UInt64 = 0
+        for chunk in layout {
+            guard let index = compared.firstIndex(where: { $0.start == chunk.start }) else {
+                units.append(UploadUnit(range: chunk, sendZeros: false))
+                continue
+            }
+            let old = compared[index]
+            if matches[index] {
+                keptBytes += old.length
+            } else {
+                units.append(UploadUnit(range: old, sendZeros: true))
+            }
+            if old.end < chunk.end {
+                units.append(UploadUnit(range: ByteRange(start: old.end, length: chunk.end - old.end), sendZeros: false))
+            }
+        }
+        let resent = compared.indices.filter { !matches[$0] }.count
+        if resent > 0 {
+            notes.append("\(resent) chunk(s) of the interrupted upload did not match the local file and were sent again")
+        }
+        return Plan(remote: remote, units: units, keptBytes: keptBytes)
     }
 
-    private func verify(temporary: String, expected: [RangeDigest], size: UInt64, sftp: SFTPSession,
-                        notes: inout [String]) throws -> (String?, VerificationMethod) {
+    /// Compares `ranges` of the interrupted upload with the local file (SHA-256 on both sides at once: the host
+    /// hashes its copy while this thread waits for its lines and a second one hashes the local file).
+    private func compare(_ ranges: [ByteRange], temporary: String, sftp: SFTPSession,
+                         notes: inout [String]) throws -> [Bool] {
+        guard let last = ranges.last else { return [] }
+        let total = last.end
+        let localDone = AtomicCounter()
+        report(.checking, 0, of: total)
+        let local = try LocalHashing(file: file, ranges: ranges, wholeFile: false, cancellation: cancellation) {
+            localDone.store($0)
+        }
+        let hasher = RemoteHasher(connection: connection, sftp: sftp, preference: options.verification)
+        let (remote, _) = try hasher.digests(of: temporary, ranges: ranges, notes: &notes) { done in
+            report(.checking, min(done, localDone.load()), of: total)
+        }
+        let expected = try local.result().ranges
+        report(.checking, total, of: total)
+        return zip(expected, remote).map { $0 == $1 }
+    }
+
+    /// Checks the uploaded file chunk by chunk against `expected`. A mismatch keeps the upload: `--resume`
+    /// then resends exactly the chunks that differ.
+    private func verify(temporary: String, layout: [ByteRange], expected: [String], sent: UInt64, kept: UInt64,
+                        sftp: SFTPSession, notes: inout [String]) throws -> VerificationMethod {
+        let size = file.size
         let name = sftp.remoteName(temporary)
         guard let remoteSize = try sftp.status(of: temporary)?.size, remoteSize == size else {
             try? sftp.remove(temporary)
             throw KDCTError(.checksum, "the uploaded file does not have the local file's size (\(size) bytes); it was removed", file: name)
         }
-        options.progress?(ExportProgress(phase: .verifying, processedBytes: 0, totalBytes: size, sentBytes: 0))
-        var hasher = RemoteHasher(connection: connection, sftp: sftp, preference: options.verification)
-        let progress = options.progress
-        hasher.progress = { progress?(ExportProgress(phase: .verifying, processedBytes: $0, totalBytes: size, sentBytes: 0)) }
-        let (remote, method) = try hasher.digests(of: temporary, ranges: expected.map { ($0.start, $0.length) },
-                                                  fileSize: size, notes: &notes)
-        guard remote == expected.map(\.sha256) else {
-            try? sftp.remove(temporary)
+        report(.verifying, 0, of: size, sent: sent, resumed: kept)
+        let hasher = RemoteHasher(connection: connection, sftp: sftp, preference: options.verification)
+        let (remote, method) = try hasher.digests(of: temporary, ranges: layout, notes: &notes) { done in
+            report(.verifying, done, of: size, sent: sent, resumed: kept)
+        }
+        let differing = layout.indices.filter { remote[$0] != expected[$0] }
+        guard differing.isEmpty else {
             throw KDCTError(.checksum,
-                            "the uploaded file's SHA-256 (\(remote.joined(separator: ","))) differs from the local file's (\(expected.map(\.sha256).joined(separator: ","))); the upload was removed",
+                            "the uploaded file differs from the local file in \(differing.count) of \(layout.count) chunk(s) (the first at offset \(layout[differing[0]].start)); the upload is kept as \(temporary): rerun with --resume to send those chunks again",
                             file: name)
         }
-        return (expected.count == 1 ? expected[0].sha256 : nil, method)
-    }
-
-    /// Renames the verified upload into place. OpenSSH's server never replaces a file on rename, so `overwrite`
-    /// removes the old destination first: for a moment no file has that name, but never a partial one.
-    private func placeFile(_ temporary: String, at path: String, sftp: SFTPSession) throws {
-        if options.overwrite, try sftp.status(of: path, followLinks: false) != nil {
-            try sftp.remove(path)
-        }
-        do {
-            try sftp.rename(temporary, to: path)
-        } catch let error as KDCTError {
-            if (try? sftp.status(of: path, followLinks: false)) != nil {
-                throw KDCTError(.alreadyExists,
-                                "appeared on the host during the upload; the verified upload is kept as \(temporary)",
-                                file: sftp.remoteName(path))
-            }
-            throw error
-        }
-    }
-}
-
-/// An export over scp (see `DiskExporter`).
-private struct SCPUpload {
-    let file: ReadOnlyFile
-    let location: RemoteLocation
-    let connection: SSHConnection
-    let options: ExportOptions
-
-    /// Runs a shell snippet; throws when the host has no usable shell.
-    private func shell(_ command: String, what: String) throws -> RemoteCommandResult {
-        let result = try connection.run(command)
-        if result.status == 127 || result.status == -1 {
-            throw KDCTError(.unsupported, "scp mode runs small shell commands on the host (\(what)) and that failed: \(String(decoding: result.errorOutput.prefix(200), as: UTF8.self))",
-                            file: connection.endpoint.displayName)
-        }
-        return result
-    }
-
-    private func kind(of path: String) throws -> String {
-        let q = TextEncoding.shellQuoted(path)
-        let result = try shell("if [ -d \(q) ]; then echo directory; elif [ -e \(q) ] || [ -L \(q) ]; then echo exists; else echo none; fi",
-                               what: "checking the destination")
-        let answer = String(decoding: result.output, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? ""
-        guard ["directory", "exists", "none"].contains(answer) else {
-            throw KDCTError(.unsupported, "scp mode needs a POSIX shell on the host; checking the destination printed '\(answer)'",
-                            file: connection.endpoint.displayName)
-        }
-        return answer
-    }
-
-    func run() throws -> ExportResult {
-        var notes = connection.notes
-        var path = location.path
-        var kind = try kind(of: path)
-        if kind == "directory" || path.hasSuffix("/") {
-            path = FilePaths.join(path.hasSuffix("/") ? String(path.dropLast()) : path, FilePaths.lastComponent(of: file.path))
-            kind = try self.kind(of: path)
-        }
-        let remoteName = "\(connection.endpoint.displayName):\(path)"
-        if kind == "directory" { throw KDCTError(.invalidArgument, "is a directory on the host", file: remoteName) }
-        if kind == "exists" && !options.overwrite {
-            throw KDCTError(.alreadyExists, "exists on the host (use --force to replace it)", file: remoteName)
-        }
-        let temporary = DiskExporter.temporaryPath(for: path)
-        let size = file.size
-        let digest = options.verify ? WrittenContentDigest(name: remoteName, hashFromZero: true) : nil
-
-        guard let channel = libssh2_scp_send64(connection.session, temporary, DiskExporter.permissions(of: file),
-                                               Int64(size), 0, 0) else {
-            throw connection.error("starting scp to \(temporary)", code: Int(libssh2_session_last_errno(connection.session)))
-        }
-        var sent: UInt64 = 0
-        do {
-            defer { libssh2_channel_free(channel) }
-            var position: UInt64 = 0
-            let progress = options.progress
-            let cancelled = options.isCancelled
-            // scp streams every byte in order: holes and zero runs are sent as zeros.
-            func send(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
-                if offset > position {
-                    try zeroBytes.withUnsafeBytes { zeros in
-                        while position < offset {
-                            let count = Int(min(UInt64(zeros.count), offset - position))
-                            try write(UnsafeRawBufferPointer(rebasing: zeros[0..<count]), channel: channel)
-                            position += UInt64(count)
-                        }
-                    }
-                }
-                try write(bytes, channel: channel)
-                try digest?.record(bytes, at: offset)
-                position = offset + UInt64(bytes.count)
-            }
-            let reader = SparseFileReader(file: file, minimumHole: 0, sendShortZeroRuns: false)
-            _ = try reader.run(from: 0, emit: send, tick: { offset in
-                if cancelled?() == true { throw KDCTError(.cancelled, "export interrupted") }
-                progress?(ExportProgress(phase: .uploading, processedBytes: offset, totalBytes: size, sentBytes: position))
-            })
-            if position < size {
-                try zeroBytes.withUnsafeBytes { zeros in
-                    while position < size {
-                        let count = Int(min(UInt64(zeros.count), size - position))
-                        try write(UnsafeRawBufferPointer(rebasing: zeros[0..<count]), channel: channel)
-                        position += UInt64(count)
-                    }
-                }
-            }
-            sent = position
-            // The scp protocol ends a file with a status byte from the sender; `scp -t` waits for it.
-            try [UInt8(0)].withUnsafeBytes { try write($0, channel: channel) }
-            try digest?.setLength(size)
-            for (step, rc) in [("send_eof", libssh2_channel_send_eof(channel)), ("wait_eof", libssh2_channel_wait_eof(channel)),
-                               ("wait_closed", libssh2_channel_wait_closed(channel))] where rc != 0 {
-                throw connection.error("finishing scp (\(step))", code: Int(rc), file: "\(connection.endpoint.displayName):\(temporary)")
-            }
-            let status = libssh2_channel_get_exit_status(channel)
-            if status != 0 {
-                throw KDCTError(.io, "scp on the host exited with status \(status)", file: "\(connection.endpoint.displayName):\(temporary)")
-            }
-        } catch var error as KDCTError {
-            error.message += "; a partial upload may remain on the host as \(temporary) (scp cannot resume; rerun to start over)"
-            throw error
-        }
-        options.progress?(ExportProgress(phase: .uploading, processedBytes: size, totalBytes: size, sentBytes: sent))
-
-        let tq = TextEncoding.shellQuoted(temporary)
-        let flushed = (try? connection.run("sync -- \(tq)").status) == 0
-        if !flushed { notes.append("`sync FILE` did not run on the host: the data was not explicitly flushed to stable storage") }
-
-        var sha256: String?
-        var method = VerificationMethod.skipped
-        if let digest {
-            let expected = digest.finish()
-            options.progress?(ExportProgress(phase: .verifying, processedBytes: 0, totalBytes: size, sentBytes: sent))
-            let hasher = RemoteHasher(connection: connection, sftp: nil, preference: .automatic)
-            let (remote, how) = try hasher.digests(of: temporary, ranges: expected.map { ($0.start, $0.length) },
-                                                   fileSize: size, notes: &notes)
-            guard remote == expected.map(\.sha256) else {
-                _ = try? connection.run("rm -f -- \(tq)")
-                throw KDCTError(.checksum, "the uploaded file's SHA-256 (\(remote.joined(separator: ","))) differs from the local file's; the upload was removed",
-                                file: remoteName)
-            }
-            sha256 = expected.first?.sha256
-            method = how
-        }
-
-        let pq = TextEncoding.shellQuoted(path)
-        let rename = options.overwrite
-            ? "mv -f -- \(tq) \(pq)"
-            : "if ln -- \(tq) \(pq) 2>/dev/null; then rm -f -- \(tq); elif [ -e \(pq) ] || [ -L \(pq) ]; then exit 17; else mv -- \(tq) \(pq); fi"
-        let renamed = try shell(rename, what: "renaming the upload into place")
-        if renamed.status == 17 {
-            throw KDCTError(.alreadyExists, "appeared on the host during the upload; the verified upload is kept as \(temporary)",
-                            file: remoteName)
-        }
-        guard renamed.status == 0 else {
-            throw KDCTError(.io, "renaming \(temporary) into place failed: \(String(decoding: renamed.errorOutput.prefix(300), as: UTF8.self))",
-                            file: remoteName)
-        }
-        var destination = location
-        destination.path = path
-        return ExportResult(destination: destination, temporaryPath: temporary, size: size, sentBytes: sent,
-                            skippedZeroBytes: 0, resumedFrom: nil, restartedPartialUpload: false, sha256: sha256,
-                            verification: method, flushed: flushed, hostKeyFingerprint: connection.hostKey.fingerprint,
-                            hostKeyRecorded: connection.hostKeyWasRecorded, authentication: connection.authentication,
-                            notes: notes)
-    }
-
-    private func write(_ bytes: UnsafeRawBufferPointer, channel: OpaquePointer) throws {
-        var done = 0
-        while done < bytes.count {
-            let rc = kdct_ssh2_channel_write(channel, (bytes.baseAddress! + done).assumingMemoryBound(to: CChar.self), bytes.count - done)
-            if rc < 0 { throw connection.error("scp write", code: rc) }
-            done += rc
-        }
+        return method
     }
 }

@@ -87,23 +87,27 @@ public enum HostKeyProbe {
         }
         // The user name plays no part before authentication.
         let endpoint = SSHEndpoint(user: "kdct", host: host, port: port)
-        let socket = try SSHConnection.connectSocket(host: host, port: port, timeout: options.connectTimeout)
+        let policy = options.waitPolicy
+        let socket = try SSHConnection.connectSocket(host: host, port: port, policy: policy)
         guard let session = kdct_ssh2_session_init() else {
             close(socket)
             throw KDCTError(.io, "libssh2 could not create a session", file: endpoint.displayName)
         }
+        let driver = SessionDriver(session: session, socket: socket, hostName: endpoint.displayName, policy: policy)
         defer {
-            libssh2_session_set_timeout(session, 2000)
-            _ = kdct_ssh2_session_disconnect(session, "host key probe")
+            if driver.isUsable {
+                driver.policy = policy.forCleanup(seconds: 1)
+                _ = try? driver.call("disconnecting") { kdct_ssh2_session_disconnect(session, "host key probe") }
+            }
+            driver.abandon()
             libssh2_session_free(session)
             close(socket)
         }
-        libssh2_session_set_blocking(session, 1)
-        libssh2_session_set_timeout(session, Int(min(options.operationTimeout, 60) * 1000))
         let knownHosts = try KnownHostsFile(session: session, path: options.resolvedKnownHostsFile)
         let recordedTypes = knownHosts.recordedTypes(name: endpoint.knownHostsName)
         try SSHConnection.preferHostKeyTypes(recordedTypes, session: session)
-        try SSHConnection.handshake(session: session, socket: socket, endpoint: endpoint)
+        let rc = try driver.call("SSH handshake with \(endpoint.displayName)") { libssh2_session_handshake(session, socket) }
+        try SSHConnection.checkHandshake(rc, session: session, endpoint: endpoint)
         let key = try SSHConnection.presentedKey(session: session, endpoint: endpoint)
         let result = HostKeyProbeResult(host: host, port: port, knownHostsName: endpoint.knownHostsName, key: key,
                                         status: knownHosts.status(of: key, name: endpoint.knownHostsName,

@@ -5,12 +5,17 @@ import Glibc
 
 /// What a remote output target did when it was committed.
 public struct RemoteCommitReport: Sendable {
-    /// The SHA-256 of each verified range of the file (one range unless the writer wrote a header last).
+    /// The SHA-256 of each verified range of the file: the chunks (and, when the writer wrote a header last,
+    /// the bytes before its first write).
     public var digests: [RangeDigest]
     /// How the remote file was verified.
     public var verification: VerificationMethod
+    /// How the file got its final name.
+    public var placement: PlacementMethod
     /// True when the server confirmed the data is on stable storage (`fsync@openssh.com`).
     public var flushed: Bool
+    /// The file's size.
+    public var size: UInt64
     /// Remarks worth showing.
     public var notes: [String]
 }
@@ -18,84 +23,102 @@ public struct RemoteCommitReport: Sendable {
 /// An `OutputTarget` on a remote host, over SFTP: what `kdct-native convert SRC sftp://USER@HOST/path` writes to,
 /// so a converted image streams to the KVM host with no local copy.
 ///
-/// The same rules as a local output and as `DiskExporter`: the image is written under a temporary name beside
-/// the destination (`.NAME.kdct-XXXXXXXX.part`, created exclusively), `commit` flushes it (`fsync@openssh.com`
-/// when offered), compares the SHA-256 of what was written with the remote file's (`sha256sum` on the host,
-/// else read back) and renames it into place; `abort` removes it. Writes go through a pipelined stream and
-/// must move forward (the RAW and QCOW2 writers do; the QCOW2 header, written last at offset 0, is verified as
-/// its own range).
+/// The same rules as a local output and as `DiskExporter`: the image is written under a stable temporary name
+/// beside the destination (`.NAME.kdct-convert.part`, created exclusively; a leftover of an earlier conversion
+/// that did not finish is removed first), `commit` compares the SHA-256 of what was written with the remote
+/// file's chunk by chunk (on the host, else read back), flushes it (`fsync@openssh.com` when offered) and renames
+/// it into place, atomically replacing an old file with `overwrite`. `abort` removes the temporary file, over a
+/// new connection when the failure left the old one unusable (a lost connection, a timeout, a cancellation).
+///
+/// Writes go through a pipelined stream and must move forward (the RAW and QCOW2 writers do; the QCOW2 header,
+/// written last at offset 0, is verified as its own range).
 public final class SFTPFileTarget: OutputTarget {
-    /// The destination.
+    /// The destination as given.
     public let location: RemoteLocation
+    /// The path the file gets (the destination, or the target of a symbolic link there).
+    public let destinationPath: String
     /// The temporary path being written on the host.
     public let temporaryPath: String
     /// Filled in by a successful `commit`.
     public private(set) var report: RemoteCommitReport?
+    /// Set by `abort` when the temporary file could not be removed (the next conversion to the same destination
+    /// removes it).
+    public private(set) var cleanupFailure: String?
     private let connection: SSHConnection
     private let sftp: SFTPSession
     private let file: SFTPFile
     private let digest: WrittenContentDigest?
     private let overwrite: Bool
     private let verification: VerificationPreference
+    private let progress: (@Sendable (ExportProgress) -> Void)?
+    private let sent = AtomicCounter()
     private var finished = false
+    private var notes: [String]
 
-    /// Connects to `location`'s host (host key check, authentication) and creates the temporary file.
-    /// Fails with `alreadyExists` when the destination exists and `overwrite` is false.
+    /// The temporary name a conversion to `path` uses: stable, so a later run finds what a failed one left.
+    public static func temporaryPath(for path: String) -> String {
+        FilePaths.join(FilePaths.directory(of: path), ".\(FilePaths.lastComponent(of: path)).kdct-convert.part")
+    }
+
+    /// Connects to `location`'s host (host key check, authentication) and creates the temporary file with
+    /// permission bits `mode`. Fails with `alreadyExists` when the destination exists and `overwrite` is false.
+    /// `expectedSize` (the virtual size) picks the verification chunk size. `progress` gets the `connecting`,
+    /// `checking`, `verifying` and `committing` phases (the conversion reports `uploading`).
     public convenience init(location: RemoteLocation, connectionOptions: SSHConnectionOptions, overwrite: Bool,
-                            verify: Bool = true, verification: VerificationPreference = .automatic) throws {
-        let connection = try SSHConnection(endpoint: location.endpoint, options: connectionOptions)
+                            verify: Bool = true, verification: VerificationPreference = .automatic, mode: Int32 = 0o644,
+                            expectedSize: UInt64? = nil, progress: (@Sendable (ExportProgress) -> Void)? = nil) throws {
+        var options = connectionOptions
+        try options.resolvePassword()
+        progress?(ExportProgress(phase: .connecting, processedBytes: 0, totalBytes: expectedSize ?? 0))
+        let connection = try SSHConnection(endpoint: location.endpoint, options: options)
         try self.init(location: location, connection: connection, overwrite: overwrite, verify: verify,
-                      verification: verification)
+                      verification: verification, mode: mode, expectedSize: expectedSize, progress: progress)
     }
 
     /// Uses an existing connection.
     public init(location: RemoteLocation, connection: SSHConnection, overwrite: Bool, verify: Bool = true,
-                verification: VerificationPreference = .automatic, pipelineWindow: Int = 8 << 20) throws {
+                verification: VerificationPreference = .automatic, mode: Int32 = 0o644, expectedSize: UInt64? = nil,
+                pipelineWindow: Int = 8 << 20, progress: (@Sendable (ExportProgress) -> Void)? = nil) throws {
         let sftp = try connection.openSFTP()
-        let name = sftp.remoteName(location.path)
-        if let existing = try sftp.status(of: location.path, followLinks: false) {
-            if existing.isDirectory { throw KDCTError(.invalidArgument, "destination is a directory on the host", file: name) }
-            if !overwrite { throw KDCTError(.alreadyExists, "destination exists on the host (use --force to replace it)", file: name) }
+        let path = try DiskExporter.destinationPath(for: location, localName: nil, overwrite: overwrite, sftp: sftp)
+        let temporary = Self.temporaryPath(for: path)
+        var notes = connection.notes
+        if let leftover = try sftp.status(of: temporary, followLinks: false) {
+            progress?(ExportProgress(phase: .checking, processedBytes: 0, totalBytes: leftover.size ?? 0))
+            try sftp.remove(temporary)
+            notes.append("removed \(temporary) (\(leftover.size.map { "\($0) bytes" } ?? "size unknown"), left by an earlier conversion that did not finish)")
+            progress?(ExportProgress(phase: .checking, processedBytes: leftover.size ?? 0, totalBytes: leftover.size ?? 0))
         }
-        let directory = FilePaths.directory(of: location.path)
-        let base = FilePaths.lastComponent(of: location.path)
-        var created: (String, SFTPFile)?
-        var lastError: (any Error)?
-        for _ in 0..<16 {
-            let candidate = FilePaths.join(directory, ".\(base).kdct-\(Self.randomSuffix()).part")
-            do {
-                created = (candidate, try sftp.openForWriting(candidate, exclusive: true, mode: 0o644, window: pipelineWindow))
-                break
-            } catch let error as KDCTError where error.kind == .alreadyExists {
-                lastError = error
-            }
-        }
-        guard let (temporary, file) = created else {
-            throw lastError ?? KDCTError(.io, "could not create a temporary file", file: name)
-        }
+        file = try sftp.openForWriting(temporary, exclusive: true, mode: mode, window: pipelineWindow)
         self.location = location
+        self.destinationPath = path
         self.connection = connection
         self.sftp = sftp
-        self.file = file
         self.temporaryPath = temporary
         self.overwrite = overwrite
         self.verification = verification
-        self.digest = verify ? WrittenContentDigest(name: name, hashFromZero: false) : nil
+        self.progress = progress
+        self.notes = notes
+        self.digest = verify
+            ? WrittenContentDigest(name: sftp.remoteName(path), hashFromZero: false,
+                                   chunkSize: ChunkLayout.chunkSize(forFileSize: expectedSize ?? 0))
+            : nil
     }
 
     deinit { if !finished { abort() } }
 
-    private static func randomSuffix() -> String {
-        var generator = SystemRandomNumberGenerator()
-        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
-        return String((0..<8).map { _ in alphabet[Int(generator.next() % UInt64(alphabet.count))] })
-    }
-
     public var displayName: String { location.urlString }
+
+    /// Bytes written to the host so far.
+    public var sentBytes: UInt64 { sent.load() }
+
+    /// Reads `sentBytes` from any thread (for a progress callback running beside the conversion).
+    public var sentBytesReader: @Sendable () -> UInt64 { { [sent] in sent.load() } }
 
     public func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
         try digest?.record(bytes, at: offset)
         try file.write(bytes, at: offset)
+        sent.add(UInt64(bytes.count))
     }
 
     public func setLength(_ length: UInt64) throws {
@@ -108,16 +131,14 @@ public final class SFTPFileTarget: OutputTarget {
                         file: displayName, field: "preallocation")
     }
 
+    private func announce(_ phase: ExportProgress.Phase, _ processed: UInt64, of total: UInt64) {
+        progress?(ExportProgress(phase: phase, processedBytes: processed, totalBytes: total, sentBytes: sentBytes))
+    }
+
     public func commit() throws {
         guard !finished else { return }
         do {
-            var notes: [String] = connection.notes
-            let flushed = try file.sync()
-            if !flushed {
-                notes.append("the server does not offer fsync@openssh.com: the image was not flushed to stable storage on the host")
-            }
             let size = try file.size()
-            try file.close()
             var digests: [RangeDigest] = []
             var method = VerificationMethod.skipped
             if let digest {
@@ -126,30 +147,30 @@ public final class SFTPFileTarget: OutputTarget {
                 guard size == digest.length else {
                     throw KDCTError(.checksum, "the remote file has \(size) bytes, but \(digest.length) were written", file: name)
                 }
+                announce(.verifying, 0, of: size)
                 let hasher = RemoteHasher(connection: connection, sftp: sftp, preference: verification)
-                let (remote, how) = try hasher.digests(of: temporaryPath, ranges: digests.map { ($0.start, $0.length) },
-                                                       fileSize: size, notes: &notes)
-                guard remote == digests.map(\.sha256) else {
+                let (remote, how) = try hasher.digests(of: temporaryPath, ranges: digests.map { ByteRange(start: $0.start, length: $0.length) },
+                                                       notes: &notes) { done in self.announce(.verifying, done, of: size) }
+                let differing = digests.indices.filter { remote[$0] != digests[$0].sha256 }
+                guard differing.isEmpty else {
                     throw KDCTError(.checksum,
-                                    "the remote file's SHA-256 (\(remote.joined(separator: ","))) differs from what was written (\(digests.map(\.sha256).joined(separator: ",")))",
+                                    "the remote file differs from what was written in \(differing.count) of \(digests.count) range(s) (the first at offset \(digests[differing[0]].start))",
                                     file: name)
                 }
                 method = how
             }
-            if overwrite, try sftp.status(of: location.path, followLinks: false) != nil {
-                try sftp.remove(location.path)
+            announce(.committing, 0, of: size)
+            let flushed = try file.sync()
+            if !flushed {
+                notes.append("the server does not offer fsync@openssh.com: the image was not flushed to stable storage on the host")
             }
-            do {
-                try sftp.rename(temporaryPath, to: location.path)
-            } catch let error as KDCTError {
-                if (try? sftp.status(of: location.path, followLinks: false)) != nil {
-                    throw KDCTError(.alreadyExists, "destination appeared on the host during the conversion",
-                                    file: sftp.remoteName(location.path))
-                }
-                throw error
-            }
+            try file.close()
+            let placement = try RemotePlacement.place(temporaryPath, at: destinationPath, overwrite: overwrite, sftp: sftp,
+                                                      notes: &notes)
             finished = true
-            report = RemoteCommitReport(digests: digests, verification: method, flushed: flushed, notes: notes)
+            announce(.committing, size, of: size)
+            report = RemoteCommitReport(digests: digests, verification: method, placement: placement, flushed: flushed,
+                                        size: size, notes: notes)
         } catch {
             abort()
             throw error
@@ -159,7 +180,15 @@ public final class SFTPFileTarget: OutputTarget {
     public func abort() {
         guard !finished else { return }
         finished = true
+        // One budget for closing the file and removing it, deaf to the cancellation that may have caused this.
+        let cancelled = connection.policy.cancellation?.isCancelled == true
+        let saved = connection.policy
+        connection.policy = saved.forCleanup(seconds: cancelled ? RemoteCleanup.afterCancellation : RemoteCleanup.afterFailure)
+        defer { connection.policy = saved }
         file.closeDiscarding()
-        try? sftp.remove(temporaryPath)
+        if let reason = RemoteCleanup.remove(temporaryPath, sftp: connection.isUsable ? sftp : nil, connection: connection,
+                                             cancelled: cancelled) {
+            cleanupFailure = "the temporary file \(sftp.remoteName(temporaryPath)) may remain on the host (\(reason)); the next conversion to this destination removes it"
+        }
     }
 }

@@ -14,7 +14,7 @@ public enum AgentSetting: Sendable, Equatable {
     case disabled
 }
 
-/// How to verify a host and authenticate to it.
+/// How to verify a host and authenticate to it, and how long to wait for it.
 public struct SSHConnectionOptions: Sendable {
     /// The known_hosts file; nil means `~/.ssh/known_hosts`.
     public var knownHostsFile: String?
@@ -33,12 +33,17 @@ public struct SSHConnectionOptions: Sendable {
     public var password: SecretSource?
     /// Where passphrases of encrypted identity files come from, tried in order.
     public var passphraseSources: [SecretSource] = [.environment("KDCT_SSH_PASSPHRASE")]
-    /// Seconds to wait for the TCP connection.
-    public var connectTimeout: Double = 20
-    /// Seconds any single SSH operation may wait for the server (remote hashing of a large file is exempt).
-    public var operationTimeout: Double = 300
+    /// Seconds a wait on the host may go without progress (`--timeout`): the TCP connect, every reply, every
+    /// acknowledgement. During long remote operations (fsync, hashing the file on the host) the host counts as
+    /// making progress while it answers SSH keepalives, sent every `timeout / 3` seconds.
+    public var timeout: Double = 30
+    /// Stops every wait (connect, handshake, authentication, transfer, verification) within
+    /// `WaitPolicy.pollSlice` seconds of being cancelled.
+    public var cancellation: CancellationToken?
+    /// An absolute limit for the whole connection (monotonic seconds); used for cleanup connections.
+    var deadline: Double?
 
-    /// Defaults: `~/.ssh/known_hosts`, agent from the environment, default identities, no password.
+    /// Defaults: `~/.ssh/known_hosts`, agent from the environment, default identities, no password, 30 s.
     public init() {}
 
     /// The user's home directory (`$HOME`, else the password database).
@@ -52,11 +57,48 @@ public struct SSHConnectionOptions: Sendable {
     public var resolvedKnownHostsFile: String {
         knownHostsFile ?? FilePaths.join(Self.homeDirectory, ".ssh/known_hosts")
     }
+
+    /// The waits these options ask for.
+    var waitPolicy: WaitPolicy { WaitPolicy(timeout: timeout, cancellation: cancellation, deadline: deadline) }
+
+    /// Resolves a password given by the environment or standard input now, so a missing one is reported before
+    /// connecting and standard input is read once even when several connections are made.
+    public mutating func resolvePassword() throws {
+        guard let source = password else { return }
+        switch source {
+        case .environment(let name):
+            guard let value = try source.resolve(prompt: "") else {
+                throw KDCTError(.invalidArgument, "the environment variable \(name) is not set (it should hold the SSH password)",
+                                field: name)
+            }
+            password = .value(value)
+        case .standardInput:
+            guard let value = try source.resolve(prompt: "") else {
+                throw KDCTError(.invalidArgument, "standard input is empty (it should hold the SSH password on its first line)")
+            }
+            password = .value(value)
+        case .value, .terminalPrompt:
+            break
+        }
+    }
 }
 
 enum SSHLibrary {
-    /// `libssh2_init` must run once before any session, and is not thread-safe itself.
-    static let initialized: Int32 = libssh2_init(0)
+    /// `libssh2_init` must run once before any session, and is not thread-safe itself. First, unless
+    /// `KDCT_SSH_PLAIN_CTR` is set, AES-CTR gets a keystream produced ahead (batched_ctr.h in the CLibSSH2 shim):
+    /// libssh2 1.10 encrypts one 16-byte block per OpenSSL call, the largest cost of an upload.
+    static let initialized: Int32 = {
+        if getenv("KDCT_SSH_PLAIN_CTR") == nil && kdct_ssh2_prefer_batched_ctr() == 1 {
+            if kdct_ssh2_batched_ctr_self_test() != 1 { kdct_ssh2_plain_ctr() }
+        }
+        return libssh2_init(0)
+    }()
+
+    /// True when AES-CTR runs through the batched keystream (checked against OpenSSL's own AES-CTR first).
+    static var usesBatchedCTR: Bool {
+        _ = initialized
+        return kdct_ssh2_batched_ctr_self_test() == 1 && getenv("KDCT_SSH_PLAIN_CTR") == nil
+    }
 
     /// The session's last error message.
     static func lastErrorMessage(_ session: OpaquePointer) -> String {
@@ -75,11 +117,11 @@ enum SSHLibrary {
             : ""
     }
 
-    /// True for the errors that mean the connection itself is gone.
+    /// True for the errors that mean the connection itself is gone (or unusable).
     static func isConnectionLost(_ code: Int) -> Bool {
         [LIBSSH2_ERROR_SOCKET_SEND, LIBSSH2_ERROR_SOCKET_RECV, LIBSSH2_ERROR_SOCKET_DISCONNECT,
          LIBSSH2_ERROR_SOCKET_TIMEOUT, LIBSSH2_ERROR_TIMEOUT, LIBSSH2_ERROR_BAD_SOCKET,
-         LIBSSH2_ERROR_CHANNEL_CLOSED, LIBSSH2_ERROR_CHANNEL_EOF_SENT].map(Int.init).contains(code)
+         LIBSSH2_ERROR_BAD_USE, LIBSSH2_ERROR_DECRYPT, LIBSSH2_ERROR_ENCRYPT].map(Int.init).contains(code)
     }
 }
 
@@ -87,16 +129,18 @@ enum SSHLibrary {
 public struct RemoteCommandResult: Sendable {
     /// The exit status (-1 when the server did not report one).
     public var status: Int32
-    /// Standard output.
+    /// Standard output (up to the limit given to `run`).
     public var output: [UInt8]
-    /// Standard error.
+    /// Standard error (up to the limit).
     public var errorOutput: [UInt8]
 }
 
-/// An authenticated SSH connection to one host (libssh2, blocking mode): the host key checked against known_hosts
-/// before anything else happens, then authentication by identity files, ssh-agent and password.
+/// An authenticated SSH connection to one host: the host key checked against known_hosts before anything else
+/// happens, then authentication by identity files, ssh-agent and password. libssh2 runs in non-blocking mode
+/// under a `SessionDriver`, so every wait honours the timeout, the deadline and cancellation.
 ///
-/// One connection is used from one thread at a time (libssh2 sessions are not thread-safe).
+/// One connection is used from one thread at a time (libssh2 sessions are not thread-safe); parallel streams
+/// use one connection each.
 public final class SSHConnection {
     /// The host and user.
     public let endpoint: SSHEndpoint
@@ -108,9 +152,11 @@ public final class SSHConnection {
     public let authentication: String
     /// Remarks worth showing (skipped known_hosts lines, a recorded host key).
     public private(set) var notes: [String]
-    let session: OpaquePointer
-    private let socket: Int32
-    private let options: SSHConnectionOptions
+    /// Options that reach this host again without asking anything: the host key is known now, and the password
+    /// or key passphrase that worked is given as a value.
+    public let reconnectOptions: SSHConnectionOptions
+    let driver: SessionDriver
+    var session: OpaquePointer { driver.session }
     private var isOpen = true
 
     /// Connects to `endpoint`, verifies its host key and authenticates.
@@ -119,19 +165,20 @@ public final class SSHConnection {
         for file in options.identityFiles where !FilePaths.isRegularFile(file) {
             throw KDCTError(.notFound, "identity file does not exist or is not a regular file", file: file)
         }
-        let socket = try Self.connectSocket(host: endpoint.host, port: endpoint.port, timeout: options.connectTimeout)
+        let policy = options.waitPolicy
+        let socket = try Self.connectSocket(host: endpoint.host, port: endpoint.port, policy: policy)
         guard let session = kdct_ssh2_session_init() else {
             close(socket)
             throw KDCTError(.io, "libssh2 could not create a session", file: endpoint.displayName)
         }
+        let driver = SessionDriver(session: session, socket: socket, hostName: endpoint.displayName, policy: policy)
         do {
-            libssh2_session_set_blocking(session, 1)
-            libssh2_session_set_timeout(session, Int(options.operationTimeout * 1000))
             let knownHosts = try KnownHostsFile(session: session, path: options.resolvedKnownHostsFile)
             let recordedTypes = knownHosts.recordedTypes(name: endpoint.knownHostsName)
             try Self.preferHostKeyTypes(recordedTypes, session: session)
             Self.preferCiphers(session: session)
-            try Self.handshake(session: session, socket: socket, endpoint: endpoint)
+            let rc = try driver.call("SSH handshake with \(endpoint.displayName)") { libssh2_session_handshake(session, socket) }
+            try Self.checkHandshake(rc, session: session, endpoint: endpoint)
             let key = try Self.presentedKey(session: session, endpoint: endpoint)
             var notes: [String] = []
             if knownHosts.skippedLines > 0 {
@@ -142,94 +189,146 @@ public final class SSHConnection {
             if recorded {
                 notes.append("recorded the \(key.type.name) key \(key.fingerprint) of \(endpoint.knownHostsName) in \(knownHosts.path)")
             }
-            var authenticator = Authenticator(session: session, endpoint: endpoint, options: options)
+            var authenticator = Authenticator(driver: driver, endpoint: endpoint, options: options)
             let method = try authenticator.run()
+            var again = options
+            again.acceptNewHostKey = false
+            if let password = authenticator.usedPassword { again.password = .value(password) }
+            if let (file, passphrase) = authenticator.usedIdentity {
+                again.identityFiles = [file]
+                again.passphraseSources = passphrase.map { [.value($0)] } ?? []
+            }
             self.endpoint = endpoint
             self.hostKey = key
             self.hostKeyWasRecorded = recorded
             self.authentication = method
             self.notes = notes
-            self.session = session
-            self.socket = socket
-            self.options = options
+            self.reconnectOptions = again
+            self.driver = driver
         } catch {
+            driver.abandon()
             libssh2_session_free(session)
             close(socket)
             throw error
         }
     }
 
-    deinit { disconnect() }
+    deinit {
+        disconnect()
+        // Anything still open fails at once on the shut-down socket, so this never waits.
+        libssh2_session_free(driver.session)
+        close(driver.socket)
+    }
 
-    /// Says goodbye to the server and closes the socket (also done on deinit).
+    /// True until the connection was lost, given up or disconnected.
+    public var isUsable: Bool { isOpen && driver.isUsable }
+
+    /// The timeout, deadline and cancellation in force (a cleanup may tighten them).
+    var policy: WaitPolicy {
+        get { driver.policy }
+        set { driver.policy = newValue }
+    }
+
+    /// Says goodbye to the server (when the session is still usable, within a second) and shuts the socket
+    /// down; the session's memory is released when the last SFTP object using it is gone.
     public func disconnect() {
         guard isOpen else { return }
         isOpen = false
-        // A short timeout: the peer may already be gone.
-        libssh2_session_set_timeout(session, 2000)
-        _ = kdct_ssh2_session_disconnect(session, "done")
-        libssh2_session_free(session)
-        close(socket)
+        if driver.isUsable {
+            let saved = driver.policy
+            driver.policy = saved.forCleanup(seconds: 1)
+            _ = try? driver.call("disconnecting") { kdct_ssh2_session_disconnect(session, "done") }
+            driver.policy = saved
+        }
+        driver.abandon()
     }
+
+    /// Gives the connection up at once (after a failure in another stream): no goodbye, every pending wait on
+    /// it ends.
+    func abandon() { driver.abandon() }
 
     /// An error for a failed libssh2 call on this connection.
     func error(_ operation: String, code: Int, file: String? = nil) -> KDCTError {
         let message = SSHLibrary.lastErrorMessage(session)
         var text = "\(operation) failed: \(message)"
-        if SSHLibrary.isConnectionLost(code) { text = "\(operation) failed: the connection to \(endpoint.displayName) was lost (\(message))" }
+        if SSHLibrary.isConnectionLost(code) {
+            text = "\(operation) failed: the connection to \(endpoint.displayName) was lost (\(message))"
+        }
         return KDCTError(.io, text + " (libssh2 error \(code))", file: file ?? endpoint.displayName)
     }
 
-    /// Sets libssh2's per-operation timeout; 0 waits forever (TCP keepalive still notices a dead peer).
-    func setOperationTimeout(_ seconds: Double?) {
-        libssh2_session_set_timeout(session, Int((seconds ?? options.operationTimeout) * 1000))
-    }
-
     /// Runs `command` through the user's shell on the host (an exec channel) and collects its output (at most
-    /// `outputLimit` bytes of each stream). `waitIndefinitely` lifts the operation timeout, for commands that
-    /// read a whole disk image before printing anything.
-    public func run(_ command: String, outputLimit: Int = 1 << 20, waitIndefinitely: Bool = false) throws -> RemoteCommandResult {
-        if waitIndefinitely { setOperationTimeout(0) }
-        defer { if waitIndefinitely { setOperationTimeout(nil) } }
-        guard let channel = kdct_ssh2_channel_open_session(session) else {
+    /// `outputLimit` bytes of each stream). `onOutput` sees standard output as it arrives (the hashing command
+    /// prints one line per chunk, which is the verification's progress). A `.longOperation` wait lets the host
+    /// stay silent as long as it answers keepalives.
+    public func run(_ command: String, outputLimit: Int = 1 << 20, longOperation: Bool = false,
+                    onOutput: (ArraySlice<UInt8>) throws -> Void = { _ in }) throws -> RemoteCommandResult {
+        let wait: SessionDriver.Wait = longOperation ? .longOperation : .reply
+        guard let channel = try driver.callPointer("opening an exec channel", .reply, { kdct_ssh2_channel_open_session(session) }) else {
             throw error("opening an exec channel", code: Int(libssh2_session_last_errno(session)))
         }
-        defer { libssh2_channel_free(channel) }
-        let started = kdct_ssh2_channel_exec(channel, command)
+        defer { freeChannel(channel) }
+        let started = try driver.call("starting a remote command") { kdct_ssh2_channel_exec(channel, command) }
         guard started == 0 else { throw error("starting a remote command", code: Int(started)) }
         // Our commands read no input. Closing it also ends a server-side substitute that would wait for input
         // forever (e.g. `ForceCommand internal-sftp` accounts run the SFTP server instead of the command).
-        _ = libssh2_channel_send_eof(channel)
-        let output = try readAll(channel, limit: outputLimit, stream: 0)
-        let errorOutput = try readAll(channel, limit: outputLimit, stream: SSH_EXTENDED_DATA_STDERR)
-        _ = libssh2_channel_close(channel)
-        _ = libssh2_channel_wait_closed(channel)
+        _ = try driver.call("starting a remote command") { libssh2_channel_send_eof(channel) }
+        var output: [UInt8] = []
+        var errorOutput: [UInt8] = []
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 32768, alignment: 16)
+        defer { buffer.deallocate() }
+        var lastProgress = MonotonicClock.now
+        while true {
+            var moved = false
+            for stream in [Int32(0), SSH_EXTENDED_DATA_STDERR] {
+                while true {
+                    let n = libssh2_channel_read_ex(channel, stream, buffer.baseAddress?.assumingMemoryBound(to: CChar.self),
+                                                    buffer.count)
+                    if n == LIBSSH2_ERROR_EAGAIN || n == 0 { break }
+                    if n < 0 {
+                        if SSHLibrary.isConnectionLost(n) { driver.abandon() }
+                        throw error("reading a remote command's output", code: n)
+                    }
+                    moved = true
+                    let bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+                    if stream == 0 {
+                        try onOutput(ArraySlice(bytes))
+                        if output.count < outputLimit { output.append(contentsOf: bytes.prefix(outputLimit - output.count)) }
+                    } else if errorOutput.count < outputLimit {
+                        errorOutput.append(contentsOf: bytes.prefix(outputLimit - errorOutput.count))
+                    }
+                }
+            }
+            if moved {
+                lastProgress = MonotonicClock.now
+            } else if libssh2_channel_eof(channel) != 0 {
+                break
+            } else {
+                try driver.waitForSocket({ "waiting for a remote command" }, wait, lastProgress: &lastProgress)
+            }
+        }
+        _ = try driver.call("closing an exec channel") { libssh2_channel_close(channel) }
+        _ = try driver.call("closing an exec channel") { libssh2_channel_wait_closed(channel) }
         let status = libssh2_channel_get_exit_status(channel)
         return RemoteCommandResult(status: status, output: output, errorOutput: errorOutput)
     }
 
-    private func readAll(_ channel: OpaquePointer, limit: Int, stream: Int32) throws -> [UInt8] {
-        var result: [UInt8] = []
-        var buffer = [CChar](repeating: 0, count: 32768)
-        while true {
-            let n = buffer.withUnsafeMutableBufferPointer { libssh2_channel_read_ex(channel, stream, $0.baseAddress, $0.count) }
-            if n == 0 { break }
-            if n < 0 { throw error("reading a remote command's output", code: n) }
-            if result.count < limit {
-                result.append(contentsOf: buffer[0..<min(n, limit - result.count)].map { UInt8(bitPattern: $0) })
-            }
-        }
-        return result
+    /// Frees a channel: waits (within the policy) for the server's close while the session is usable, otherwise
+    /// just releases the memory.
+    func freeChannel(_ channel: OpaquePointer) {
+        if driver.isUsable, (try? driver.call("closing a channel") { libssh2_channel_free(channel) }) != nil { return }
+        driver.abandon()
+        _ = libssh2_channel_free(channel)
     }
 
-    /// Opens the SFTP subsystem.
+    /// Opens an SFTP session (our own SFTP client on a `sftp` subsystem channel).
     public func openSFTP() throws -> SFTPSession { try SFTPSession(connection: self) }
 
     // MARK: Connecting
 
-    /// A connected TCP socket to `host`:`port` (every resolved address tried in turn), with keepalive probes so a
-    /// vanished peer is noticed within about two minutes even while waiting indefinitely.
-    static func connectSocket(host: String, port: Int, timeout: Double) throws -> Int32 {
+    /// A connected TCP socket to `host`:`port` (every resolved address tried in turn, each within
+    /// `policy.timeout`, cancellation checked every `pollSlice`), with TCP keepalive probes.
+    static func connectSocket(host: String, port: Int, policy: WaitPolicy) throws -> Int32 {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -247,12 +346,21 @@ public final class SSHConnection {
             let fd = Glibc.socket(address.pointee.ai_family, address.pointee.ai_socktype | Int32(SOCK_CLOEXEC.rawValue),
                                   address.pointee.ai_protocol)
             guard fd >= 0 else { lastErrno = errno; continue }
-            let flags = fcntl(fd, F_GETFL)
-            _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             var rc = connect(fd, address.pointee.ai_addr, address.pointee.ai_addrlen)
             if rc != 0 && errno == EINPROGRESS {
+                let started = MonotonicClock.now
                 var poller = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                repeat { rc = poll(&poller, 1, Int32(timeout * 1000)) } while rc < 0 && errno == EINTR
+                repeat {
+                    if let token = policy.cancellation, token.isCancelled {
+                        close(fd)
+                        throw token.cancellationError()
+                    }
+                    var limit = min(WaitPolicy.pollSlice, policy.timeout - (MonotonicClock.now - started))
+                    if let deadline = policy.deadline { limit = min(limit, deadline - MonotonicClock.now) }
+                    if limit <= 0 { rc = 0; break }
+                    rc = poll(&poller, 1, Int32(max(1, limit * 1000)))
+                } while rc == 0 || (rc < 0 && errno == EINTR)
                 if rc == 0 {
                     close(fd)
                     lastErrno = ETIMEDOUT
@@ -269,7 +377,6 @@ public final class SSHConnection {
                 close(fd)
                 continue
             }
-            _ = fcntl(fd, F_SETFL, flags)
             var on: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
             setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, socklen_t(MemoryLayout<Int32>.size))
@@ -279,13 +386,15 @@ public final class SSHConnection {
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPCNT, &count, socklen_t(MemoryLayout<Int32>.size))
             return fd
         }
+        if lastErrno == ETIMEDOUT {
+            throw KDCTError(.io, "cannot connect to \(host) port \(port): no answer within \(SessionDriver.seconds(policy.timeout)) (--timeout)")
+        }
         throw KDCTError(.io, "cannot connect to \(host) port \(port)", errno: lastErrno)
     }
 
-    /// Runs the SSH handshake on a connected socket; a failure names the host and, for a key exchange failure,
-    /// the likely reason.
-    static func handshake(session: OpaquePointer, socket: Int32, endpoint: SSHEndpoint) throws {
-        let rc = libssh2_session_handshake(session, socket)
+    /// Turns libssh2's handshake result into an error naming the host and, for a key exchange failure, the likely
+    /// reason.
+    static func checkHandshake(_ rc: Int32, session: OpaquePointer, endpoint: SSHEndpoint) throws {
         guard rc == 0 else {
             let hint = rc == LIBSSH2_ERROR_KEX_FAILURE
                 ? "; no algorithm in common: libssh2 \(String(cString: libssh2_version(0))) needs an Ed25519 or ECDSA host key (its RSA host keys use SHA-1, which OpenSSH 8.8+ refuses)"
@@ -389,222 +498,3 @@ public final class SSHConnection {
     }
 }
 
-/// Tries the configured authentication methods in OpenSSH's order (public keys: explicit identity files, then
-/// ssh-agent, then default identity files; then password and keyboard-interactive) and, when all fail, says what
-/// the server offered and what happened to each attempt.
-struct Authenticator {
-    let session: OpaquePointer
-    let endpoint: SSHEndpoint
-    let options: SSHConnectionOptions
-    private var attempts: [String] = []
-
-    init(session: OpaquePointer, endpoint: SSHEndpoint, options: SSHConnectionOptions) {
-        self.session = session
-        self.endpoint = endpoint
-        self.options = options
-    }
-
-    /// Authenticates; returns how.
-    mutating func run() throws -> String {
-        let user = endpoint.user
-        guard let list = libssh2_userauth_list(session, user, UInt32(user.utf8.count)) else {
-            if libssh2_userauth_authenticated(session) != 0 { return "none (the server asked for no authentication)" }
-            let code = Int(libssh2_session_last_errno(session))
-            throw KDCTError(.authenticationFailed,
-                            "the server did not list its authentication methods: \(SSHLibrary.lastErrorMessage(session)) (libssh2 error \(code))",
-                            file: endpoint.displayName)
-        }
-        let offered = String(cString: list).split(separator: ",").map(String.init)
-        if offered.contains("publickey") {
-            for file in options.identityFiles {
-                if let method = try tryIdentityFile(file) { return method }
-            }
-            if let method = try tryAgent() { return method }
-            if options.identityFiles.isEmpty && options.useDefaultIdentities {
-                for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
-                    let file = FilePaths.join(SSHConnectionOptions.homeDirectory, ".ssh/" + name)
-                    guard FilePaths.isRegularFile(file) else { continue }
-                    if let method = try tryIdentityFile(file) { return method }
-                }
-            }
-        } else if !options.identityFiles.isEmpty || options.agent != .disabled {
-            attempts.append("public keys: not tried, the server does not accept publickey")
-        }
-        if let source = options.password {
-            if let method = try tryPassword(source: source, offered: offered) { return method }
-        }
-        if attempts.isEmpty {
-            attempts.append("nothing: no identity file, ssh-agent or password was available (use -i, ssh-agent, --password-env or --password-stdin)")
-        }
-        throw failure()
-    }
-
-    private func failure(extra: String = "") -> KDCTError {
-        KDCTError(.authenticationFailed,
-                  "\(endpoint.user) was not let in. The server accepts: \(offeredText). Tried: \(attempts.joined(separator: "; ")).\(extra)",
-                  file: endpoint.displayName)
-    }
-
-    private var offeredText: String {
-        guard let list = libssh2_userauth_list(session, endpoint.user, UInt32(endpoint.user.utf8.count)) else { return "(unknown)" }
-        return String(cString: list).split(separator: ",").joined(separator: ", ")
-    }
-
-    /// Throws when the last failure means the server hung up (OpenSSH closes after MaxAuthTries failures).
-    private func checkStillConnected(_ code: Int32) throws {
-        if SSHLibrary.isConnectionLost(Int(code)) {
-            throw KDCTError(.authenticationFailed,
-                            "\(endpoint.user) was not let in and the server closed the connection (too many attempts? OpenSSH allows MaxAuthTries, 6 by default). Tried: \(attempts.joined(separator: "; ")).",
-                            file: endpoint.displayName)
-        }
-    }
-
-    private mutating func tryIdentityFile(_ file: String) throws -> String? {
-        guard FilePaths.isRegularFile(file) else {
-            attempts.append("identity file \(file): not found")
-            return nil
-        }
-        var passphrase: String?
-        if IdentityFileInspector.isEncrypted(path: file) {
-            for source in options.passphraseSources {
-                if let value = try source.resolve(prompt: "Enter passphrase for key '\(file)': ") {
-                    passphrase = value
-                    break
-                }
-            }
-            if passphrase == nil {
-                attempts.append("identity file \(file): encrypted and no passphrase was given (set KDCT_SSH_PASSPHRASE or run on a terminal)")
-                return nil
-            }
-        }
-        let rc = kdct_ssh2_userauth_publickey_fromfile(session, endpoint.user, nil, file, passphrase)
-        if rc == 0 { return "publickey (identity file \(file))" }
-        switch rc {
-        case LIBSSH2_ERROR_FILE:
-            attempts.append("identity file \(file): could not be loaded (\(passphrase == nil ? "" : "wrong passphrase, or ")a key format libssh2 does not read: \(SSHLibrary.lastErrorMessage(session)))")
-        case LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED, LIBSSH2_ERROR_AUTHENTICATION_FAILED:
-            attempts.append("identity file \(file): key rejected by the server"
-                            + (IdentityFileInspector.keyType(path: file) == "ssh-rsa" ? SSHLibrary.rsaHint : ""))
-        default:
-            attempts.append("identity file \(file): \(SSHLibrary.lastErrorMessage(session)) (libssh2 error \(rc))")
-        }
-        try checkStillConnected(rc)
-        return nil
-    }
-
-    private mutating func tryAgent() throws -> String? {
-        let socketPath: String
-        switch options.agent {
-        case .disabled:
-            return nil
-        case let .socket(path):
-            socketPath = path
-        case .environment:
-            guard let raw = getenv("SSH_AUTH_SOCK"), let path = String(validatingCString: raw), !path.isEmpty else {
-                if options.identityFiles.isEmpty { attempts.append("ssh-agent: none (SSH_AUTH_SOCK is not set)") }
-                return nil
-            }
-            socketPath = path
-        }
-        guard let agent = libssh2_agent_init(session) else {
-            attempts.append("ssh-agent: libssh2 could not set up an agent client")
-            return nil
-        }
-        defer {
-            _ = libssh2_agent_disconnect(agent)
-            libssh2_agent_free(agent)
-        }
-        libssh2_agent_set_identity_path(agent, socketPath)
-        guard libssh2_agent_connect(agent) == 0 else {
-            attempts.append("ssh-agent at \(socketPath): cannot connect")
-            return nil
-        }
-        guard libssh2_agent_list_identities(agent) == 0 else {
-            attempts.append("ssh-agent at \(socketPath): could not list its keys")
-            return nil
-        }
-        var previous: UnsafeMutablePointer<libssh2_agent_publickey>?
-        var rejected: [String] = []
-        while true {
-            var identity: UnsafeMutablePointer<libssh2_agent_publickey>?
-            guard libssh2_agent_get_identity(agent, &identity, previous) == 0, let identity else { break }
-            let comment = identity.pointee.comment.map { String(cString: $0) } ?? "?"
-            let rc = libssh2_agent_userauth(agent, endpoint.user, identity)
-            if rc == 0 { return "publickey (ssh-agent key \(comment))" }
-            let isRSA = identity.pointee.blob.map { blob in
-                let reader = ByteReader(Array(UnsafeBufferPointer(start: blob, count: min(identity.pointee.blob_len, 64))),
-                                        structure: "agent key")
-                return (try? reader.u32be(0)) == 7 && (try? reader.ascii(4, 7)) == "ssh-rsa"
-            } ?? false
-            rejected.append(comment + (isRSA ? SSHLibrary.rsaHint : ""))
-            if SSHLibrary.isConnectionLost(Int(rc)) {
-                attempts.append("ssh-agent: keys rejected (\(rejected.joined(separator: ", ")))")
-                try checkStillConnected(rc)
-            }
-            previous = identity
-        }
-        attempts.append(rejected.isEmpty ? "ssh-agent at \(socketPath): holds no keys"
-                                         : "ssh-agent: \(rejected.count) key(s) rejected by the server (\(rejected.joined(separator: ", ")))")
-        return nil
-    }
-
-    private mutating func tryPassword(source: SecretSource, offered: [String]) throws -> String? {
-        guard offered.contains("password") || offered.contains("keyboard-interactive") else {
-            attempts.append("password: not tried, the server accepts neither password nor keyboard-interactive")
-            return nil
-        }
-        guard let password = try source.resolve(prompt: "\(endpoint.displayName)'s password: ") else {
-            attempts.append("password: \(source.descriptionForMessages) gave none")
-            return nil
-        }
-        if offered.contains("password") {
-            let rc = kdct_ssh2_userauth_password(session, endpoint.user, password)
-            if rc == 0 { return "password (from \(source.descriptionForMessages))" }
-            attempts.append(rc == LIBSSH2_ERROR_PASSWORD_EXPIRED
-                            ? "password: expired on the server"
-                            : "password from \(source.descriptionForMessages): rejected by the server")
-            try checkStillConnected(rc)
-        }
-        if offered.contains("keyboard-interactive") {
-            let rc = kdct_ssh2_userauth_kbdint_password(session, endpoint.user, password)
-            if rc == 0 { return "keyboard-interactive (password from \(source.descriptionForMessages))" }
-            attempts.append("keyboard-interactive with the password from \(source.descriptionForMessages): rejected by the server")
-            try checkStillConnected(rc)
-        }
-        return nil
-    }
-}
-
-/// Looks inside a private key file just enough to know whether it needs a passphrase.
-enum IdentityFileInspector {
-    /// The key type (`ssh-rsa`, `ssh-ed25519`...) named by the `.pub` file beside `path`, or by a PEM header.
-    static func keyType(path: String) -> String? {
-        if let file = try? ReadOnlyFile(path: path + ".pub"), file.size <= 1 << 16,
-           let bytes = try? file.readBytes(count: Int(file.size), at: 0) {
-            return String(decoding: bytes, as: UTF8.self).split(separator: " ").first.map(String.init)
-        }
-        guard let file = try? ReadOnlyFile(path: path), file.size <= 1 << 20,
-              let bytes = try? file.readBytes(count: min(Int(file.size), 64), at: 0) else { return nil }
-        return String(decoding: bytes, as: UTF8.self).hasPrefix("-----BEGIN RSA PRIVATE KEY-----") ? "ssh-rsa" : nil
-    }
-
-    /// True for an OpenSSH-format key whose cipher is not `none`, or a PEM key marked `ENCRYPTED`.
-    static func isEncrypted(path: String) -> Bool {
-        guard let file = try? ReadOnlyFile(path: path), file.size <= 1 << 20,
-              let bytes = try? file.readBytes(count: Int(file.size), at: 0) else { return false }
-        let text = String(decoding: bytes, as: UTF8.self)
-        let begin = "-----BEGIN OPENSSH PRIVATE KEY-----"
-        if let start = text.firstRange(of: begin), let end = text.firstRange(of: "-----END OPENSSH PRIVATE KEY-----") {
-            guard start.upperBound <= end.lowerBound,
-                  let decoded = TextEncoding.decodeBase64(text[start.upperBound..<end.lowerBound]) else { return false }
-            // "openssh-key-v1\0", then string ciphername (PROTOCOL.key).
-            let magic = Array("openssh-key-v1".utf8) + [0]
-            guard decoded.count > magic.count + 4, Array(decoded[0..<magic.count]) == magic else { return false }
-            let reader = ByteReader(decoded, structure: "OpenSSH private key")
-            guard let length = try? reader.u32be(magic.count), length <= 64,
-                  let name = try? reader.ascii(magic.count + 4, Int(length)) else { return false }
-            return name != "none"
-        }
-        return text.contains("ENCRYPTED")
-    }
-}

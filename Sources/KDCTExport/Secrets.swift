@@ -48,7 +48,8 @@ public enum SecretSource: Sendable, Equatable {
         while bytes.count < 65536 {
             let n = read(fd, &byte, 1)
             if n < 0 {
-                if errno == EINTR { continue }
+                // Only our SIGINT/SIGTERM handlers interrupt a read (they are installed without SA_RESTART).
+                if errno == EINTR { throw KDCTError(.cancelled, "interrupted while reading a secret from \(what)") }
                 throw KDCTError.io("reading a secret from \(what)", errno: errno)
             }
             if n == 0 { break }

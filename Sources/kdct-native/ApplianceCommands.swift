@@ -1,4 +1,5 @@
 import ArgumentParser
+import KDCTAppliance
 import KDCTFormats
 
 /// Options of `convert` that concern appliances (OVA/OVF) and the generated libvirt domain.
@@ -38,7 +39,7 @@ extension Info {
 
 extension Convert {
     /// `convert [-O fmt] VM.ova|VM.ovf OUTDIR`: every disk plus OUTDIR/NAME.xml.
-    func runAppliance(options convertOptions: ConvertOptions) throws {
+    func runAppliance(options convertOptions: ConvertOptions) throws -> [(String, JSONLine.Value)] {
         if appliance.domainXML != nil {
             throw ValidationError("--domain-xml is for single images; an appliance conversion writes OUTDIR/NAME.xml itself")
         }
@@ -55,11 +56,14 @@ extension Convert {
             Console.error("verifying the manifest (\(ByteCount.human(opened.bytesToVerify)))...\n")
         }
         let result = try ApplianceConverter.convert(opened, toDirectory: destination, options: options)
-        for hint in result.hints { Console.error("note: \(hint)\n") }
+        if !quiet { for hint in result.hints { Console.error("note: \(hint.commandLineText)\n") } }
         if progressStyle != .json {
             for disk in result.disks { print("disk \(disk.diskID): \(disk.path)") }
             print("domain: \(result.domainXMLPath)  (virsh define \(result.domainXMLPath))")
         }
+        var disks = JSONLine()
+        for disk in result.disks { disks.add(disk.diskID, .string(disk.path)) }
+        return [("output", .string(destination)), ("disks", .object(disks)), ("domain", .string(result.domainXMLPath))]
     }
 
     /// `convert SRC DST --domain-xml FILE`: a minimal domain for the converted disk.
@@ -68,7 +72,7 @@ extension Convert {
         let (spec, hints) = ApplianceConverter.singleDiskDomain(source: device, diskPath: destination, format: format,
                                                                 diskBus: appliance.diskBus, nicModel: appliance.nicModel)
         try LibvirtDomainXML.write(LibvirtDomainXML.render(spec), to: path, overwrite: force)
-        for hint in hints { Console.error("note: \(hint)\n") }
+        if !quiet { for hint in hints { Console.error("note: \(hint)\n") } }
     }
 }
 

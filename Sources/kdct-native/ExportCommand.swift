@@ -2,6 +2,7 @@ import ArgumentParser
 import KDCTExport
 import KDCTFormats
 import CKDCTShims
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -23,13 +24,17 @@ struct SSHOptions: ParsableArguments {
     @Flag(name: .customLong("accept-new-host-key"), help: "Record the key of a host not yet in known_hosts (a changed key is always refused).")
     var acceptNewHostKey = false
 
+    @Option(name: .customLong("timeout"), help: ArgumentHelp("Give up when the host shows no progress for this many seconds (default 30; long remote operations count keepalive replies as progress).", valueName: "seconds"))
+    var timeout: Double = 30
+
     func validate() throws {
         if passwordVariable != nil && passwordFromStandardInput {
             throw ValidationError("--password-env and --password-stdin are exclusive")
         }
+        if !(timeout > 0 && timeout <= 86400) { throw ValidationError("--timeout must be between 0 and 86400 seconds") }
     }
 
-    /// The library's connection options.
+    /// The library's connection options, cancelled by SIGINT/SIGTERM.
     var connectionOptions: SSHConnectionOptions {
         var options = SSHConnectionOptions()
         options.knownHostsFile = knownHosts
@@ -41,6 +46,8 @@ struct SSHOptions: ParsableArguments {
             options.password = .standardInput
         }
         options.passphraseSources = [.environment("KDCT_SSH_PASSPHRASE"), .terminalPrompt]
+        options.timeout = timeout
+        options.cancellation = Interruption.token
         return options
     }
 }
@@ -48,8 +55,8 @@ struct SSHOptions: ParsableArguments {
 /// `export`: send a disk image to a KVM host.
 struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Send a disk image to a KVM host over SFTP: known host key, temporary name, fsync, SHA-256 check, then rename.",
-        discussion: "An interrupted upload stays on the host under .NAME.kdct-export.part; --resume continues it after checking it against the local file. Zero runs of raw images are not sent (the remote file gets holes).")
+        abstract: "Send a disk image to a KVM host over SFTP: known host key, temporary name, SHA-256 check, fsync, then an atomic rename.",
+        discussion: "An interrupted upload stays on the host under .NAME.kdct-export.part; --resume keeps every 64 MiB chunk of it that matches the local file and sends the rest. Zero runs are not sent (the remote file gets holes). Ctrl-C stops within 2 seconds (exit status 130; 143 for SIGTERM) and never leaves a file under the destination name.")
 
     @Option(name: .customShort("P"), help: ArgumentHelp("SSH port.", valueName: "port"))
     var port: Int = 22
@@ -60,11 +67,14 @@ struct Export: ParsableCommand {
     @Flag(name: .customLong("no-verify"), help: "Do not compare the remote file's SHA-256 with the local one.")
     var noVerify = false
 
-    @Flag(help: "Continue an interrupted upload (its content is checked against the local file first; a mismatch starts over).")
+    @Flag(help: "Continue an interrupted upload (chunks matching the local file are kept, the others sent again).")
     var resume = false
 
-    @Flag(help: "Replace an existing destination (and discard an interrupted upload instead of resuming it).")
+    @Flag(help: "Replace an existing destination, atomically (and discard an interrupted upload instead of resuming it).")
     var force = false
+
+    @Option(name: .customLong("streams"), help: ArgumentHelp("SFTP connections writing chunks of the file at once (1 to \(ExportOptions.maximumStreams), default \(ExportOptions.defaultStreams)).", valueName: "n"))
+    var streams: Int = ExportOptions.defaultStreams
 
     @Flag(name: .customShort("p"), help: "Show progress on a terminal.")
     var progressBar = false
@@ -72,7 +82,7 @@ struct Export: ParsableCommand {
     @Option(name: .customLong("progress"), help: "Progress for scripts: json (one object per line on stdout).")
     var progressStyle: ProgressStyle?
 
-    @Option(name: .customLong("protocol"), help: "sftp (default) or scp (for hosts without SFTP: no holes, no resume, needs a shell on the host).")
+    @Option(name: .customLong("protocol"), help: "sftp (default) or scp (for hosts without SFTP: no holes, no resume, one stream, needs a shell on the host).")
     var transferProtocol: ExportOptions.TransferProtocol = .sftp
 
     @Argument(help: "Local image file.")
@@ -84,50 +94,47 @@ struct Export: ParsableCommand {
     func validate() throws {
         if !(1...65535).contains(port) { throw ValidationError("-P must be a port between 1 and 65535") }
         if resume && transferProtocol == .scp { throw ValidationError("--resume needs --protocol sftp") }
+        if !(1...ExportOptions.maximumStreams).contains(streams) {
+            throw ValidationError("--streams must be between 1 and \(ExportOptions.maximumStreams)")
+        }
     }
 
     func run() throws {
-        let location = try RemoteLocation.parse(scpStyle: destination, port: port)
-        var options = ExportOptions()
-        options.connection = ssh.connectionOptions
-        options.transferProtocol = transferProtocol
-        options.overwrite = force
-        options.resume = resume
-        options.verify = !noVerify
-        let printer = ExportProgressPrinter(bar: progressBar, json: progressStyle == .json)
-        options.progress = { printer.report($0) }
-        options.isCancelled = { Interruption.requested }
+        let printer = TransferProgressPrinter(bar: progressBar, json: progressStyle == .json)
         Interruption.install()
         let result: ExportResult
         do {
+            let location = try RemoteLocation.parse(scpStyle: destination, port: port)
+            var options = ExportOptions()
+            options.connection = ssh.connectionOptions
+            options.transferProtocol = transferProtocol
+            options.overwrite = force
+            options.resume = resume
+            options.verify = !noVerify
+            options.streams = transferProtocol == .scp ? 1 : streams
+            options.progress = { printer.report($0) }
             result = try DiskExporter.export(localPath: local, to: location, options: options)
         } catch {
-            printer.finish()
-            throw error
+            throw printer.fail(error)
         }
-        printer.finish()
-        for note in result.notes { Console.error("note: \(note)\n") }
-        if progressStyle == .json {
-            var fields: [(String, InfoValue)] = [
-                ("event", .string("done")),
-                ("destination", .string(result.destination.displayName)),
-                ("size", .unsigned(result.size)),
-                ("sent", .unsigned(result.sentBytes)),
-                ("skipped-zero-bytes", .unsigned(result.skippedZeroBytes)),
-                ("verification", .string(result.verification.rawValue)),
-                ("flushed", .bool(result.flushed)),
-                ("host-key", .string(result.hostKeyFingerprint)),
-            ]
-            if let sha = result.sha256 { fields.append(("sha256", .string(sha))) }
-            if let resumed = result.resumedFrom { fields.append(("resumed-from", .unsigned(resumed))) }
-            Console.out(InfoValue.object(fields).jsonText(indent: 0) + "\n")
-        } else {
-            var line = "\(result.destination.displayName): \(ByteCount.human(result.size)), \(ByteCount.human(result.sentBytes)) sent"
-            if let resumed = result.resumedFrom { line += ", \(ByteCount.human(resumed)) kept from the interrupted upload" }
-            if let sha = result.sha256 { line += ", SHA-256 \(sha) verified (\(result.verification.rawValue))" }
-            else if result.verification == .skipped { line += ", not verified" }
-            Console.out(line + "\n")
-        }
+        for note in result.notes { printer.note(note) }
+        var fields = JSONLine()
+        fields.add("destination", result.destination.displayName)
+        fields.add("size", result.size)
+        fields.add("sent", result.sentBytes)
+        fields.add("resumed", result.resumedBytes ?? 0)
+        fields.add("skipped-zero-bytes", result.skippedZeroBytes)
+        fields.add("streams", UInt64(result.streams))
+        fields.add("verification", result.verification.rawValue)
+        fields.add("placement", result.placement.rawValue)
+        fields.add("flushed", result.flushed)
+        fields.add("host-key", result.hostKeyFingerprint)
+        fields.add("sha256", result.sha256)
+        var line = "\(result.destination.displayName): \(ByteCount.human(result.size)), \(ByteCount.human(result.sentBytes)) sent"
+        if let kept = result.resumedBytes, kept > 0 { line += ", \(ByteCount.human(kept)) kept from the interrupted upload" }
+        if let sha = result.sha256 { line += ", SHA-256 \(sha) verified (\(result.verification.rawValue))" }
+        else if result.verification == .skipped { line += ", not verified" }
+        printer.done(fields, summary: line)
     }
 }
 
@@ -135,70 +142,183 @@ extension ExportOptions.TransferProtocol: ExpressibleByArgument {}
 
 /// `convert SRC sftp://USER@HOST[:PORT]/path`: the converted image streams to the host.
 enum RemoteConvert {
-    /// Converts `device` to the `sftp://` URL `destination`, always verified (convert's `--no-verify` is about
-    /// appliance manifests).
-    static func run(_ device: any BlockDevice, destination: String, options: ConvertOptions, ssh: SSHOptions) throws {
-        let location = try RemoteLocation.parse(url: destination)
-        let target = try SFTPFileTarget(location: location, connectionOptions: ssh.connectionOptions,
-                                        overwrite: options.overwrite, verify: true)
-        try DiskConverter.convert(device, to: target, options: options)
-        for note in target.report?.notes ?? [] { Console.error("note: \(note)\n") }
+    /// Converts `device` (opened from `source`) to the `sftp://` URL `destination`, always verified (convert's
+    /// `--no-verify` is about appliance manifests). Progress has the export's layout (`uploading` is the
+    /// conversion); SIGINT/SIGTERM end it within 2 s with exit status 130/143 and the temporary file removed.
+    static func run(_ device: any BlockDevice, source: String, destination: String, options: ConvertOptions,
+                    ssh: SSHOptions, bar: Bool, json: Bool) throws {
+        let printer = TransferProgressPrinter(bar: bar, json: json)
+        Interruption.install()
+        var target: SFTPFileTarget?
+        let report: RemoteCommitReport
+        do {
+            let location = try RemoteLocation.parse(url: destination)
+            var status = stat()
+            let mode = stat(source, &status) == 0 ? Int32(status.st_mode & 0o777) : 0o644
+            let remote = try SFTPFileTarget(location: location, connectionOptions: ssh.connectionOptions,
+                                            overwrite: options.overwrite, verify: true, mode: mode,
+                                            expectedSize: device.virtualSize, progress: { printer.report($0) })
+            target = remote
+            var options = options
+            let sentBytes = remote.sentBytesReader
+            options.pipeline.isCancelled = { Interruption.token.isCancelled }
+            options.pipeline.progress = { progress in
+                printer.report(ExportProgress(phase: .uploading, processedBytes: progress.processedBytes,
+                                              totalBytes: progress.totalBytes, sentBytes: sentBytes()))
+            }
+            try DiskConverter.convert(device, to: remote, options: options)
+            guard let committed = remote.report else { throw KDCTError(.io, "the remote output was not committed") }
+            report = committed
+        } catch {
+            if let failure = target?.cleanupFailure { printer.note(failure) }
+            throw printer.fail(error)
+        }
+        for note in report.notes { printer.note(note) }
+        var fields = JSONLine()
+        fields.add("output", destination)
+        fields.add("virtual-size", device.virtualSize)
+        fields.add("size", report.size)
+        fields.add("sent", target?.sentBytes ?? 0)
+        fields.add("verification", report.verification.rawValue)
+        fields.add("placement", report.placement.rawValue)
+        fields.add("flushed", report.flushed)
+        printer.done(fields, summary: nil)
     }
 }
 
-/// Export progress: a bar with percent, bytes, rate and ETA on stderr when it is a terminal (`-p`), JSON lines
-/// on stdout (`--progress json`).
-final class ExportProgressPrinter: @unchecked Sendable {
+/// Progress of an export or a conversion to a host, as Benchmarks' progress spec lays it out: one JSON object per
+/// line on stdout (`--progress json`), a bar on stderr (`-p`, on a terminal), then exactly one final object
+/// (`done` or `failed`). The byte rate comes from bytes this run actually moved: sent bytes while uploading (kept
+/// bytes of a resumed upload are reported apart, as `resumed`), hashed bytes while verifying.
+final class TransferProgressPrinter: @unchecked Sendable {
     private let bar: Bool
     private let json: Bool
-    private var phaseStart = ProgressReporter.now()
+    private let lock = Mutex(())
+    private let start = ProgressReporter.now()
     private var phase: ExportProgress.Phase?
-    private var lastDraw = 0.0
+    private var phaseStart = 0.0
+    private var processedAtPhaseStart: UInt64 = 0
+    private var sentAtPhaseStart: UInt64 = 0
+    private var lastLine = 0.0
+    private var completedPhase = false
     private var drewBar = false
+    private var ended = false
 
     init(bar: Bool, json: Bool) {
         self.bar = bar && isatty(STDERR_FILENO) != 0
         self.json = json
     }
 
+    /// Prints `progress` (throttled to 5 lines a second per phase; a phase's first line and its 100% line always,
+    /// the latter once).
     func report(_ progress: ExportProgress) {
-        let now = ProgressReporter.now()
-        if progress.phase != phase {
-            if drewBar { Console.error("\n") }
-            drewBar = false
-            phase = progress.phase
-            phaseStart = now
-            lastDraw = 0
-        }
-        let done = progress.processedBytes >= progress.totalBytes
-        guard done || now - lastDraw >= 0.2 else { return }
-        lastDraw = now
-        let elapsed = max(now - phaseStart, 1e-6)
-        let rate = Double(progress.processedBytes) / elapsed
-        let left = Double(progress.totalBytes - min(progress.totalBytes, progress.processedBytes))
-        let eta = rate > 0 ? left / rate : 0
-        if json {
-            Console.out(InfoValue.object([
-                ("phase", .string(progress.phase.rawValue)),
-                ("processed", .unsigned(progress.processedBytes)),
-                ("total", .unsigned(progress.totalBytes)),
-                ("sent", .unsigned(progress.sentBytes)),
-                ("percent", .string(String(format2: progress.fraction * 100))),
-                ("bytes-per-second", .unsigned(UInt64(rate))),
-                ("eta-seconds", .string(String(format2: eta))),
-            ]).jsonText(indent: 0) + "\n")
-        }
-        if bar {
-            let columns = max(50, Int(kdct_terminal_columns(STDERR_FILENO)))
-            let text = " \(progress.phase.rawValue) \(String(format2: progress.fraction * 100))%  \(ByteCount.human(progress.processedBytes))/\(ByteCount.human(progress.totalBytes))  \(ByteCount.human(UInt64(rate)))/s  ETA \(Int(eta))s"
-            let width = max(10, columns - text.count - 3)
-            let filled = Int(Double(width) * progress.fraction)
-            Console.error("\r[" + String(repeating: "=", count: filled) + String(repeating: " ", count: width - filled) + "]" + text)
-            drewBar = true
+        lock.withLock { _ in
+            guard !ended else { return }
+            let now = ProgressReporter.now()
+            if progress.phase != phase {
+                endBarLine()
+                phase = progress.phase
+                phaseStart = now
+                processedAtPhaseStart = progress.processedBytes
+                sentAtPhaseStart = progress.sentBytes
+                lastLine = 0
+                completedPhase = false
+            }
+            let complete = progress.totalBytes > 0 && progress.processedBytes >= progress.totalBytes
+            if complete && completedPhase { return }
+            guard complete || lastLine == 0 || now - lastLine >= 0.2 else { return }
+            lastLine = now
+            completedPhase = complete
+            let elapsed = now - phaseStart
+            let moved = progress.processedBytes - min(progress.processedBytes, processedAtPhaseStart)
+            let sent = progress.sentBytes - min(progress.sentBytes, sentAtPhaseStart)
+            // Rates need a little time to mean anything; before that they are 0 and the ETA unknown.
+            let measurable = elapsed >= 0.25
+            let byteRate = measurable ? Double(progress.phase == .uploading ? sent : moved) / elapsed : 0
+            let progressRate = measurable ? Double(moved) / elapsed : 0
+            let left = progress.totalBytes - min(progress.totalBytes, progress.processedBytes)
+            let eta: Double? = left == 0 ? 0 : progressRate > 0 ? Double(left) / progressRate : nil
+            if json {
+                var line = JSONLine()
+                line.add("event", "progress")
+                line.add("phase", progress.phase.rawValue)
+                line.add("processed", progress.processedBytes)
+                line.add("total", progress.totalBytes)
+                line.add("percent", progress.fraction * 100)
+                line.add("elapsed-seconds", now - start)
+                line.add("bytes-per-second", UInt64(byteRate))
+                line.add("eta-seconds", eta)
+                line.add("sent", progress.sentBytes)
+                line.add("resumed", progress.resumedBytes)
+                Console.out(line.text + "\n")
+            }
+            if bar {
+                let columns = max(50, Int(kdct_terminal_columns(STDERR_FILENO)))
+                var text = " \(progress.phase.rawValue) \(String(format2: progress.fraction * 100))%  \(ByteCount.human(progress.processedBytes))/\(ByteCount.human(progress.totalBytes))  \(ByteCount.human(UInt64(byteRate)))/s"
+                text += eta.map { "  ETA \(Int($0.rounded()))s" } ?? "  ETA --"
+                if progress.resumedBytes > 0 { text += "  (\(ByteCount.human(progress.resumedBytes)) kept)" }
+                let width = max(10, columns - text.count - 3)
+                let filled = Int(Double(width) * progress.fraction)
+                Console.error("\r[" + String(repeating: "=", count: filled) + String(repeating: " ", count: width - filled) + "]" + text)
+                drewBar = true
+            }
         }
     }
 
-    func finish() {
+    /// Prints a remark on stderr.
+    func note(_ text: String) {
+        lock.withLock { _ in
+            endBarLine()
+            Console.error("note: \(text)\n")
+        }
+    }
+
+    /// Ends with success: the `done` object (`fields` after `event` and `elapsed-seconds`) in JSON mode, else
+    /// `summary` on stdout.
+    func done(_ fields: JSONLine, summary: String?) {
+        lock.withLock { _ in
+            endBarLine()
+            ended = true
+            if json {
+                var line = JSONLine()
+                line.add("event", "done")
+                line.add("elapsed-seconds", ProgressReporter.now() - start)
+                Console.out(line.appending(fields).text + "\n")
+            } else if let summary {
+                Console.out(summary + "\n")
+            }
+        }
+    }
+
+    /// Ends with a failure: one line on stderr and, in JSON mode, the `failed` object; returns the exit to throw.
+    func fail(_ error: any Error) -> CommandExit {
+        let status = exitStatus(for: error)
+        lock.withLock { _ in
+            endBarLine()
+            ended = true
+            Console.error("kdct-native: \(error)\n")
+            guard json else { return }
+            var detail = JSONLine()
+            if let failure = error as? KDCTError {
+                detail.add("code", failure.code.rawValue)
+                detail.add("message", failure.message)
+                detail.add("file", failure.file)
+                detail.add("field", failure.field)
+            } else {
+                detail.add("code", "error")
+                detail.add("message", "\(error)")
+            }
+            var line = JSONLine()
+            line.add("event", "failed")
+            line.add("elapsed-seconds", ProgressReporter.now() - start)
+            line.add("exit-status", UInt64(status))
+            line.add("error", object: detail)
+            Console.out(line.text + "\n")
+        }
+        return CommandExit(code: status)
+    }
+
+    private func endBarLine() {
         if drewBar { Console.error("\n") }
         drewBar = false
     }

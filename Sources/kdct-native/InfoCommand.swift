@@ -1,4 +1,5 @@
 import ArgumentParser
+import KDCTAppliance
 import KDCTFormats
 
 /// `info`: what an image is, without opening the files it references.

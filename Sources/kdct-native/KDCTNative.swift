@@ -10,7 +10,9 @@ struct KDCTNative: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kdct-native",
         abstract: "Convert VirtualBox, VMware and Hyper-V disks for KVM, without qemu.",
-        subcommands: [Info.self, Convert.self, Map.self, Compare.self, Check.self, Checksum.self, Formats.self, Export.self, Serve.self]
+        version: "kdct-native version \(kdctVersion)",
+        subcommands: [Info.self, Convert.self, Measure.self, Map.self, Compare.self, Check.self, Checksum.self,
+                      Formats.self, Export.self, Serve.self]
     )
 
     /// Parses, runs, and maps every failure to one stderr line and an exit status (1, or the command's own).
@@ -21,8 +23,8 @@ struct KDCTNative: ParsableCommand {
         } catch let status as CommandExit {
             Console.exit(status.code)
         } catch let error as KDCTError {
-            Console.error("kdct-native: \(error)\n")
-            Console.exit(1)
+            Console.error("kdct-native: \(error.commandLineDescription)\n")
+            Console.exit(exitStatus(for: error))
         } catch {
             let code = exitCode(for: error)
             if code == .success {
@@ -33,6 +35,14 @@ struct KDCTNative: ParsableCommand {
             Console.exit(code.rawValue == 0 ? 0 : 1)
         }
     }
+}
+
+/// The version `--version` prints.
+let kdctVersion = "0.1.0"
+
+/// The exit status for an error that ends a command: 130 or 143 for a cancellation by SIGINT or SIGTERM, else 1.
+func exitStatus(for error: any Error) -> Int32 {
+    Interruption.requested ? Interruption.exitStatus : 1
 }
 
 /// Ends a command with a specific exit status after it printed what it had to (e.g. compare's 1 and 2).

@@ -20,7 +20,6 @@ struct Map: ParsableCommand {
         if output == .human {
             print("Offset          Length          Mapped to       File")
         }
-        let filename = device.info.filename
         try device.forEachExtent(to: device.virtualSize) { extent in
             switch output {
             case .json:
@@ -36,14 +35,17 @@ struct Map: ParsableCommand {
                 print((first ? "" : ",\n") + InfoValue.object(pairs).jsonText(indent: 0), terminator: "")
                 first = false
             case .human:
+                // As qemu-img: data runs only, each with the file (the layer of a chain, the VMDK extent) holding it.
                 guard extent.status == .data else { return }
-                let mapped = extent.hostOffset.map { "0x" + String($0, radix: 16) } ?? (extent.compressed ? "compressed" : "-")
-                print(pad("0x" + String(extent.offset, radix: 16)) + pad("0x" + String(extent.length, radix: 16))
-                      + pad(mapped) + filename)
+                let mapped = extent.hostOffset.map(hex) ?? (extent.compressed ? "compressed" : "-")
+                print(pad(hex(extent.offset)) + pad(hex(extent.length)) + pad(mapped) + (extent.file ?? ""))
             }
         }
         if output == .json { print("]") }
     }
+
+    /// C's `%#x`, as qemu-img prints offsets: `0` for zero, `0x...` otherwise.
+    private func hex(_ value: UInt64) -> String { value == 0 ? "0" : "0x" + String(value, radix: 16) }
 
     private func pad(_ text: String) -> String {
         text.count >= 16 ? text + " " : text + String(repeating: " ", count: 16 - text.count)

@@ -103,6 +103,7 @@ import Testing
         let refused = try CLI.run(["convert", bad, dir.file("bad")])
         #expect(refused.status == 1)
         #expect(refused.stderr.contains("checksum mismatch") && refused.stderr.contains("disk.qcow2"))
+        #expect(refused.stderr.contains("(--no-verify converts anyway)"), "the CLI adds its flag: \(refused.stderr)")
         #expect(!FileManager.default.fileExists(atPath: dir.file("bad")))
         let forced = try CLI.run(["convert", "--no-verify", bad, dir.file("bad")])
         #expect(forced.status == 0, "\(forced.stderr)")

@@ -95,13 +95,16 @@ import Testing
         let result = try CLI.run(["convert", "--progress", "json", "-O", "qcow2", source, dir.file("o.qcow2")])
         #expect(result.status == 0)
         let lines = result.stdout.split(separator: "\n")
-        #expect(!lines.isEmpty)
-        for line in lines {
+        #expect(lines.count >= 2)
+        for line in lines.dropLast() {
             let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            #expect(object?["event"] as? String == "progress")
             #expect(object?["total"] as? Int == 8 << 20)
         }
+        let complete = try JSONSerialization.jsonObject(with: Data(lines[lines.count - 2].utf8)) as? [String: Any]
+        #expect(complete?["processed"] as? Int == 8 << 20)
         let last = try JSONSerialization.jsonObject(with: Data((lines.last ?? "").utf8)) as? [String: Any]
-        #expect(last?["processed"] as? Int == 8 << 20)
+        #expect(last?["event"] as? String == "done")
         // -p draws nothing when stderr is not a terminal.
         let quiet = try CLI.run(["convert", "-p", "-O", "qcow2", source, dir.file("p.qcow2")])
         #expect(quiet.status == 0)

@@ -76,21 +76,21 @@ import Testing
     /// `ReadOnlyFile`, which opens with O_RDONLY; no write-capable call appears outside the writers (Writers/,
     /// Convert/, the appliance converter and domain XML writer) and FileIO.swift's `WritableFile`.
     @Test func readersOnlyOpenFilesReadOnly() throws {
-        let sources = packageRoot.appendingPathComponent("Sources/KDCTFormats").path
+        let sources = packageRoot.appendingPathComponent("Sources").path
         // Opening for writing needs one of the O_ flags below (or fopen/creat/FileHandle/FileManager); writing needs
         // write/pwrite/ftruncate/fallocate.
         let forbidden = ["WritableFile", "O_RDWR", "O_WRONLY", "O_CREAT", "O_TRUNC", "O_APPEND", "pwrite(", "Glibc.write(",
                          "ftruncate(", "fallocate", "fopen(", "FileHandle(", "unlink(", "rename(", "FileManager",
                          "Glibc.open(", "creat(", "mmap("]
         var scanned = 0
-        for area in ["Formats", "Chains", "Codecs", "Core", "Appliance"] {
+        for area in ["KDCTFormats/Formats", "KDCTFormats/Chains", "KDCTFormats/Codecs", "KDCTFormats/Core", "KDCTAppliance"] {
             let enumerator = FileManager.default.enumerator(atPath: sources + "/" + area)
             while let relative = enumerator?.nextObject() as? String {
                 guard relative.hasSuffix(".swift") else { continue }
                 let path = sources + "/" + area + "/" + relative
                 // FileIO.swift holds WritableFile itself; the appliance converter and the libvirt domain writer
                 // write outputs (through WritableFile and the writers), never inputs.
-                if ["Core/FileIO.swift", "Appliance/ApplianceConverter.swift", "Appliance/LibvirtDomain.swift"]
+                if ["KDCTFormats/Core/FileIO.swift", "KDCTAppliance/ApplianceConverter.swift", "KDCTAppliance/LibvirtDomain.swift"]
                     .contains(area + "/" + relative) { continue }
                 scanned += 1
                 let text = try String(contentsOfFile: path, encoding: .utf8)
@@ -105,7 +105,7 @@ import Testing
         #expect(scanned > 30)
 
         // In FileIO.swift, ReadOnlyFile opens with O_RDONLY and has no write call.
-        let fileIO = try String(contentsOfFile: sources + "/Core/FileIO.swift", encoding: .utf8)
+        let fileIO = try String(contentsOfFile: sources + "/KDCTFormats/Core/FileIO.swift", encoding: .utf8)
         guard let start = fileIO.range(of: "public final class ReadOnlyFile"),
               let end = fileIO.range(of: "public struct FileIdentity") else {
             Issue.record("ReadOnlyFile not found in FileIO.swift")

@@ -74,7 +74,7 @@ struct ExportTransferTests {
         let local = try Data(contentsOf: URL(fileURLWithPath: source))
         try writePartial(local.prefix(1 << 20), to: DiskExporter.temporaryPath(for: remote))
         let result = try export(source, to: server, as: "disk.raw") { $0.resume = true }
-        #expect(result.resumedFrom == 1 << 20)
+        #expect(result.resumedBytes == 1 << 20)
         #expect(result.verification == .readBack)
         #expect(result.notes.contains { $0.contains("read the file back") }, "\(result.notes)")
         #expect(try fileSHA256(remote) == fileSHA256(source))
@@ -121,7 +121,7 @@ struct ExportTransferTests {
         #expect(kept > 0 && kept < UInt64(size), "the partial upload holds \(kept) bytes")
 
         let result = try export(source, to: server, as: "disk.raw") { $0.resume = true }
-        #expect(result.resumedFrom == kept)
+        #expect(result.resumedBytes == kept)
         #expect(!result.restartedPartialUpload)
         #expect(result.sentBytes == UInt64(size) - kept)
         #expect(result.verification == .remoteCommand)
@@ -144,7 +144,7 @@ struct ExportTransferTests {
         let prefix = 5 << 19
         try writePartial(local.prefix(prefix), to: partial)
         let continued = try export(source, to: server, as: "disk.raw") { $0.resume = true }
-        #expect(continued.resumedFrom == UInt64(prefix))
+        #expect(continued.resumedBytes == UInt64(prefix))
         #expect(continued.sentBytes == UInt64(size - prefix))
         #expect(try fileSHA256(remote) == fileSHA256(source))
 
@@ -155,7 +155,7 @@ struct ExportTransferTests {
         try writePartial(corrupted, to: partial)
         let restarted = try export(source, to: server, as: "disk.raw") { $0.resume = true }
         #expect(restarted.restartedPartialUpload)
-        #expect(restarted.resumedFrom == nil)
+        #expect(restarted.resumedBytes == nil)
         #expect(restarted.sentBytes == UInt64(size))
         #expect(try fileSHA256(remote) == fileSHA256(source))
 
@@ -182,21 +182,36 @@ struct ExportTransferTests {
         #expect(try fileSHA256(remote) == fileSHA256(source))
     }
 
-    @Test("cancelling keeps the partial upload for --resume")
+    @Test("cancelling during the upload keeps the partial upload for --resume")
     func cancelKeepsPartial() throws {
         let server = try TestSSHServer()
         let work = try TemporaryDirectory("kdct-export")
         let source = work.file("disk.raw")
         try writeRandomFile(source, size: 16 << 20, seed: 13)
         let remote = server.remoteDirectory + "/disk.raw"
+        let token = CancellationToken()
         expectKDCTError(.cancelled) {
-            try export(source, to: server, as: "disk.raw") { $0.isCancelled = { true } }
+            try export(source, to: server, as: "disk.raw") { options in
+                options.connection.cancellation = token
+                options.progress = { if $0.phase == .uploading && $0.processedBytes > 0 { token.cancel() } }
+            }
         }
         #expect(!FileManager.default.fileExists(atPath: remote))
         #expect(FileManager.default.fileExists(atPath: DiskExporter.temporaryPath(for: remote)))
         let result = try export(source, to: server, as: "disk.raw") { $0.resume = true }
-        #expect((result.resumedFrom ?? 0) > 0)
+        #expect((result.resumedBytes ?? 0) > 0)
         #expect(try fileSHA256(remote) == fileSHA256(source))
+    }
+
+    @Test("the server renews the session keys every 4 MiB (RekeyLimit): non-blocking transfers on several streams go through the key exchanges")
+    func rekeying() throws {
+        let server = try TestSSHServer(extraConfig: "RekeyLimit 4M")
+        let work = try TemporaryDirectory("kdct-export")
+        let source = work.file("disk.raw")
+        try writeRandomFile(source, size: 150 << 20, seed: 71)
+        let result = try export(source, to: server, as: "disk.raw") { $0.streams = 3 }
+        #expect(result.streams == 3)
+        #expect(try fileSHA256(server.remoteDirectory + "/disk.raw") == fileSHA256(source))
     }
 
     @Test("a sparse raw image exports only its data and the remote file is sparse")

@@ -96,18 +96,58 @@ struct ExportUnitTests {
         var expected = [UInt8](repeating: 0, count: 8192)
         expected.replaceSubrange(5000..<5010, with: [UInt8](repeating: 5, count: 10))
         #expect(whole.finish() == [RangeDigest(start: 0, length: 8192, sha256: TextEncoding.hex(SHA256.hash(data: expected)))])
+        // Chunked: the digests cut at every chunk boundary (counted from the first write), gaps hashed as zeros.
+        let chunked = WrittenContentDigest(name: "t", hashFromZero: false, chunkSize: 100_000)
+        var image = [UInt8](repeating: 0, count: 450_000)
+        for (offset, length, value) in [(65_536, 150_000, 3), (300_000, 20_000, 4)] {
+            let bytes = [UInt8](repeating: UInt8(value), count: length)
+            image.replaceSubrange(offset..<(offset + length), with: bytes)
+            try bytes.withUnsafeBytes { try chunked.record($0, at: UInt64(offset)) }
+        }
+        let header = [UInt8](repeating: 9, count: 512)
+        image.replaceSubrange(0..<512, with: header)
+        try header.withUnsafeBytes { try chunked.record($0, at: 0) }
+        try chunked.setLength(450_000)
+        let pieces = chunked.finish()
+        #expect(pieces.map(\.start) == [0, 65_536, 165_536, 265_536, 365_536])
+        #expect(pieces.last?.end == 450_000)
+        for piece in pieces {
+            #expect(piece.sha256 == TextEncoding.hex(SHA256.hash(data: Array(image[Int(piece.start)..<Int(piece.end)]))))
+        }
         // Nothing written at all: the zeros of the declared length.
         let empty = WrittenContentDigest(name: "t", hashFromZero: false)
         try empty.setLength(3)
         #expect(empty.finish().first?.sha256 == TextEncoding.hex(SHA256.hash(data: [0, 0, 0])))
     }
 
-    @Test("remote hashing commands and sha256sum output parsing")
-    func hashCommands() {
-        let prelude = "if command -v openssl >/dev/null 2>&1; then h() { openssl dgst -sha256 -r; }; else h() { sha256sum; }; fi; "
-        #expect(RemoteHasher.command(path: "/a b/c'd", ranges: [(0, 100)], fileSize: 100) == prelude + "h < '/a b/c'\\''d'")
-        #expect(RemoteHasher.command(path: "f", ranges: [(0, 10), (10, 90)], fileSize: 100)
-                == prelude + "tail -c +1 < 'f' | head -c 10 | h && tail -c +11 < 'f' | h")
+    @Test("the remote hashing command, run here by sh, prints the SHA-256 of each range: dd for aligned ranges and loops, tail|head otherwise")
+    func hashCommands() throws {
+        let directory = try TemporaryDirectory("kdct-hash")
+        let path = directory.file("it's a file")
+        var bytes = [UInt8](repeating: 0, count: 5 << 20 + 777)
+        var state: UInt64 = 12345
+        for index in bytes.indices {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            bytes[index] = UInt8(truncatingIfNeeded: state >> 33)
+        }
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let size = UInt64(bytes.count)
+        let layouts: [[ByteRange]] = [
+            ChunkLayout.chunks(from: 0, to: size, chunkSize: 1 << 20),                  // loop of 1 MiB chunks, then the tail
+            [ByteRange(start: 0, length: 65536)] + ChunkLayout.chunks(from: 65536, to: size, chunkSize: 1 << 20),
+            [ByteRange(start: 0, length: 1000), ByteRange(start: 1000, length: 4096), ByteRange(start: 5096, length: size - 5096)],
+            [ByteRange(start: 0, length: size)],
+        ]
+        for ranges in layouts {
+            let command = RemoteHasher.command(path: path, ranges: ranges)
+            let result = try runProcess(["sh", "-c", command])
+            #expect(result.status == 0, "\(command): \(result.stderr)")
+            let printed = result.stdout.split(separator: "\n").map { RemoteHasher.digest(inLine: $0) }
+            let expected = ranges.map { TextEncoding.hex(SHA256.hash(data: bytes[Int($0.start)..<Int($0.end)])) }
+            #expect(printed == expected, "\(command)")
+        }
+        #expect(RemoteHasher.command(path: path, ranges: layouts[0]).contains("while"))
+        #expect(RemoteHasher.command(path: path, ranges: layouts[2]).contains("; p 0 1000 0 | h"), "no block size: tail | head")
         // Both tools, run here on known data, print what the parser accepts.
         for tool in [["sha256sum"], ["openssl", "dgst", "-sha256", "-r"]] {
             let text = (try? runProcess(tool, stdin: Data("abc".utf8)))?.stdout ?? ""
@@ -121,6 +161,31 @@ struct ExportUnitTests {
         #expect(RemoteHasher.digest(inLine: Substring(hex + " *stdin")) == hex)
         #expect(RemoteHasher.digest(inLine: "sha256sum: not found") == nil)
         #expect(RemoteHasher.digest(inLine: Substring(hex + "x")) == nil)
+    }
+
+    @Test("libssh2's AES-CTR runs through the batched keystream, which agrees byte for byte with OpenSSL's own AES-CTR")
+    func batchedCTR() {
+        #expect(SSHLibrary.usesBatchedCTR)
+    }
+
+    @Test("chunk layout: 64 MiB chunks, at most 2048 of them; cancellation tokens follow their parent")
+    func chunksAndTokens() {
+        #expect(ChunkLayout.chunkSize(forFileSize: 1 << 30) == 64 << 20)
+        #expect(ChunkLayout.chunks(ofFileSize: (1 << 30) + 5).count == 17)
+        #expect(ChunkLayout.chunks(ofFileSize: 0).isEmpty)
+        let huge: UInt64 = 10 << 40
+        #expect(ChunkLayout.chunks(ofFileSize: huge).count <= 2048)
+        #expect(ChunkLayout.chunkSize(forFileSize: huge) % (64 << 20) == 0)
+        let parent = CancellationToken()
+        let child = CancellationToken(parent: parent)
+        #expect(!child.isCancelled)
+        parent.cancel(signal: SIGTERM)
+        #expect(child.isCancelled && child.signal == SIGTERM)
+        #expect(child.cancellationError().message.contains("SIGTERM"))
+        let lone = CancellationToken()
+        lone.cancel()
+        lone.cancel(signal: SIGINT)
+        #expect(lone.isCancelled && lone.signal == nil, "the first cancellation wins")
     }
 
     @Test("encrypted private keys are recognised without a passphrase")

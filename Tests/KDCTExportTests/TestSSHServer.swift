@@ -55,8 +55,10 @@ final class TestSSHServer: @unchecked Sendable {
     private let process: SpawnedProcess
 
     /// Starts a server. `passwordAuthentication` enables passwords; `sftp` false leaves out the SFTP subsystem;
+    /// `sftpServerArguments` are given to sftp-server (e.g. `-P posix-rename@openssh.com` to refuse a request);
     /// `extraConfig` is appended to sshd_config.
-    init(passwordAuthentication: Bool = false, sftp: Bool = true, extraConfig: String = "") throws {
+    init(passwordAuthentication: Bool = false, sftp: Bool = true, sftpServerArguments: String = "",
+         extraConfig: String = "") throws {
         password = try Self.account.get()
         directory = try TemporaryDirectory("kdct-sshd")
         chmod(directory.path, 0o755)
@@ -96,7 +98,7 @@ final class TestSSHServer: @unchecked Sendable {
                 AllowUsers \(Self.user)
                 MaxAuthTries 10
                 LogLevel VERBOSE
-                \(sftp ? "Subsystem sftp /usr/lib/openssh/sftp-server" : "")
+                \(sftp ? "Subsystem sftp /usr/lib/openssh/sftp-server \(sftpServerArguments)" : "")
                 \(extraConfig)
 
                 """
@@ -116,9 +118,14 @@ final class TestSSHServer: @unchecked Sendable {
     }
 
     deinit {
+        pauseListener(false)
+        pauseSessions(false)
         killSessions()
         process.terminate()
     }
+
+    /// The listening sshd's process id.
+    var listenerPID: pid_t { process.pid }
 
     /// The endpoint of the test user on this server.
     var endpoint: SSHEndpoint { SSHEndpoint(user: Self.user, host: "127.0.0.1", port: port) }
@@ -257,10 +264,14 @@ final class SpawnedProcess: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        // Test threads block signals, and a spawned program inherits the mask: ssh-agent would then never see
-        // SIGTERM. Start children with nothing blocked and default handlers.
+        pid = try Self.spawn(arguments, actions: &actions, environment: nil)
+    }
+
+    /// posix_spawn with nothing blocked and default signal handlers. Test threads block signals, and a spawned
+    /// program inherits the mask: ssh-agent would then never see SIGTERM, kdct-native never SIGINT.
+    /// `environment` nil keeps this process's.
+    static func spawn(_ arguments: [String], actions: inout posix_spawn_file_actions_t,
+                      environment: [String: String]?) throws -> pid_t {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -271,10 +282,17 @@ final class SpawnedProcess: @unchecked Sendable {
         posix_spawnattr_setsigmask(&attributes, &empty)
         posix_spawnattr_setsigdefault(&attributes, &defaults)
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        let envp: [UnsafeMutablePointer<CChar>?]? = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
+        defer {
+            for pointer in argv { free(pointer) }
+            for pointer in envp ?? [] { free(pointer) }
+        }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, arguments[0], &actions, &attributes, &argv, environ)
+        let rc = envp.map { posix_spawn(&pid, arguments[0], &actions, &attributes, argv, $0) }
+            ?? posix_spawn(&pid, arguments[0], &actions, &attributes, argv, environ)
         guard rc == 0 else { throw KDCTError.io("posix_spawn \(arguments[0])", errno: rc) }
-        self.pid = pid
+        return pid
     }
 
     /// True until the process has exited.
@@ -306,16 +324,10 @@ func fileSHA256(_ path: String) throws -> String {
     return String(result.stdout.prefix(64))
 }
 
-/// Writes `size` bytes of deterministic pseudo-random data to `path`.
+/// Writes `size` bytes of deterministic pseudo-random data to `path`: the AES-128-CTR keystream of a key made
+/// from `seed` (openssl, fast even for hundreds of MiB in a debug build).
 func writeRandomFile(_ path: String, size: Int, seed: UInt64 = 1) throws {
-    var state = seed | 1
-    var bytes = [UInt8](repeating: 0, count: size)
-    bytes.withUnsafeMutableBytes { buffer in
-        let words = buffer.bindMemory(to: UInt64.self)
-        for index in words.indices {
-            state ^= state << 13; state ^= state >> 7; state ^= state << 17
-            words[index] = state
-        }
-    }
-    try Data(bytes).write(to: URL(fileURLWithPath: path))
+    let key = String(format: "%032llx", seed &* 0x9E37_79B9_7F4A_7C15)
+    let made = try runProcess(["sh", "-c", "head -c \(size) /dev/zero | openssl enc -aes-128-ctr -nosalt -K \(key) -iv 0 > \"$0\"", path])
+    guard made.status == 0 else { throw KDCTError(.io, "making random data failed: \(made.stderr)") }
 }

@@ -32,7 +32,7 @@ import KDCTTestSupport
         #expect(try buffer.withUnsafeMutableBytes { try file.readAvailable(into: $0, at: 3_000) } == 0)
         #expect(try buffer.withUnsafeMutableBytes { try file.readAvailable(into: $0, at: UInt64.max - 3) } == 0)
         let error = #expect(throws: KDCTError.self) { try file.readBytes(count: 10, at: 2_995, what: "header") }
-        #expect(error?.kind == .truncated)
+        #expect(error?.code == .truncated)
         #expect(error?.file == path + "/member")
     }
 
@@ -53,12 +53,12 @@ import KDCTTestSupport
         let error = #expect(throws: KDCTError.self) {
             try ReadOnlyFile(path: path, window: FileWindow(offset: 4_000, length: 97, name: "disk.vmdk"))
         }
-        #expect(error?.kind == .truncated)
+        #expect(error?.code == .truncated)
         #expect(error?.field == "disk.vmdk")
         let overflow = #expect(throws: KDCTError.self) {
             try ReadOnlyFile(path: path, window: FileWindow(offset: UInt64.max - 1, length: 2, name: "x"))
         }
-        #expect(overflow?.kind == .truncated)
+        #expect(overflow?.code == .truncated)
         // The empty window at the very end is fine.
         #expect(try ReadOnlyFile(path: path, window: FileWindow(offset: 4_096, length: 0, name: "empty")).size == 0)
     }

@@ -49,7 +49,7 @@ import KDCTTestSupport
             _ = try ImageOpener.open(image, options: strict)
             Issue.record("ambiguous file accepted in strict mode")
         } catch let error as KDCTError {
-            #expect(error.kind == .invalidFormat)
+            #expect(error.code == .invalidFormat)
             #expect(error.message.contains("more than one format"))
         }
         // A qcow2 header inside an ISO 9660 system area.
@@ -71,7 +71,7 @@ import KDCTTestSupport
                 _ = try ImageOpener.open(path)
                 Issue.record(".\(ext) with junk opened as raw")
             } catch let error as KDCTError {
-                #expect(error.kind == .invalidFormat)
+                #expect(error.code == .invalidFormat)
                 #expect(error.message.contains("matches no image format"))
             }
         }
@@ -111,13 +111,13 @@ import KDCTTestSupport
         func resolve(_ name: String, _ policy: ReferencePolicy) throws -> String {
             try ReferenceResolver.resolve(name, kind: .backingFile, relativeTo: image, policy: policy)
         }
-        func refused(_ name: String, _ policy: ReferencePolicy, _ kind: KDCTError.Kind = .referenceRefused,
+        func refused(_ name: String, _ policy: ReferencePolicy, _ kind: KDCTError.Code = .referenceRefused,
                      sourceLocation: SourceLocation = #_sourceLocation) {
             do {
                 _ = try resolve(name, policy)
                 Issue.record("\(name) accepted under \(policy)", sourceLocation: sourceLocation)
             } catch let error as KDCTError {
-                #expect(error.kind == kind, "\(error)", sourceLocation: sourceLocation)
+                #expect(error.code == kind, "\(error)", sourceLocation: sourceLocation)
                 #expect(error.message.contains(name), "error must name the reference: \(error)", sourceLocation: sourceLocation)
             } catch {
                 Issue.record("\(error)", sourceLocation: sourceLocation)
@@ -149,7 +149,7 @@ import KDCTTestSupport
             _ = try ImageOpener.open(a)
             Issue.record("a backing loop opened")
         } catch let error as KDCTError {
-            #expect(error.kind == .corrupt)
+            #expect(error.code == .corrupt)
             #expect(error.message.contains("loops back"))
         }
         // A chain deeper than the limit.
@@ -166,7 +166,7 @@ import KDCTTestSupport
             _ = try ImageOpener.open(dir.file(previous), options: options)
             Issue.record("chain deeper than the limit opened")
         } catch let error as KDCTError {
-            #expect(error.kind == .limitExceeded)
+            #expect(error.code == .limitExceeded)
         }
         #expect(try ImageOpener.open(dir.file(previous)).virtualSize == 1 << 20)
     }

@@ -37,12 +37,12 @@ import KDCTTestSupport
 
     @Test func refusesOtherVersionsAndMissingMagic() throws {
         let v2 = try #require(throws: KDCTError.self) { try QCOWHeader.decode(Self.headerBytes(version: 2)) }
-        #expect(v2.kind == .unsupported)
+        #expect(v2.code == .unsupported)
         var bytes = Self.headerBytes()
         bytes[3] = 0
         #expect(throws: KDCTError.self) { try QCOWHeader.decode(bytes) }
         let short = try #require(throws: KDCTError.self) { try QCOWHeader.decode(Array(Self.headerBytes().prefix(40))) }
-        #expect(short.kind == .truncated)
+        #expect(short.code == .truncated)
     }
 
     private func validationError(_ bytes: [UInt8], fileSize: UInt64 = 1 << 20,
@@ -54,7 +54,7 @@ import KDCTTestSupport
     @Test(arguments: [UInt8(0), 8, 17, 21, 63, 255])
     func refusesClusterBitsOutOfRange(_ bits: UInt8) throws {
         let error = try validationError(Self.headerBytes(clusterBits: bits))
-        #expect(error.kind == .corrupt)
+        #expect(error.code == .corrupt)
         #expect(error.field == "cluster_bits")
         #expect(error.message.contains("\(bits)"))
         // Derived sizes of an out-of-range header never trap.
@@ -65,7 +65,7 @@ import KDCTTestSupport
     @Test(arguments: [UInt8(0), 5, 14, 40, 255])
     func refusesL2BitsOutOfRange(_ bits: UInt8) throws {
         let error = try validationError(Self.headerBytes(l2Bits: bits))
-        #expect(error.kind == .corrupt)
+        #expect(error.code == .corrupt)
         #expect(error.field == "l2_bits")
         #expect(error.message.contains("\(bits)"))
     }
@@ -81,25 +81,25 @@ import KDCTTestSupport
 
     @Test func refusesEncryptedImagesClearly() throws {
         let aes = try validationError(Self.headerBytes(crypt: 1))
-        #expect(aes.kind == .unsupported)
+        #expect(aes.code == .unsupported)
         #expect(aes.message.contains("encrypted"))
         let other = try validationError(Self.headerBytes(crypt: 7))
-        #expect(other.kind == .corrupt)
+        #expect(other.code == .corrupt)
         #expect(other.field == "crypt_method")
     }
 
     @Test func refusesHostileSizesWithBoundedMemory() throws {
         #expect(try validationError(Self.headerBytes(size: 1)).field == "size")
-        #expect(try validationError(Self.headerBytes(size: .max)).kind == .limitExceeded)
+        #expect(try validationError(Self.headerBytes(size: .max)).code == .limitExceeded)
         // 64 TiB with the smallest clusters and L2 tables needs a 16 GiB L1 table: refused before allocating.
         let huge = try validationError(Self.headerBytes(size: 64 << 40, clusterBits: 9, l2Bits: 6))
-        #expect(huge.kind == .limitExceeded)
+        #expect(huge.code == .limitExceeded)
         #expect(huge.message.contains("L1 table"))
         #expect(try validationError(Self.headerBytes(l1Offset: 50)).field == "l1_table_offset")
-        #expect(try validationError(Self.headerBytes(l1Offset: 1 << 20)).kind == .truncated)
-        #expect(try validationError(Self.headerBytes(l1Offset: .max - 7)).kind == .truncated)
+        #expect(try validationError(Self.headerBytes(l1Offset: 1 << 20)).code == .truncated)
+        #expect(try validationError(Self.headerBytes(l1Offset: .max - 7)).code == .truncated)
         #expect(try validationError(Self.headerBytes(backingOffset: 48, backingSize: 5000)).field == "backing_file_size")
-        #expect(try validationError(Self.headerBytes(backingOffset: .max, backingSize: 10)).kind == .truncated)
+        #expect(try validationError(Self.headerBytes(backingOffset: .max, backingSize: 10)).code == .truncated)
     }
 
     @Test func decodesL2Entries() {

@@ -175,7 +175,7 @@ struct SyntheticQCOW1 {
         try qemuImg("create", "-q", "-f", "qcow", dir.file("base.qcow"), "4M")
         try qemuImg("create", "-q", "-f", "qcow", "-b", dir.file("base.qcow"), "-F", "qcow", dir.file("abs.qcow"))
         let absolute = try #require(throws: KDCTError.self) { try ImageOpener.open(dir.file("abs.qcow")) }
-        #expect(absolute.kind == .referenceRefused)
+        #expect(absolute.code == .referenceRefused)
         var options = OpenOptions()
         options.referencePolicy = .any
         #expect(try ImageOpener.open(dir.file("abs.qcow"), options: options).info.backingChain.count == 1)
@@ -184,7 +184,7 @@ struct SyntheticQCOW1 {
         #expect(throws: KDCTError.self) { try ImageOpener.open(dir.file("rel.qcow"), options: options) }
         try FileManager.default.removeItem(atPath: dir.file("base.qcow"))
         let missing = try #require(throws: KDCTError.self) { try ImageOpener.open(dir.file("rel.qcow")) }
-        #expect(missing.kind == .notFound)
+        #expect(missing.code == .notFound)
     }
 
     @Test func corruptTablesAndClustersAreErrors() throws {
@@ -210,7 +210,7 @@ struct SyntheticQCOW1 {
         // L2 entry past the end of the file.
         let past = try patched("past.qcow") { setBE(&$0, l2, 1 << 30) }
         let pastError = try #require(throws: KDCTError.self) { try ImageOpener.open(past).allExtents() }
-        #expect(pastError.kind == .corrupt)
+        #expect(pastError.code == .corrupt)
         #expect(pastError.message.contains("past the end of the file"))
         #expect(throws: KDCTError.self) { try convertImage(past, to: dir.file("o1.raw"), format: .raw) }
         #expect(!FilePaths.exists(dir.file("o1.raw")))
@@ -228,7 +228,7 @@ struct SyntheticQCOW1 {
         let device = try ImageOpener.open(garbage)
         #expect(try device.readBytes(at: 0, count: 3) == [1, 2, 3])
         let inflate = try #require(throws: KDCTError.self) { try device.readBytes(at: 4096, count: 4096) }
-        #expect(inflate.kind == .corrupt)
+        #expect(inflate.code == .corrupt)
         #expect(inflate.message.contains("inflate"))
         #expect(throws: KDCTError.self) { try convertImage(garbage, to: dir.file("o2.qcow2"), format: .qcow2) }
         #expect(!FilePaths.exists(dir.file("o2.qcow2")))

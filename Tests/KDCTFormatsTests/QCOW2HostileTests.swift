@@ -25,7 +25,7 @@ import KDCTTestSupport
         try QCOW2Header.decode(w.bytes, fileSize: fileSize, limits: ImageLimits())
     }
 
-    func expectError(_ kind: KDCTError.Kind, field: String, _ mutate: (inout ByteWriter) -> Void,
+    func expectError(_ kind: KDCTError.Code, field: String, _ mutate: (inout ByteWriter) -> Void,
                      fileSize: UInt64 = 0x40000, sourceLocation: SourceLocation = #_sourceLocation) {
         var w = Self.validHeader()
         mutate(&w)
@@ -33,7 +33,7 @@ import KDCTTestSupport
             _ = try decode(w, fileSize: fileSize)
             Issue.record("accepted a header with a bad \(field)", sourceLocation: sourceLocation)
         } catch let error as KDCTError {
-            #expect(error.kind == kind, "\(error)", sourceLocation: sourceLocation)
+            #expect(error.code == kind, "\(error)", sourceLocation: sourceLocation)
             #expect(error.field == field || error.message.contains(field), "\(error) should name \(field)",
                     sourceLocation: sourceLocation)
         } catch {
@@ -103,7 +103,7 @@ import KDCTTestSupport
             _ = try device.readBytes(at: 0, count: 512)
             Issue.record("read a cluster past the end of the file")
         } catch let error as KDCTError {
-            #expect(error.kind == .corrupt)
+            #expect(error.code == .corrupt)
             #expect(error.description.contains("past the end of the file"))
             #expect(error.description.contains("guest offset 0"))
             #expect(error.field?.contains("L2 table 0 entry 0") == true)
@@ -120,7 +120,7 @@ import KDCTTestSupport
             _ = try ImageOpener.open(image).readBytes(at: 0, count: 512)
             Issue.record("read through an unaligned data pointer")
         } catch let error as KDCTError {
-            #expect(error.kind == .corrupt)
+            #expect(error.code == .corrupt)
             #expect(error.message.contains("not cluster-aligned"))
         }
         _ = dir
@@ -133,7 +133,7 @@ import KDCTTestSupport
             _ = try ImageOpener.open(image).readBytes(at: 0, count: 65536)
             Issue.record("garbage compressed cluster read")
         } catch let error as KDCTError {
-            #expect(error.kind == .corrupt)
+            #expect(error.code == .corrupt)
             #expect(error.message.contains("inflate"))
         }
         _ = dir

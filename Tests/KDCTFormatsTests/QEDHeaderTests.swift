@@ -35,10 +35,10 @@ import KDCTTestSupport
         #expect(header.maxImageSize == 32768 * 32768 * 65536)
         try header.validate(fileSize: 65536 + (256 << 10), limits: ImageLimits())
         let short = try #require(throws: KDCTError.self) { try QEDHeader.decode(Array(Self.headerBytes().prefix(50))) }
-        #expect(short.kind == .truncated)
+        #expect(short.code == .truncated)
         var wrong = Self.headerBytes()
         wrong[3] = 1
-        #expect(try #require(throws: KDCTError.self) { try QEDHeader.decode(wrong) }.kind == .invalidFormat)
+        #expect(try #require(throws: KDCTError.self) { try QEDHeader.decode(wrong) }.code == .invalidFormat)
     }
 
     private func validationError(_ bytes: [UInt8], fileSize: UInt64 = 64 << 20,
@@ -50,7 +50,7 @@ import KDCTTestSupport
     @Test(arguments: [0, 512, 2048, 12_288, 69_632, 134_217_728, 0x8000_0000] as [UInt32])
     func refusesInvalidClusterSizes(_ size: UInt32) throws {
         let error = try validationError(Self.headerBytes(clusterSize: size, l1Offset: 1 << 20))
-        #expect(error.kind == .corrupt)
+        #expect(error.code == .corrupt)
         #expect(error.field == "cluster_size")
         #expect(error.message.contains("\(size)"))
     }
@@ -58,14 +58,14 @@ import KDCTTestSupport
     @Test(arguments: [UInt32(0), 3, 5, 32, 0xFFFF_FFFF])
     func refusesInvalidTableSizes(_ size: UInt32) throws {
         let error = try validationError(Self.headerBytes(tableSize: size))
-        #expect(error.kind == .corrupt)
+        #expect(error.code == .corrupt)
         #expect(error.field == "table_size")
     }
 
     @Test func refusesUnknownFeatureBits() throws {
         for features: UInt64 in [0x08, 0x100, 1 << 63, 0x0F] {
             let error = try validationError(Self.headerBytes(features: features))
-            #expect(error.kind == .unsupported)
+            #expect(error.code == .unsupported)
             #expect(error.field == "features")
             #expect(error.message.contains(String(features & ~7, radix: 16)))
         }
@@ -76,17 +76,17 @@ import KDCTTestSupport
     @Test func refusesHostileSizesWithBoundedMemory() throws {
         // 64 MiB clusters x 16 = 1 GiB tables: above the table limit, refused before anything is read.
         let huge = try validationError(Self.headerBytes(clusterSize: 64 << 20, tableSize: 16))
-        #expect(huge.kind == .limitExceeded)
+        #expect(huge.code == .limitExceeded)
         #expect(try validationError(Self.headerBytes(imageSize: 1000)).field == "image_size")
         let tooBig = try validationError(Self.headerBytes(clusterSize: 4096, tableSize: 1, imageSize: 512 * 512 * 4096 + 512))
         #expect(tooBig.field == "image_size")
-        #expect(try validationError(Self.headerBytes(clusterSize: 1 << 20, tableSize: 16, imageSize: 1 << 50)).kind == .limitExceeded)
+        #expect(try validationError(Self.headerBytes(clusterSize: 1 << 20, tableSize: 16, imageSize: 1 << 50)).code == .limitExceeded)
         #expect(try validationError(Self.headerBytes(headerSize: 0)).field == "header_size")
         #expect(try validationError(Self.headerBytes(l1Offset: 65536 + 512)).field == "l1_table_offset")
         #expect(try validationError(Self.headerBytes(headerSize: 2, l1Offset: 65536)).field == "l1_table_offset")
         #expect(try validationError(Self.headerBytes(l1Offset: 0)).field == "l1_table_offset")
-        #expect(try validationError(Self.headerBytes(), fileSize: 65536 + 4096).kind == .truncated)
-        #expect(try validationError(Self.headerBytes(l1Offset: UInt64.max - 65535)).kind == .truncated)
+        #expect(try validationError(Self.headerBytes(), fileSize: 65536 + 4096).code == .truncated)
+        #expect(try validationError(Self.headerBytes(l1Offset: UInt64.max - 65535)).code == .truncated)
         let outside = try validationError(Self.headerBytes(features: 1, backingOffset: 65000, backingSize: 1000))
         #expect(outside.field == "backing_filename_offset")
         let long = try validationError(Self.headerBytes(headerSize: 2, features: 1, l1Offset: 131_072,

@@ -58,10 +58,10 @@ import KDCTTestSupport
 
         let device = try ImageOpener.open(dir.file("t1.qed"))
         #expect(try device.allExtents() == [
-            Extent(offset: 0, length: 4096, status: .data, hostOffset: 16384),
+            Extent(offset: 0, length: 4096, status: .data, hostOffset: 16384, file: dir.file("t1.qed")),
             Extent(offset: 4096, length: 4096, status: .zero),
             Extent(offset: 8192, length: 600 * 4096 - 8192, status: .absent),
-            Extent(offset: 600 * 4096, length: 4096, status: .data, hostOffset: 20480),
+            Extent(offset: 600 * 4096, length: 4096, status: .data, hostOffset: 20480, file: dir.file("t1.qed")),
             Extent(offset: 601 * 4096, length: (4 << 20) - 601 * 4096, status: .absent),
         ])
         #expect(try GuestDigest.sha256(of: device) == guestSHA256(dir.file("t1.raw"), format: .raw))
@@ -115,7 +115,7 @@ import KDCTTestSupport
         try qemuImg("create", "-q", "-f", "qcow2", dir.file("disguised.img"), "4M")
         try qemuImg("create", "-q", "-f", "qed", "-b", "disguised.img", "-F", "raw", dir.file("c2.qed"))
         let error = try #require(throws: KDCTError.self) { try ImageOpener.open(dir.file("c2.qed")) }
-        #expect(error.kind == .invalidFormat)
+        #expect(error.code == .invalidFormat)
     }
 
     /// A copy of the file at `path` with little-endian `value` stored at `offset`.
@@ -149,7 +149,7 @@ import KDCTTestSupport
 
         let unknown = try patched(ok, to: "unknown.qed", in: dir, at: 16, 0x10)
         let featureError = try #require(throws: KDCTError.self) { try ImageOpener.open(unknown) }
-        #expect(featureError.kind == .unsupported)
+        #expect(featureError.code == .unsupported)
         #expect(featureError.message.contains("0x10"))
         #expect(throws: KDCTError.self) { try convertImage(unknown, to: dir.file("o.raw"), format: .raw) }
         #expect(!FilePaths.exists(dir.file("o.raw")))
@@ -166,20 +166,20 @@ import KDCTTestSupport
         let l1Past = try patched(ok, to: "l1past.qed", in: dir, at: 4096, 1 << 40)
         #expect(try #require(throws: KDCTError.self) { try ImageOpener.open(l1Past) }.field == "L1 entry 0")
         let l1Unaligned = try patched(ok, to: "l1odd.qed", in: dir, at: 4096, l2 + 8)
-        #expect(try #require(throws: KDCTError.self) { try ImageOpener.open(l1Unaligned) }.kind == .corrupt)
+        #expect(try #require(throws: KDCTError.self) { try ImageOpener.open(l1Unaligned) }.code == .corrupt)
 
         let l2Past = try patched(ok, to: "l2past.qed", in: dir, at: Int(l2), 1 << 40)
         let pastError = try #require(throws: KDCTError.self) { try ImageOpener.open(l2Past).allExtents() }
-        #expect(pastError.kind == .corrupt)
+        #expect(pastError.code == .corrupt)
         #expect(pastError.message.contains("past the end of the file"))
         let reserved = try patched(ok, to: "reserved.qed", in: dir, at: Int(l2), 8192 + 3)
         let reservedError = try #require(throws: KDCTError.self) { try ImageOpener.open(reserved).readBytes(at: 0, count: 512) }
-        #expect(reservedError.kind == .corrupt)
+        #expect(reservedError.code == .corrupt)
         let inHeader = try patched(ok, to: "inheader.qed", in: dir, at: Int(l2), 0)
         #expect(try ImageOpener.open(inHeader).extent(at: 0, maxLength: 4096).status == .absent)
 
         // A truncated file: the L1 table no longer fits.
         try writeTestFile(Array(bytes.prefix(4096 + 100)), to: dir.file("short.qed"))
-        #expect(try #require(throws: KDCTError.self) { try ImageOpener.open(dir.file("short.qed")) }.kind == .truncated)
+        #expect(try #require(throws: KDCTError.self) { try ImageOpener.open(dir.file("short.qed")) }.code == .truncated)
     }
 }

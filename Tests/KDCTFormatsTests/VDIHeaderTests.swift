@@ -70,7 +70,7 @@ import KDCTTestSupport
             var image = SyntheticVDI(diskSize: 1 << 20)
             image.version = version
             let error = try #require(throws: KDCTError.self) { try VDIHeader.decode(image.headerBytes()) }
-            #expect(error.kind == .unsupported)
+            #expect(error.code == .unsupported)
             #expect(error.message.contains("version"))
         }
     }
@@ -79,13 +79,13 @@ import KDCTTestSupport
         var bytes = SyntheticVDI(diskSize: 1 << 20).headerBytes()
         bytes[0x40] = 0
         let error = try #require(throws: KDCTError.self) { try VDIHeader.decode(bytes) }
-        #expect(error.kind == .invalidFormat)
+        #expect(error.code == .invalidFormat)
         let short = try #require(throws: KDCTError.self) { try VDIHeader.decode(Array(bytes.prefix(0x60))) }
-        #expect(short.kind == .invalidFormat)
+        #expect(short.code == .invalidFormat)
         var valid = SyntheticVDI(diskSize: 1 << 20).headerBytes()
         valid.removeLast(512 - 0x100)
         let truncated = try #require(throws: KDCTError.self) { try VDIHeader.decode(valid) }
-        #expect(truncated.kind == .truncated)
+        #expect(truncated.code == .truncated)
     }
 
     /// Validates a header made by `edit`; returns the error.
@@ -100,43 +100,43 @@ import KDCTTestSupport
     @Test func refusesBlockSizeNotAPowerOfTwo() throws {
         for size: UInt32 in [0, 100, 1_000_000, 3 << 20, 256] {
             let error = try validationError { $0.blockSize = size; $0.blockCount = 64 }
-            #expect(error.kind == .corrupt)
+            #expect(error.code == .corrupt)
             #expect(error.field == "block size")
             #expect(error.message.contains("\(size)"))
         }
         let tooBig = try validationError { $0.blockSize = 1 << 30; $0.blockCount = 1 }
-        #expect(tooBig.kind == .limitExceeded)
+        #expect(tooBig.code == .limitExceeded)
     }
 
     @Test func refusesBlockCountBeyondTheLimit() throws {
         // 2^32 - 1 entries would be a 16 GiB block map: refused before anything is allocated.
         let error = try validationError { $0.blockCount = 0xFFFF_FFFF; $0.diskSize = 1 << 40 }
-        #expect(error.kind == .limitExceeded)
+        #expect(error.code == .limitExceeded)
         #expect(error.message.contains("block map"))
         var limits = ImageLimits()
         limits.maxTableBytes = 1024
         let small = try validationError({ $0.blockCount = 4096; $0.diskSize = 4 << 30 }, limits: limits)
-        #expect(small.kind == .limitExceeded)
+        #expect(small.code == .limitExceeded)
     }
 
     @Test func refusesDiskLargerThanTheMapCovers() throws {
         let error = try validationError { $0.blockCount = 3; $0.diskSize = (3 << 20) + 512 }
-        #expect(error.kind == .corrupt)
+        #expect(error.code == .corrupt)
         #expect(error.field == "disk size")
         #expect(error.message.contains("3 blocks of 1048576 bytes"))
     }
 
     @Test func refusesOtherInconsistentHeaders() throws {
         #expect(try validationError { $0.imageType = 7 }.field == "image type")
-        #expect(try validationError { $0.flags = 0x8000_0000 }.kind == .unsupported)
+        #expect(try validationError { $0.flags = 0x8000_0000 }.code == .unsupported)
         #expect(try validationError { $0.diskSize = 0 }.field == "disk size")
         #expect(try validationError { $0.blockExtra = 300 }.field == "block extra")
         #expect(try validationError { $0.headerSize = 0x100 }.field == "cbHeader")
         #expect(try validationError { $0.blocksAllocatedOverride = 5 }.field == "blocks allocated")
         #expect(try validationError { $0.imageType = 4 }.field == "link UUID")
-        #expect(try validationError { $0.diskSize = 1 << 62; $0.blockCount = 4 }.kind == .limitExceeded)
+        #expect(try validationError { $0.diskSize = 1 << 62; $0.blockCount = 4 }.code == .limitExceeded)
         // The map (4 entries at 0x200) must be inside the file.
-        #expect(try validationError({ _ in }, fileSize: 0x200 + 8).kind == .truncated)
+        #expect(try validationError({ _ in }, fileSize: 0x200 + 8).code == .truncated)
     }
 
     @Test func blockMapEntriesBeyondTheFileAreCorrupt() throws {
@@ -154,7 +154,7 @@ import KDCTTestSupport
         let error = try #require(throws: KDCTError.self) {
             try blockMap.validate(virtualSize: 4 << 20, blockSize: 1 << 20, fileSize: fileSize)
         }
-        #expect(error.kind == .corrupt)
+        #expect(error.code == .corrupt)
         #expect(error.field == "block map entry 2")
         #expect(error.message.contains("slot 1000"))
     }

@@ -115,7 +115,7 @@ import KDCTTestSupport
         image.rawEntries[3] = 7
         try image.write(to: dir.file("bad.vdi"))
         let error = try #require(throws: KDCTError.self) { try ImageOpener.open(dir.file("bad.vdi")) }
-        #expect(error.kind == .corrupt)
+        #expect(error.code == .corrupt)
         #expect(error.field == "block map entry 3")
         #expect(error.file == dir.file("bad.vdi"))
         #expect(!FilePaths.exists(dir.file("out.raw")))
@@ -207,7 +207,7 @@ import KDCTTestSupport
         try chain.mid.write(to: dir.file("mid.vdi"))
         try chain.top.write(to: dir.file("top.vdi"))
         let error = try #require(throws: KDCTError.self) { try ImageOpener.open(dir.file("top.vdi")) }
-        #expect(error.kind == .corrupt)
+        #expect(error.code == .corrupt)
         #expect(error.message.contains(VDIUUID(bytes: SyntheticVDI.uuid(11)).description), "names the parent's UUID: \(error)")
         #expect(error.message.contains(VDIUUID(bytes: SyntheticVDI.uuid(99)).description), "names the expected UUID: \(error)")
         #expect(error.message.contains("base.vdi"))
@@ -227,7 +227,7 @@ import KDCTTestSupport
         let top = dir.file("a/x/top.vdi")
 
         let missing = try #require(throws: KDCTError.self) { try ImageOpener.open(top) }
-        #expect(missing.kind == .notFound)
+        #expect(missing.code == .notFound)
         #expect(missing.message.contains(VDIUUID(bytes: chain.mid.creation).description))
         #expect(missing.message.contains("--parent"))
 
@@ -243,7 +243,7 @@ import KDCTTestSupport
         // directories of each image are searched.
         options.parentFiles = [dir.file("c/mid.vdi")]
         let noBase = try #require(throws: KDCTError.self) { try ImageOpener.open(top, options: options) }
-        #expect(noBase.kind == .notFound)
+        #expect(noBase.code == .notFound)
         #expect(noBase.message.contains(VDIUUID(bytes: chain.base.creation).description))
 
         options.parentFiles = [dir.file("c/nothing.vdi")]
@@ -260,7 +260,7 @@ import KDCTTestSupport
         try FileManager.default.createSymbolicLink(atPath: dir.file("vm/base.vdi"), withDestinationPath: dir.file("elsewhere/base.vdi"))
         try chain.mid.write(to: dir.file("vm/Snapshots/mid.vdi"))
         let error = try #require(throws: KDCTError.self) { try ImageOpener.open(dir.file("vm/Snapshots/mid.vdi")) }
-        #expect(error.kind == .notFound)
+        #expect(error.code == .notFound)
         var options = OpenOptions()
         options.referencePolicy = .any
         let device = try ImageOpener.open(dir.file("vm/Snapshots/mid.vdi"), options: options)
@@ -276,7 +276,7 @@ import KDCTTestSupport
             var options = OpenOptions()
             if policy { options.referencePolicy = .none } else { options.untrusted = true }
             let error = try #require(throws: KDCTError.self) { try ImageOpener.open(dir.file("mid.vdi"), options: options) }
-            #expect(error.kind == .referenceRefused)
+            #expect(error.code == .referenceRefused)
             #expect(error.message.contains("no parent was searched"))
         }
     }
@@ -294,7 +294,7 @@ import KDCTTestSupport
         try a.write(to: dir.file("a.vdi"))
         try b.write(to: dir.file("b.vdi"))
         let error = try #require(throws: KDCTError.self) { try ImageOpener.open(dir.file("a.vdi")) }
-        #expect(error.kind == .notFound || error.kind == .corrupt, "\(error)")
+        #expect(error.code == .notFound || error.code == .corrupt, "\(error)")
     }
 
     // MARK: Corpus

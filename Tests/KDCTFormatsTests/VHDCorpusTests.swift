@@ -44,9 +44,9 @@ import KDCTTestSupport
         } catch let error as KDCTError {
             switch reason {
             case "checksum":
-                #expect(error.kind == .checksum, "\(entry.file): \(error)")
+                #expect(error.code == .checksum, "\(entry.file): \(error)")
             case "parent-missing":
-                #expect(error.kind == .notFound, "\(entry.file): \(error)")
+                #expect(error.code == .notFound, "\(entry.file): \(error)")
                 // The message must name the parent the image records (its file name at least).
                 let info = try ImageOpener.inspect(path)
                 let parent = try #require(info.backingFilename, "\(entry.file): no parent name in info")
@@ -54,9 +54,9 @@ import KDCTTestSupport
                 #expect(!name.isEmpty && error.message.contains(name), "\(entry.file): \(error) does not name \(name)")
             case "corrupt":
                 // A fuzzed table size: reported as corrupt, or as a table above the size limit.
-                #expect(error.kind == .corrupt || error.kind == .limitExceeded, "\(entry.file): \(error)")
+                #expect(error.code == .corrupt || error.code == .limitExceeded, "\(entry.file): \(error)")
             default:
-                #expect(error.kind.rawValue == reason, "\(entry.file): \(error)")
+                #expect(error.code.rawValue == reason, "\(entry.file): \(error)")
             }
             print("\(entry.file): \(error)")
         }

@@ -8,7 +8,7 @@ import KDCTTestSupport
 enum VHDFamilyTest {
     /// Opens `path` expecting a `KDCTError` of `kind` whose message contains every string of `mentions`; returns it.
     @discardableResult
-    static func expectOpenError(_ path: String, _ kind: KDCTError.Kind, mentions: [String] = [],
+    static func expectOpenError(_ path: String, _ kind: KDCTError.Code, mentions: [String] = [],
                          options: OpenOptions = OpenOptions(), readAll: Bool = false,
                          sourceLocation: SourceLocation = #_sourceLocation) -> KDCTError? {
         do {
@@ -17,7 +17,7 @@ enum VHDFamilyTest {
             Issue.record("\(path) opened, expected a \(kind) error", sourceLocation: sourceLocation)
             return nil
         } catch let error as KDCTError {
-            #expect(error.kind == kind, "\(error)", sourceLocation: sourceLocation)
+            #expect(error.code == kind, "\(error)", sourceLocation: sourceLocation)
             for text in mentions {
                 #expect(error.description.contains(text), "\(error) does not mention \(text)", sourceLocation: sourceLocation)
             }
@@ -276,7 +276,8 @@ enum VHDFamilyTest {
         #expect(extent.depth == 1 && extent.length <= 90 * 512, "\(extent)")
         let top = try #require(VHDImage.vhdLayer(of: device))
         #expect(try top.extent(at: 2 << 20, maxLength: 1 << 20) == Extent(offset: 2 << 20, length: 10 * 512, status: .data,
-                                                                          hostOffset: try top.extent(at: 2 << 20, maxLength: 1).hostOffset))
+                                                                          hostOffset: try top.extent(at: 2 << 20, maxLength: 1).hostOffset,
+                                                                          file: child))
         #expect(try top.extent(at: 3 << 20, maxLength: 16 << 20).status == .absent)  // block 1 from sector 2048: absent
 
         for format in [ImageFormat.raw, .qcow2] {

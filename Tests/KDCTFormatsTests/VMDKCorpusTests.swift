@@ -10,8 +10,8 @@ import KDCTTestSupport
         entries.filter { $0.format == "vmdk" || $0.file.lowercased().hasSuffix(".vmdk") }
     }
 
-    /// The error kind and message fragment each manifest reason stands for.
-    static func expectation(for reason: String) -> (kind: KDCTError.Kind, fragment: String) {
+    /// The error code and message fragment each manifest reason stands for.
+    static func expectation(for reason: String) -> (code: KDCTError.Code, fragment: String) {
         switch reason {
         case "extent-without-descriptor": return (.invalidFormat, "extent without descriptor")
         case "extent-missing": return (.notFound, "extent \"")
@@ -40,7 +40,7 @@ import KDCTTestSupport
                         "\(entry.file) should be opened as an extent of \(descriptor)")
                 // On its own it is an extent without descriptor.
                 let error = #expect(throws: KDCTError.self) { try ImageOpener.open(path) }
-                #expect(error?.kind == .invalidFormat && error?.message.contains("extent without descriptor") == true,
+                #expect(error?.code == .invalidFormat && error?.message.contains("extent without descriptor") == true,
                         "\(entry.file) alone: \(String(describing: error))")
             } else if entry.expect.hasPrefix("error:") {
                 let reason = String(entry.expect.dropFirst("error:".count))
@@ -49,7 +49,7 @@ import KDCTTestSupport
                     let device = try ImageOpener.open(path)
                     _ = try GuestDigest.sha256(of: device)
                 }
-                #expect(error?.kind == wanted.kind, "\(entry.file): expected \(wanted.kind), got \(String(describing: error))")
+                #expect(error?.code == wanted.code, "\(entry.file): expected \(wanted.code), got \(String(describing: error))")
                 #expect(wanted.fragment.isEmpty || error?.message.contains(wanted.fragment) == true,
                         "\(entry.file): message should contain \(wanted.fragment): \(String(describing: error))")
                 #expect(error?.file != nil, "\(entry.file): the error should name a file")
@@ -66,7 +66,7 @@ import KDCTTestSupport
         for (descriptor, extent) in cases {
             let path = corpus.directory + "/bwlp-master-sync-shared/" + descriptor
             let error = #expect(throws: KDCTError.self) { try ImageOpener.open(path) }
-            #expect(error?.kind == .notFound)
+            #expect(error?.code == .notFound)
             #expect(error?.message.contains(extent) == true, "\(descriptor): \(String(describing: error))")
         }
     }

@@ -214,7 +214,7 @@ enum VMDKBytes {
     }
 
     @Test(arguments: [
-        ("RW 0 FLAT \"a\" 0", KDCTError.Kind.corrupt),          // zero size
+        ("RW 0 FLAT \"a\" 0", KDCTError.Code.corrupt),          // zero size
         ("RW -5 FLAT \"a\" 0", .corrupt),                       // negative size
         ("RW 99999999999999999999999 FLAT \"a\" 0", .corrupt),  // size overflows
         ("RW 10 SPARSEE \"a\"", .unsupported),                  // unknown type: never silently dropped
@@ -226,10 +226,10 @@ enum VMDKBytes {
         ("RW 10 FLAT", .corrupt),
         ("RW 10 FLAT \"\" 0", .corrupt),
     ])
-    func malformedExtentLinesAreErrors(line: String, kind: KDCTError.Kind) throws {
+    func malformedExtentLinesAreErrors(line: String, kind: KDCTError.Code) throws {
         let text = "version=1\ncreateType=\"custom\"\n\(line)\n"
         let error = #expect(throws: KDCTError.self) { try VMDKDescriptor.parse(Array(text.utf8), limits: ImageLimits()) }
-        #expect(error?.kind == kind, "\(line): \(String(describing: error))")
+        #expect(error?.code == kind, "\(line): \(String(describing: error))")
         #expect(error?.field == "extent line 3", "\(line): \(String(describing: error))")
     }
 
@@ -238,10 +238,10 @@ enum VMDKBytes {
         #expect(throws: KDCTError.self) { try VMDKDescriptor.parse(Array(badCID.utf8), limits: ImageLimits()) }
         let badVersion = "version=9\ncreateType=\"monolithicFlat\"\n"
         let error = #expect(throws: KDCTError.self) { try VMDKDescriptor.parse(Array(badVersion.utf8), limits: ImageLimits()) }
-        #expect(error?.kind == .unsupported)
+        #expect(error?.code == .unsupported)
         let notDescriptor = "hello world\nthis is text\n"
         let error2 = #expect(throws: KDCTError.self) { try VMDKDescriptor.parse(Array(notDescriptor.utf8), limits: ImageLimits()) }
-        #expect(error2?.kind == .invalidFormat)
+        #expect(error2?.code == .invalidFormat)
     }
 
     @Test func descriptorExtentCountIsLimitedEarly() throws {
@@ -250,13 +250,13 @@ enum VMDKBytes {
         var limits = ImageLimits()
         limits.maxDescriptorBytes = 4 << 20
         let error = #expect(throws: KDCTError.self) { try VMDKDescriptor.parse(Array(text.utf8), limits: limits) }
-        #expect(error?.kind == .limitExceeded)
+        #expect(error?.code == .limitExceeded)
         #expect(error?.field == "extents")
         #expect(error?.message.contains("4096") == true)
         // Text past the descriptor size limit is refused before parsing.
         limits.maxDescriptorBytes = 1000
         let error2 = #expect(throws: KDCTError.self) { try VMDKDescriptor.parse(Array(text.utf8), limits: limits) }
-        #expect(error2?.kind == .limitExceeded)
+        #expect(error2?.code == .limitExceeded)
     }
 
     @Test func sparseHeaderDecodesAndValidates() throws {
@@ -272,7 +272,7 @@ enum VMDKBytes {
     }
 
     @Test(arguments: [
-        ("version 4", VMDKBytes.sparseHeader(version: 4, capacity: 2048, gd: 26), KDCTError.Kind.unsupported, "version"),
+        ("version 4", VMDKBytes.sparseHeader(version: 4, capacity: 2048, gd: 26), KDCTError.Code.unsupported, "version"),
         ("unknown flag", VMDKBytes.sparseHeader(flags: 3 | 1 << 9, capacity: 2048, gd: 26), .unsupported, "flags"),
         ("text-mode transfer", VMDKBytes.sparseHeader(capacity: 2048, gd: 26, newline: [0x0A, 0x20, 0x0A, 0x0A]), .corrupt, "newline check bytes"),
         ("compression 2", VMDKBytes.sparseHeader(capacity: 2048, gd: 26, compress: 2), .unsupported, "compressAlgorithm"),
@@ -290,12 +290,12 @@ enum VMDKBytes {
         ("GD at 0", VMDKBytes.sparseHeader(capacity: 2048, gd: 0), .corrupt, "gdOffset"),
         ("overhead past EOF", VMDKBytes.sparseHeader(capacity: 2048, gd: 26, overhead: 1 << 20), .truncated, "overHead"),
     ])
-    func hostileSparseHeadersAreRefused(label: String, bytes: [UInt8], kind: KDCTError.Kind, field: String) throws {
+    func hostileSparseHeadersAreRefused(label: String, bytes: [UInt8], kind: KDCTError.Code, field: String) throws {
         let header = try VMDKSparseHeader.decode(bytes)
         let error = #expect(throws: KDCTError.self, "\(label)") {
             try header.layout(fileSize: 128 * 512, limits: ImageLimits())
         }
-        #expect(error?.kind == kind, "\(label): \(String(describing: error))")
+        #expect(error?.code == kind, "\(label): \(String(describing: error))")
         #expect(error?.field == field, "\(label): \(String(describing: error))")
     }
 
@@ -309,22 +309,22 @@ enum VMDKBytes {
         badMarker[12] = 2
         #expect((try? VMDKStreamMarkers.footer(fromTrailer: badMarker)) == nil)
         let markerError = #expect(throws: KDCTError.self) { try VMDKStreamMarkers.footer(fromTrailer: badMarker) }
-        #expect(markerError?.kind == .corrupt && markerError?.message.contains("damaged streamOptimized footer") == true)
+        #expect(markerError?.code == .corrupt && markerError?.message.contains("damaged streamOptimized footer") == true)
 
         var badMagic = trailer
         badMagic[512] = UInt8(ascii: "X")
         let magicError = #expect(throws: KDCTError.self) { try VMDKStreamMarkers.footer(fromTrailer: badMagic) }
-        #expect(magicError?.kind == .corrupt)
+        #expect(magicError?.code == .corrupt)
 
         var noEOS = trailer
         noEOS[1024] = 0x55
         let eosError = #expect(throws: KDCTError.self) { try VMDKStreamMarkers.footer(fromTrailer: noEOS) }
-        #expect(eosError?.kind == .truncated)
+        #expect(eosError?.code == .truncated)
 
         var atEnd = trailer
         for i in 0..<8 { atEnd[512 + 56 + i] = 0xFF }
         let loopError = #expect(throws: KDCTError.self) { try VMDKStreamMarkers.footer(fromTrailer: atEnd) }
-        #expect(loopError?.kind == .corrupt && loopError?.field == "footer gdOffset")
+        #expect(loopError?.code == .corrupt && loopError?.field == "footer gdOffset")
     }
 
     @Test func cowdHeaderDecodesAndValidates() throws {
@@ -365,7 +365,7 @@ enum VMDKBytes {
             var w = valid
             w.u64le(value, at: offset)
             let error = #expect(throws: KDCTError.self) { try VMDKSESparseHeader.decode(w.bytes) }
-            #expect(error?.kind == .unsupported && error?.field == field, "\(field): \(String(describing: error))")
+            #expect(error?.code == .unsupported && error?.field == field, "\(field): \(String(describing: error))")
         }
         var padded = valid
         padded.u8(1, at: 300)
@@ -376,7 +376,7 @@ enum VMDKBytes {
         try VMDKSESparseHeader.checkVolatileHeader(volatile.bytes)
         volatile.u64le(1, at: 24)
         let dirty = #expect(throws: KDCTError.self) { try VMDKSESparseHeader.checkVolatileHeader(volatile.bytes) }
-        #expect(dirty?.kind == .unsupported && dirty?.field == "replayJournal")
+        #expect(dirty?.code == .unsupported && dirty?.field == "replayJournal")
     }
 
     @Test func seSparseEntriesDecodeLikeQemu() throws {

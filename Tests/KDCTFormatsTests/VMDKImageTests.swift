@@ -48,8 +48,13 @@ import KDCTTestSupport
         #expect(try device.extent(at: 1 << 20, maxLength: 1 << 30) == Extent(offset: 1 << 20, length: 768 << 10, status: .zero))
         #expect(device.info.references.map(\.name) == ["part-flat.bin", "never-opened.bin", "part-sparse.vmdk"])
         #expect(device.info.references.map(\.opened) == [true, false, true])
-        // Several files: host offsets would be ambiguous, so none are reported.
-        #expect(try device.allExtents().allSatisfy { $0.hostOffset == nil })
+        // Every data extent names the file its host offset is in: the flat piece starts 4 KiB into part-flat.bin.
+        let extents = try device.allExtents()
+        #expect(extents.first == Extent(offset: 0, length: 1 << 20, status: .data, hostOffset: 4096, file: dir.file("part-flat.bin")))
+        #expect(extents.filter { $0.status == .data }.allSatisfy {
+            $0.hostOffset != nil && [dir.file("part-flat.bin"), dir.file("part-sparse.vmdk")].contains($0.file)
+        })
+        #expect(extents.contains { $0.file == dir.file("part-sparse.vmdk") })
         try VMDKQemuTests.convertAndCompareToRaw(dir.file("custom.vmdk"), expected: dir.file("expected.raw"), in: dir)
     }
 
@@ -74,7 +79,7 @@ import KDCTTestSupport
         let text = VMDKBytes.descriptor(createType: "monolithicFlat", extents: ["RW 2048 FLAT \"d-flat.vmdk\" 0"])
         try VMDKBytes.write(Array(text.utf8), to: dir.file("d.vmdk"))
         let error = Self.openAndRead(dir.file("d.vmdk"))
-        #expect(error?.kind == .truncated && error?.message.contains("d-flat.vmdk") == true, "\(String(describing: error))")
+        #expect(error?.code == .truncated && error?.message.contains("d-flat.vmdk") == true, "\(String(describing: error))")
     }
 
     @Test func hugeFlatOffsetIsAnErrorAndInfoStillWorks() throws {
@@ -83,7 +88,7 @@ import KDCTTestSupport
         let text = VMDKBytes.descriptor(createType: "monolithicFlat", extents: ["RW 8 FLAT \"f.bin\" 18446744073709551615"])
         try VMDKBytes.write(Array(text.utf8), to: dir.file("d.vmdk"))
         let error = Self.openAndRead(dir.file("d.vmdk"))
-        #expect(error?.kind == .corrupt && error?.field == "extent line 7", "\(String(describing: error))")
+        #expect(error?.code == .corrupt && error?.field == "extent line 7", "\(String(describing: error))")
         let info = try ImageOpener.inspect(dir.file("d.vmdk"))
         guard case let .array(extents)? = info.formatSpecific["extents"] else { Issue.record("no extents"); return }
         #expect(extents.first?["offset-sectors"] == .unsigned(UInt64.max))
@@ -91,15 +96,15 @@ import KDCTTestSupport
 
     @Test func unknownAndDeviceCreateTypesAreRefused() throws {
         let dir = try TemporaryDirectory("kdct-vmdk")
-        for (createType, kind) in [("fancyNewType", KDCTError.Kind.unsupported), ("fullDevice", .unsupported)] {
+        for (createType, kind) in [("fancyNewType", KDCTError.Code.unsupported), ("fullDevice", .unsupported)] {
             let text = VMDKBytes.descriptor(createType: createType, extents: ["RW 2048 ZERO"])
             try VMDKBytes.write(Array(text.utf8), to: dir.file("\(createType).vmdk"))
             let error = Self.openAndRead(dir.file("\(createType).vmdk"))
-            #expect(error?.kind == kind && error?.field == "createType", "\(createType): \(String(describing: error))")
+            #expect(error?.code == kind && error?.field == "createType", "\(createType): \(String(describing: error))")
         }
         let rdm = VMDKBytes.descriptor(createType: "custom", extents: ["RW 2048 VMFSRDM \"lun-rdm.vmdk\" 0"])
         try VMDKBytes.write(Array(rdm.utf8), to: dir.file("rdm.vmdk"))
-        #expect(Self.openAndRead(dir.file("rdm.vmdk"))?.kind == .unsupported)
+        #expect(Self.openAndRead(dir.file("rdm.vmdk"))?.code == .unsupported)
     }
 
     @Test func sparseExtentSmallerThanItsDescriptorLineIsCorrupt() throws {
@@ -108,7 +113,7 @@ import KDCTTestSupport
         let text = VMDKBytes.descriptor(createType: "twoGbMaxExtentSparse", extents: ["RW 4096 SPARSE \"s-s001.vmdk\""])
         try VMDKBytes.write(Array(text.utf8), to: dir.file("s.vmdk"))
         let error = Self.openAndRead(dir.file("s.vmdk"))
-        #expect(error?.kind == .corrupt && error?.field == "capacity", "\(String(describing: error))")
+        #expect(error?.code == .corrupt && error?.field == "capacity", "\(String(describing: error))")
         #expect(error?.file?.hasSuffix("s-s001.vmdk") == true)
     }
 
@@ -122,7 +127,7 @@ import KDCTTestSupport
                                                         extents: ["RW 2048 SPARSE \"disk-s001.vmdk\""]).utf8),
                             to: dir.file("disk.vmdk"))
         let error = Self.openAndRead(dir.file("disk-s001.vmdk"))
-        #expect(error?.kind == .invalidFormat && error?.message.contains("extent without descriptor") == true)
+        #expect(error?.code == .invalidFormat && error?.message.contains("extent without descriptor") == true)
         #expect(error?.message.contains("disk.vmdk") == true, "names the likely descriptor: \(String(describing: error))")
         #expect(Self.openAndRead(dir.file("disk.vmdk")) == nil, "the same file opens through its descriptor")
         // KDMV whose descriptor area is reserved but blank (qemu's split pieces).
@@ -134,7 +139,7 @@ import KDCTTestSupport
         // COWD on its own.
         try VMDKBytes.write(VMDKBytes.cowd(capacitySectors: 4096, grains: [:]), to: dir.file("x-delta.vmdk"))
         let cowd = Self.openAndRead(dir.file("x-delta.vmdk"))
-        #expect(cowd?.kind == .invalidFormat && cowd?.message.contains("COWD") == true)
+        #expect(cowd?.code == .invalidFormat && cowd?.message.contains("COWD") == true)
     }
 
     // MARK: Hosted sparse from bytes
@@ -152,9 +157,9 @@ import KDCTTestSupport
         #expect(try device.readBytes(at: 3 * 65536 + 100, count: 1000) == Array(a[100..<1100]))
         let extents = try device.allExtents()
         #expect(extents == [
-            Extent(offset: 0, length: 131072, status: .data, hostOffset: 128 * 512),
+            Extent(offset: 0, length: 131072, status: .data, hostOffset: 128 * 512, file: dir.file("x.vmdk")),
             Extent(offset: 131072, length: 65536, status: .absent),
-            Extent(offset: 196608, length: 65536, status: .data, hostOffset: 384 * 512),
+            Extent(offset: 196608, length: 65536, status: .data, hostOffset: 384 * 512, file: dir.file("x.vmdk")),
             Extent(offset: 262144, length: 65536, status: .absent),
             Extent(offset: 327680, length: 65536, status: .zero),
             Extent(offset: 393216, length: (2048 * 512) - 393216, status: .absent),
@@ -168,7 +173,7 @@ import KDCTTestSupport
         try VMDKBytes.write(bytes, to: dir.file("x.vmdk"))
         let device = try ImageOpener.open(dir.file("x.vmdk"))
         let readError = #expect(throws: KDCTError.self) { try device.readBytes(at: 3 * 65536, count: 512) }
-        #expect(readError?.kind == .corrupt)
+        #expect(readError?.code == .corrupt)
         #expect(readError?.message.contains("grain table 0 entry 3 (guest offset 196608)") == true, "\(String(describing: readError))")
         #expect(readError?.message.contains("past the end") == true)
         let mapError = #expect(throws: KDCTError.self) { try device.allExtents() }
@@ -182,7 +187,7 @@ import KDCTTestSupport
         let bytes = VMDKBytes.monolithicSparse(capacitySectors: 2048, grains: [:], gteOverride: [2: 1], flags: 3)
         try VMDKBytes.write(bytes, to: dir.file("x.vmdk"))
         let error = Self.openAndRead(dir.file("x.vmdk"))
-        #expect(error?.kind == .corrupt && error?.message.contains("entry 2") == true, "\(String(describing: error))")
+        #expect(error?.code == .corrupt && error?.message.contains("entry 2") == true, "\(String(describing: error))")
     }
 
     @Test func grainDirectoryEntryPastTheEndIsCorrupt() throws {
@@ -191,7 +196,7 @@ import KDCTTestSupport
         bytes.replaceSubrange((21 * 512)..<(21 * 512 + 4), with: [0xFF, 0xFF, 0xFF, 0x0F])
         try VMDKBytes.write(bytes, to: dir.file("x.vmdk"))
         let error = Self.openAndRead(dir.file("x.vmdk"))
-        #expect(error?.kind == .corrupt && error?.field == "grain directory entry 0", "\(String(describing: error))")
+        #expect(error?.code == .corrupt && error?.field == "grain directory entry 0", "\(String(describing: error))")
     }
 
     @Test func embeddedDescriptorLimitsAndBounds() throws {
@@ -200,7 +205,7 @@ import KDCTTestSupport
         huge.replaceSubrange(0..<512, with: VMDKBytes.sparseHeader(capacity: 2048, descriptorSize: 1 << 40, gd: 21))
         try VMDKBytes.write(huge, to: dir.file("huge.vmdk"))
         // Larger than the file: corruption, checked before the size limit.
-        #expect(Self.openAndRead(dir.file("huge.vmdk"))?.kind == .corrupt)
+        #expect(Self.openAndRead(dir.file("huge.vmdk"))?.code == .corrupt)
         // Inside the file but above the 1 MiB descriptor limit.
         var large = VMDKBytes.monolithicSparse(capacitySectors: 2048, grains: [:])
         large.replaceSubrange(0..<512, with: VMDKBytes.sparseHeader(capacity: 2048, descriptorSize: 4096, gd: 21))
@@ -208,12 +213,12 @@ import KDCTTestSupport
         let handle = try FileHandle(forUpdating: URL(fileURLWithPath: dir.file("large.vmdk")))
         try handle.truncate(atOffset: 8 << 20)
         try handle.close()
-        #expect(Self.openAndRead(dir.file("large.vmdk"))?.kind == .limitExceeded)
+        #expect(Self.openAndRead(dir.file("large.vmdk"))?.code == .limitExceeded)
         var outside = huge
         outside.replaceSubrange(0..<512, with: VMDKBytes.sparseHeader(capacity: 2048, descriptorOffset: 1 << 30, gd: 21))
         try VMDKBytes.write(outside, to: dir.file("outside.vmdk"))
         let error = Self.openAndRead(dir.file("outside.vmdk"))
-        #expect(error?.kind == .corrupt && error?.field == "descriptorOffset")
+        #expect(error?.code == .corrupt && error?.field == "descriptorOffset")
     }
 
     @Test func truncatedSparseFilesNeverReadAsZeros() throws {
@@ -226,7 +231,7 @@ import KDCTTestSupport
             try VMDKBytes.write(Array(full.prefix(cut)), to: path)
             let error = Self.openAndRead(path)
             #expect(error != nil, "a file cut at \(cut) bytes must not read")
-            #expect([.truncated, .corrupt].contains(error?.kind), "cut at \(cut): \(String(describing: error))")
+            #expect([.truncated, .corrupt].contains(error?.code), "cut at \(cut): \(String(describing: error))")
         }
     }
 
@@ -241,7 +246,8 @@ import KDCTTestSupport
         #expect(try device.readBytes(at: 0, count: 65536) == a)
         #expect(try device.readBytes(at: 9 * 65536, count: b.count) == b)
         #expect(try device.readBytes(at: 9 * 65536 + 1000, count: 10) == [UInt8](repeating: 0, count: 10))
-        #expect(try device.extent(at: 0, maxLength: 1 << 30) == Extent(offset: 0, length: 65536, status: .data, compressed: true))
+        #expect(try device.extent(at: 0, maxLength: 1 << 30) == Extent(offset: 0, length: 65536, status: .data, compressed: true,
+                                                                                  file: dir.file("s.vmdk")))
         guard case let .array(extents)? = device.info.formatSpecific["extents"] else { return }
         #expect(extents.first?["grain-directory-in-footer"] == .bool(true))
     }
@@ -250,7 +256,7 @@ import KDCTTestSupport
         let dir = try TemporaryDirectory("kdct-vmdk")
         let good = try VMDKBytes.streamOptimized(capacitySectors: 2048, grains: [0: Self.pattern(4, 65536), 1: [9, 9]])
         let grain0 = 128 * 512  // first grain marker
-        var cases: [(String, [UInt8], KDCTError.Kind, String)] = []
+        var cases: [(String, [UInt8], KDCTError.Code, String)] = []
         var footerMarker = good
         footerMarker[good.count - 1536 + 12] = 7
         cases.append(("footer marker type", footerMarker, .corrupt, "damaged streamOptimized footer"))
@@ -276,7 +282,7 @@ import KDCTTestSupport
             try? FileManager.default.removeItem(atPath: path)
             try VMDKBytes.write(bytes, to: path)
             let error = Self.openAndRead(path)
-            #expect(error?.kind == kind, "\(label): \(String(describing: error))")
+            #expect(error?.code == kind, "\(label): \(String(describing: error))")
             #expect(error?.message.contains(fragment) == true, "\(label): \(String(describing: error))")
         }
     }
@@ -301,8 +307,9 @@ import KDCTTestSupport
         let device = try ImageOpener.open(dir.file("vm.vmdk"))
         #expect(device.info.subformat == "vmfsSparse" && device.info.producer?.hasPrefix("VMware ESXi") == true)
         #expect(try device.readBytes(at: 0, count: expected.count) == expected)
-        // One extent file: host offsets are reported (grain 3 is the first grain after the 4 KiB + 16 KiB metadata).
-        #expect(try device.extent(at: 3 * 512, maxLength: 1 << 30) == Extent(offset: 1536, length: 512, status: .data, hostOffset: 40 * 512))
+        // Grain 3 is the first grain after the 4 KiB + 16 KiB metadata of the delta's extent file.
+        #expect(try device.extent(at: 3 * 512, maxLength: 1 << 30) == Extent(offset: 1536, length: 512, status: .data, hostOffset: 40 * 512,
+                                                                              file: dir.file("vm-delta.vmdk")))
         #expect(try device.extent(at: 0, maxLength: 1 << 30).depth == 1)
         try VMDKBytes.write(expected, to: dir.file("expected.raw"))
         try VMDKQemuTests.convertAndCompareToRaw(dir.file("vm.vmdk"), expected: dir.file("expected.raw"), in: dir)
@@ -310,7 +317,7 @@ import KDCTTestSupport
         // A COWD grain pointer past the end of the file.
         try VMDKBytes.write(VMDKBytes.cowd(capacitySectors: 4096, grains: [:], gteOverride: [7: 1 << 30]), to: dir.file("vm-delta.vmdk"))
         let error = Self.openAndRead(dir.file("vm.vmdk"))
-        #expect(error?.kind == .corrupt && error?.message.contains("grain table 0 entry 7 (guest offset 3584)") == true,
+        #expect(error?.code == .corrupt && error?.message.contains("grain table 0 entry 7 (guest offset 3584)") == true,
                 "\(String(describing: error))")
     }
 
@@ -323,7 +330,7 @@ import KDCTTestSupport
         let text = VMDKBytes.descriptor(createType: "monolithicFlat", extents: ["RW 8 FLAT \"\(name)\" 0"])
         try VMDKBytes.write(Array(text.utf8), to: dir.file("d.vmdk"))
         let error = Self.openAndRead(dir.file("d.vmdk"))
-        #expect(error?.kind == .referenceRefused, "\(name): \(String(describing: error))")
+        #expect(error?.code == .referenceRefused, "\(name): \(String(describing: error))")
         #expect(error?.message.contains(name.prefix(10)) == true, "\(name): \(String(describing: error))")
     }
 
@@ -333,7 +340,7 @@ import KDCTTestSupport
         let bytes = VMDKBytes.monolithicSparse(capacitySectors: 2048, grains: [:], parentHint: name, parentCID: "12345678")
         try VMDKBytes.write(bytes, to: dir.file("child.vmdk"))
         let error = Self.openAndRead(dir.file("child.vmdk"))
-        #expect(error?.kind == .referenceRefused, "\(name): \(String(describing: error))")
+        #expect(error?.code == .referenceRefused, "\(name): \(String(describing: error))")
         let info = try ImageOpener.inspect(dir.file("child.vmdk"))
         #expect(info.backingFilename == name)
     }
@@ -344,15 +351,15 @@ import KDCTTestSupport
                                                     parentCID: "12345678", cid: "12345678")
         try VMDKBytes.write(selfParent, to: dir.file("self.vmdk"))
         let loop = Self.openAndRead(dir.file("self.vmdk"))
-        #expect(loop?.kind == .corrupt && loop?.message.contains("loops") == true, "\(String(describing: loop))")
+        #expect(loop?.code == .corrupt && loop?.message.contains("loops") == true, "\(String(describing: loop))")
         let orphan = VMDKBytes.monolithicSparse(capacitySectors: 2048, grains: [:], parentCID: "abcdef01")
         try VMDKBytes.write(orphan, to: dir.file("orphan.vmdk"))
         let missing = Self.openAndRead(dir.file("orphan.vmdk"))
-        #expect(missing?.kind == .corrupt && missing?.field == "parentFileNameHint")
+        #expect(missing?.code == .corrupt && missing?.field == "parentFileNameHint")
         // A descriptor naming itself as a sparse extent.
         try VMDKBytes.write(Array(VMDKBytes.descriptor(createType: "twoGbMaxExtentSparse", extents: ["RW 8 SPARSE \"me.vmdk\""]).utf8),
                             to: dir.file("me.vmdk"))
-        #expect(Self.openAndRead(dir.file("me.vmdk"))?.kind == .corrupt)
+        #expect(Self.openAndRead(dir.file("me.vmdk"))?.code == .corrupt)
     }
 
     @Test func descriptorSizeAndExtentCountLimitsApplyToFiles() throws {
@@ -360,16 +367,16 @@ import KDCTTestSupport
         let many = "# Disk DescriptorFile\nversion=1\ncreateType=\"custom\"\n" + String(repeating: "RW 1 ZERO\n", count: 100_000)
         try VMDKBytes.write(Array(many.utf8), to: dir.file("many.vmdk"))
         let count = Self.openAndRead(dir.file("many.vmdk"))
-        #expect(count?.kind == .limitExceeded && count?.field == "extents", "\(String(describing: count))")
+        #expect(count?.code == .limitExceeded && count?.field == "extents", "\(String(describing: count))")
         let big = "# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\n"
             + String(repeating: "# padding padding padding padding padding padding padding\n", count: 40_000)
         try VMDKBytes.write(Array(big.utf8), to: dir.file("big.vmdk"))
         let size = Self.openAndRead(dir.file("big.vmdk"))
-        #expect(size?.kind == .limitExceeded && size?.field == "descriptor size", "\(String(describing: size))")
+        #expect(size?.code == .limitExceeded && size?.field == "descriptor size", "\(String(describing: size))")
         // A sum of extents beyond the virtual size limit is refused before any extent is opened.
         let wide = VMDKBytes.descriptor(createType: "custom", extents: ["RW 137438953472 ZERO", "RW 137438953472 FLAT \"nowhere\" 0"])
         try VMDKBytes.write(Array(wide.utf8), to: dir.file("wide.vmdk"))
-        #expect(Self.openAndRead(dir.file("wide.vmdk"))?.kind == .limitExceeded)
+        #expect(Self.openAndRead(dir.file("wide.vmdk"))?.code == .limitExceeded)
     }
 
     @Test func oneSparseFileListedManyTimesSharesOneTableBudget() throws {
@@ -389,7 +396,7 @@ import KDCTTestSupport
         var options = OpenOptions()
         options.limits.maxTableBytes = 1 << 20
         let error = #expect(throws: KDCTError.self) { try ImageOpener.open(dir.file("many.vmdk"), options: options) }
-        #expect(error?.kind == .limitExceeded && error?.field == "grain directory size", "\(String(describing: error))")
+        #expect(error?.code == .limitExceeded && error?.field == "grain directory size", "\(String(describing: error))")
     }
 
     @Test func strictModeAcceptsOnlySingleFileDisks() throws {
@@ -401,10 +408,10 @@ import KDCTTestSupport
         try VMDKBytes.write(try VMDKBytes.streamOptimized(capacitySectors: 2048, grains: [0: [1]]), to: dir.file("stream.vmdk"))
         #expect(Self.openAndRead(dir.file("stream.vmdk"), options: strict) == nil)
         try VMDKBytes.write(Array(VMDKBytes.descriptor(createType: "monolithicFlat", extents: ["RW 8 ZERO"]).utf8), to: dir.file("desc.vmdk"))
-        #expect(Self.openAndRead(dir.file("desc.vmdk"), options: strict)?.kind == .unsupported)
+        #expect(Self.openAndRead(dir.file("desc.vmdk"), options: strict)?.code == .unsupported)
         try VMDKBytes.write(VMDKBytes.monolithicSparse(capacitySectors: 2048, grains: [:], parentHint: "mono.vmdk", parentCID: "12345678"),
                             to: dir.file("child.vmdk"))
-        #expect(Self.openAndRead(dir.file("child.vmdk"), options: strict)?.kind == .referenceRefused)
+        #expect(Self.openAndRead(dir.file("child.vmdk"), options: strict)?.code == .referenceRefused)
     }
 
     @Test func largeEmptyDisksAreWalkedWithoutReadingGuestData() throws {

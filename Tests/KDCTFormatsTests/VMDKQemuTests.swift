@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import KDCTFormats
 import KDCTTestSupport
@@ -117,7 +118,7 @@ import KDCTTestSupport
         let io = try runProcess(["qemu-io", "-f", "vmdk", "-c", "write -P 0x11 0 64k", dir.file("base.vmdk")])
         #expect(io.status == 0, "qemu-io: \(io.stderr)")
         let error = #expect(throws: KDCTError.self) { try ImageOpener.open(child) }
-        #expect(error?.kind == .corrupt)
+        #expect(error?.code == .corrupt)
         #expect(error?.message.contains("CID") == true, "\(String(describing: error))")
         // info reports the parent without opening it, so it still works.
         let info = try ImageOpener.inspect(child)
@@ -132,7 +133,7 @@ import KDCTTestSupport
         try qemuImg("create", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", child)
         try FileManager.default.removeItem(atPath: dir.file("base.vmdk"))
         let error = #expect(throws: KDCTError.self) { try ImageOpener.open(child) }
-        #expect(error?.kind == .notFound)
+        #expect(error?.code == .notFound)
         #expect(error?.message.contains("base.vmdk") == true)
     }
 
@@ -145,8 +146,7 @@ import KDCTTestSupport
         let expected = try [UInt8](Data(contentsOf: URL(fileURLWithPath: source)))
         // Many threads at once, each reading unaligned ranges (partial grains go through the pooled buffer) and
         // aligned whole grains (inflated straight into the caller's buffer).
-        let failures = ConditionLock()
-        nonisolated(unsafe) var mismatches: [String] = []
+        let mismatches = Mutex<[String]>([])
         DispatchQueue.concurrentPerform(iterations: 8) { worker in
             var offset = UInt64(worker) * 4099
             while offset < Self.size {
@@ -154,14 +154,15 @@ import KDCTTestSupport
                 do {
                     let bytes = try device.readBytes(at: offset, count: length)
                     if bytes[...] != expected[Int(offset)..<(Int(offset) + length)] {
-                        failures.withLock { mismatches.append("worker \(worker) offset \(offset)") }
+                        mismatches.withLock { $0.append("worker \(worker) offset \(offset)") }
                     }
                 } catch {
-                    failures.withLock { mismatches.append("worker \(worker) offset \(offset): \(error)") }
+                    mismatches.withLock { $0.append("worker \(worker) offset \(offset): \(error)") }
                 }
                 offset += UInt64(length) * 3
             }
         }
-        #expect(mismatches.isEmpty, "\(mismatches.prefix(5))")
+        let found = mismatches.withLock { $0 }
+        #expect(found.isEmpty, "\(found.prefix(5))")
     }
 }

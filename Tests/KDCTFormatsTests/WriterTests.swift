@@ -90,7 +90,7 @@ import KDCTTestSupport
             try convertImage(source, to: out, format: .qcow2)
             Issue.record("overwrote an existing file")
         } catch let error as KDCTError {
-            #expect(error.kind == .alreadyExists)
+            #expect(error.code == .alreadyExists)
         }
         #expect(try String(contentsOfFile: out, encoding: .utf8) == "keep")
         var options = ConvertOptions(outputFormat: .qcow2)
@@ -206,11 +206,4 @@ import KDCTTestSupport
             }
         }
     }
-}
-
-/// A thread-safe counter for unique file names inside property checks.
-final class Counter: @unchecked Sendable {
-    private let lock = ConditionLock()
-    private var value = 0
-    func next() -> Int { lock.withLock { value += 1; return value } }
 }

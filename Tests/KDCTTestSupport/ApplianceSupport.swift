@@ -1,4 +1,5 @@
 import Foundation
+import KDCTAppliance
 import KDCTFormats
 import Testing
 

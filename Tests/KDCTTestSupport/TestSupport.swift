@@ -1,9 +1,10 @@
 import Foundation
+import Synchronization
 import Testing
 import KDCTFormats
 
 /// A fresh directory under the system temp dir, removed when the value is released.
-public final class TemporaryDirectory: @unchecked Sendable {
+public final class TemporaryDirectory: Sendable {
     public let path: String
 
     public init(_ label: String = "kdct-test") throws {
@@ -42,15 +43,15 @@ public func runProcess(_ arguments: [String], stdin: Data? = nil, environment: [
     if let stdin { input.fileHandleForWriting.write(stdin) }
     try input.fileHandleForWriting.close()
     // Read both pipes concurrently so a chatty child cannot block on a full pipe.
-    nonisolated(unsafe) var errData = Data()
-    let errThread = Thread { errData = err.fileHandleForReading.readDataToEndOfFile() }
+    let errData = Mutex(Data())
+    let errThread = Thread { errData.withLock { $0 = err.fileHandleForReading.readDataToEndOfFile() } }
     errThread.start()
     let outData = out.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     while !errThread.isFinished { usleep(1000) }
     return ProcessResult(status: process.terminationStatus,
                          stdout: String(decoding: outData, as: UTF8.self),
-                         stderr: String(decoding: errData, as: UTF8.self))
+                         stderr: String(decoding: errData.withLock { $0 }, as: UTF8.self))
 }
 
 /// Runs qemu-img (the test oracle) and fails the test with its stderr when it does not exit 0.
@@ -71,13 +72,13 @@ public func qemuImg(_ arguments: [String], sourceLocation: SourceLocation = #_so
 
 /// Asserts that `body` throws a KDCTError of `kind`; returns it.
 @discardableResult
-public func expectKDCTError(_ kind: KDCTError.Kind, sourceLocation: SourceLocation = #_sourceLocation,
+public func expectKDCTError(_ kind: KDCTError.Code, sourceLocation: SourceLocation = #_sourceLocation,
                             _ body: () throws -> Void) -> KDCTError? {
     do {
         try body()
         Issue.record("expected a \(kind.rawValue) error, but it succeeded", sourceLocation: sourceLocation)
     } catch let error as KDCTError {
-        #expect(error.kind == kind, "expected \(kind.rawValue), got: \(error)", sourceLocation: sourceLocation)
+        #expect(error.code == kind, "expected \(kind.rawValue), got: \(error)", sourceLocation: sourceLocation)
         return error
     } catch {
         Issue.record("expected a KDCTError, got \(error)", sourceLocation: sourceLocation)
@@ -268,4 +269,13 @@ public func expectConvertsIdentically(_ image: String, reference: String, refere
     try convertImage(image, to: qcow2, format: .qcow2, workers: workers, openOptions: options)
     try expectQemuIdentical(reference, qcow2, formatA: referenceFormat, formatB: "qcow2", sourceLocation: sourceLocation)
     try expectQemuCheckClean(qcow2, sourceLocation: sourceLocation)
+}
+
+/// A thread-safe counter (unique file names inside property checks, calls made from pipeline threads).
+public final class Counter: Sendable {
+    private let value = Atomic<Int>(0)
+    /// A counter at 0.
+    public init() {}
+    /// Adds one and returns the new value (1 on the first call).
+    public func next() -> Int { value.add(1, ordering: .relaxed).newValue }
 }

@@ -1,3 +1,4 @@
+import KDCTAppliance
 import KDCTFormats
 
 /// The OVA/OVF harness: the input bytes as an appliance (a tar archive or an OVF descriptor), opened in strict

@@ -200,7 +200,7 @@ public enum ImageFuzzer {
         }
         do {
             try device.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<2]), at: size &- 1)
-        } catch let error as KDCTError where error.kind == .invalidArgument {
+        } catch let error as KDCTError where error.code == .invalidArgument {
         }
     }
 }

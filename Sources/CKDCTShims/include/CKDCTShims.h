@@ -21,6 +21,25 @@ int kdct_start_writeback(int fd, off_t offset, off_t length);
    instead of replacing; EINVAL/ENOSYS where the filesystem or kernel lacks it. */
 int kdct_rename_noreplace(const char *from, const char *to);
 
+/* Block devices (ioctl): BLKGETSIZE64 (size in bytes), BLKSSZGET (logical sector size), BLKZEROOUT over
+   [offset, offset+length) (aligned to the logical sector size). 0, or -1 with errno. A discard that guarantees
+   zeros is fallocate(PUNCH_HOLE) on the device (kdct_punch_hole). */
+int kdct_block_device_size(int fd, uint64_t *size);
+int kdct_block_sector_size(int fd, int *size);
+int kdct_block_zero_out(int fd, uint64_t offset, uint64_t length);
+
+/* open(directory, O_TMPFILE|O_RDWR|O_CLOEXEC, mode): an unnamed file in `directory`; -1 with errno
+   (EOPNOTSUPP/EISDIR/EINVAL where the file system or kernel lacks O_TMPFILE). */
+int kdct_open_unnamed(const char *directory, int mode);
+
+/* Gives the unnamed file `fd` the name `path` (linkat through /proc/self/fd, then AT_EMPTY_PATH);
+   -1 with errno (EEXIST when the name is taken). */
+int kdct_link_unnamed(int fd, const char *path);
+
+/* copy_file_range(2) from `in` at `in_offset` to `out` at `out_offset`: bytes copied, 0 at the end of `in`,
+   -1 with errno (EXDEV, EINVAL, EOPNOTSUPP, ENOSYS where the kernel cannot offload). */
+ssize_t kdct_copy_file_range(int in, off_t in_offset, int out, off_t out_offset, size_t length);
+
 /* posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL). */
 int kdct_advise_sequential(int fd);
 

@@ -1,22 +1,37 @@
-/// A backing/parent chain as one device: ranges the top layer does not hold (`.absent`) are read from the layer
-/// below; below the bottom layer, or past its end, they read as zeros.
+/// A backing/parent chain as one device: ranges the top layer does not hold (`.absent`) are mapped by the layer
+/// below, one depth further down; below the bottom layer, or past the end of the layer below, they stay absent and
+/// read as zeros. Reported as qemu-img reports it: an absent run carries the depth of the layer that ended the
+/// search (`present: false` at depth 0 past the end of a shorter backing file).
 ///
-/// Flattening a chain is converting this device.
-public final class ChainedBlockDevice: BlockDevice {
+/// The chain is on the shared driver like any reader: its runs are the layers' own runs, so a read goes straight to
+/// the file of the layer that holds each range. Flattening a chain is converting this device.
+final class ChainedBlockDevice: MappedDevice {
     /// The image on top (the one the user named).
-    public let top: any BlockDevice
+    let top: any MappedDevice
     /// The layer below (itself possibly a chain).
-    public let base: any BlockDevice
+    let base: any MappedDevice
+    let hostFileNames: HostFileNames
 
-    /// Layers `top` over `base`.
-    public init(top: any BlockDevice, base: any BlockDevice) {
+    /// Layers `top` over `base`; `reference` is the name `top` gives its base (a stored backing file name, a parent
+    /// path), which extents combine with the top's name to name the base's files.
+    init(top: any MappedDevice, base: any MappedDevice, reference: String) {
         self.top = top
         self.base = base
+        hostFileNames = HostFileNames(top: top.hostFileNames, base: base.hostFileNames, reference: reference)
     }
 
-    public var virtualSize: UInt64 { top.virtualSize }
+    /// Layers `top` over `base`, a device opened through `OpenContext` (always one of this library's readers).
+    convenience init(top: any MappedDevice, opened base: any BlockDevice, reference: String) throws {
+        guard let mapped = base as? any MappedDevice else {
+            throw KDCTError(.unsupported, "the layer below is not a device this library can chain",
+                            file: top.hostFileNames.root, field: "backing file")
+        }
+        self.init(top: top, base: mapped, reference: reference)
+    }
 
-    public var info: ImageInfo {
+    var virtualSize: UInt64 { top.virtualSize }
+
+    var info: ImageInfo {
         var info = top.info
         let below = base.info
         info.backingChain = [below] + below.backingChain
@@ -24,29 +39,11 @@ public final class ChainedBlockDevice: BlockDevice {
         return info
     }
 
-    public func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent {
-        let upper = try top.extent(at: offset, maxLength: maxLength)
-        guard upper.status == .absent else { return upper }
-        if offset >= base.virtualSize {
-            return Extent(offset: offset, length: upper.length, status: .zero, depth: 1)
-        }
-        var lower = try base.extent(at: offset, maxLength: min(upper.length, base.virtualSize - offset))
+    func mapping(at offset: UInt64, upTo end: UInt64) throws -> MappedRun {
+        let upper = try top.mapping(at: offset, upTo: end)
+        guard case .absent = upper.mapping, offset < base.virtualSize else { return upper }
+        var lower = try base.mapping(at: offset, upTo: min(offset + upper.length, base.virtualSize))
         lower.depth += 1
         return lower
-    }
-
-    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
-        try checkRange(offset, buffer.count)
-        try top.read(into: buffer, at: offset)
-        let end = offset + UInt64(buffer.count)
-        let baseEnd = min(end, base.virtualSize)
-        guard offset < baseEnd else { return }
-        // The top read zeros into absent ranges; fill those from the layer below.
-        try top.forEachExtent(from: offset, to: baseEnd) { extent in
-            guard extent.status == .absent else { return }
-            let start = Int(extent.offset - offset)
-            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[start..<(start + Int(extent.length))])
-            try base.read(into: slice, at: extent.offset)
-        }
     }
 }

@@ -1,4 +1,4 @@
-/// Applies the reference policy (ARCHITECTURE.md, "References and trust") to a file name stored in an image.
+/// Applies the reference policy (docs/ARCHITECTURE.md, "References and trust") to a file name stored in an image.
 public enum ReferenceResolver {
     /// Resolves `name`, stored in the image at `imagePath`, to a path that may be opened, or throws
     /// `referenceRefused` / `notFound` naming the reference.
@@ -8,7 +8,7 @@ public enum ReferenceResolver {
     /// - `.sameDirectory` accepts only relative paths without `..` that resolve (after following symlinks) to a
     ///   regular file inside the directory of `imagePath`.
     /// - `.any` accepts any local path to a regular file.
-    public static func resolve(_ name: String, kind: ImageReference.Kind, relativeTo imagePath: String,
+    package static func resolve(_ name: String, kind: ImageReference.Kind, relativeTo imagePath: String,
                                policy: ReferencePolicy) throws -> String {
         let what = "\(kind.rawValue) \"\(name)\""
         func refuse(_ why: String) -> KDCTError {
@@ -49,7 +49,7 @@ public enum ReferenceResolver {
     }
 
     /// The URL-like scheme of `name` (`nbd` for `nbd:host:1`), or nil. A single drive letter (`C:`) is not a scheme.
-    public static func protocolPrefix(of name: String) -> String? {
+    package static func protocolPrefix(of name: String) -> String? {
         guard let colon = name.firstIndex(of: ":") else { return nil }
         let scheme = name[..<colon]
         guard scheme.count >= 2, let first = scheme.first, first.isASCII, first.isLetter else { return nil }

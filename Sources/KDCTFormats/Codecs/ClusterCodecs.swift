@@ -11,14 +11,14 @@ public enum CompressionType: String, Sendable, CaseIterable {
 }
 
 /// Compresses one cluster at a time. Not thread-safe: each worker owns one.
-public protocol ClusterCompressor: AnyObject {
+protocol ClusterCompressor: AnyObject {
     /// Compresses `input` into `output`; returns the compressed length, or nil when it does not fit in `output`
     /// (the caller then stores the cluster uncompressed).
     func compress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int?
 }
 
 /// Makes a compressor of `type`.
-public func makeClusterCompressor(_ type: CompressionType) throws -> any ClusterCompressor {
+func makeClusterCompressor(_ type: CompressionType) throws -> any ClusterCompressor {
     switch type {
     case .deflate: return try RawDeflateCompressor()
     case .zstd: return try ZstdCompressor()
@@ -27,18 +27,18 @@ public func makeClusterCompressor(_ type: CompressionType) throws -> any Cluster
 
 /// zlib raw deflate with a 4 KiB window (windowBits -12), level 6, memLevel 9: qemu's qcow2 settings, so the
 /// clusters inflate under qemu's own 4 KiB-window decoder and any streaming decoder.
-public final class RawDeflateCompressor: ClusterCompressor {
+final class RawDeflateCompressor: ClusterCompressor {
     private var stream = z_stream()
 
     /// Creates a compressor at `level` (default 6, zlib's default and qemu's).
-    public init(level: Int32 = 6) throws {
+    init(level: Int32 = 6) throws {
         let result = kdct_deflateInit2(&stream, level, -12, 9, Z_DEFAULT_STRATEGY)
         guard result == Z_OK else { throw KDCTError(.io, "deflateInit2 failed with \(result)") }
     }
 
     deinit { deflateEnd(&stream) }
 
-    public func compress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int? {
+    func compress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int? {
         guard deflateReset(&stream) == Z_OK else { throw KDCTError(.io, "deflateReset failed") }
         stream.next_in = UnsafeMutablePointer(mutating: input.baseAddress?.assumingMemoryBound(to: Bytef.self))
         stream.avail_in = uInt(input.count)
@@ -52,11 +52,11 @@ public final class RawDeflateCompressor: ClusterCompressor {
 }
 
 /// zstd at its default level (3), one frame per cluster, as qemu writes qcow2 zstd clusters.
-public final class ZstdCompressor: ClusterCompressor {
+final class ZstdCompressor: ClusterCompressor {
     private let context: OpaquePointer
 
     /// Creates a compressor at `level`.
-    public init(level: Int32 = 3) throws {
+    init(level: Int32 = 3) throws {
         guard let context = ZSTD_createCCtx() else { throw KDCTError(.io, "ZSTD_createCCtx failed") }
         self.context = context
         ZSTD_CCtx_setParameter(context, ZSTD_c_compressionLevel, level)
@@ -65,7 +65,7 @@ public final class ZstdCompressor: ClusterCompressor {
 
     deinit { ZSTD_freeCCtx(context) }
 
-    public func compress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int? {
+    func compress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Int? {
         let result = ZSTD_compress2(context, output.baseAddress, output.count, input.baseAddress, input.count)
         if ZSTD_isError(result) != 0 {
             if ZSTD_getErrorCode(result) == ZSTD_error_dstSize_tooSmall { return nil }
@@ -76,8 +76,8 @@ public final class ZstdCompressor: ClusterCompressor {
 }
 
 /// Decoders for compressed clusters and grains. Thread-safe: each call takes a decoder context from a pool.
-public enum ClusterDecompression {
-    private final class DeflateContext: @unchecked Sendable {
+enum ClusterDecompression {
+    private final class DeflateContext {
         let pointer: OpaquePointer
         init() throws {
             guard let pointer = libdeflate_alloc_decompressor() else { throw KDCTError(.io, "libdeflate_alloc_decompressor failed") }
@@ -86,7 +86,7 @@ public enum ClusterDecompression {
         deinit { libdeflate_free_decompressor(pointer) }
     }
 
-    private final class ZstdContext: @unchecked Sendable {
+    private final class ZstdContext {
         let pointer: OpaquePointer
         init() throws {
             guard let pointer = ZSTD_createDCtx() else { throw KDCTError(.io, "ZSTD_createDCtx failed") }
@@ -99,7 +99,7 @@ public enum ClusterDecompression {
     private static let zstdPool = ObjectPool(maxKept: 64) { try ZstdContext() }
 
     /// The container around deflate data.
-    public enum DeflateWrapping: Sendable {
+    enum DeflateWrapping: Sendable {
         /// RFC 1951 raw deflate (qcow2, qcow v1).
         case raw
         /// RFC 1950 zlib stream (VMDK grains).
@@ -108,7 +108,7 @@ public enum ClusterDecompression {
 
     /// Inflates `input` (which may carry trailing bytes after the stream) into exactly `output.count` bytes.
     /// Returns false when the data is not a valid stream or does not inflate to exactly that size.
-    public static func inflate(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer,
+    static func inflate(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer,
                                wrapping: DeflateWrapping = .raw) throws -> Bool {
         try deflatePool.with { context in
             var consumed = 0
@@ -128,7 +128,7 @@ public enum ClusterDecompression {
 
     /// Decodes one zstd frame from the start of `input` (trailing bytes ignored) into exactly `output.count` bytes.
     /// Returns false when it is not a valid frame or does not decode to exactly that size.
-    public static func zstdDecompress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Bool {
+    static func zstdDecompress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws -> Bool {
         let frameSize = ZSTD_findFrameCompressedSize(input.baseAddress, input.count)
         if ZSTD_isError(frameSize) != 0 { return false }
         return try zstdPool.with { context in
@@ -138,7 +138,7 @@ public enum ClusterDecompression {
     }
 
     /// Decodes a compressed cluster of `type`.
-    public static func decompress(_ type: CompressionType, _ input: UnsafeRawBufferPointer,
+    static func decompress(_ type: CompressionType, _ input: UnsafeRawBufferPointer,
                                   into output: UnsafeMutableRawBufferPointer) throws -> Bool {
         switch type {
         case .deflate: return try inflate(input, into: output, wrapping: .raw)

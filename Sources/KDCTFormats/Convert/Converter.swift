@@ -10,6 +10,13 @@ public struct ConvertProgress: Sendable {
     public var dataBytesRead: UInt64
     /// Fraction done, 0...1.
     public var fraction: Double { totalBytes == 0 ? 1 : Double(processedBytes) / Double(totalBytes) }
+
+    /// A progress report.
+    package init(processedBytes: UInt64, totalBytes: UInt64, dataBytesRead: UInt64) {
+        self.processedBytes = processedBytes
+        self.totalBytes = totalBytes
+        self.dataBytesRead = dataBytesRead
+    }
 }
 
 /// What a conversion did.
@@ -28,7 +35,7 @@ public struct ConvertResult: Sendable {
 
 /// Options of the conversion pipeline itself (the output format's options go to its writer).
 public struct PipelineOptions: Sendable {
-    /// Worker threads that read, zero-detect and compress (`-m`); default: the number of CPUs.
+    /// Worker threads that read, zero-detect and compress; default: the number of CPUs.
     public var workers: Int = onlineProcessorCount()
     /// Guest bytes per segment (rounded to whole clusters).
     public var segmentSize: UInt64 = 4 << 20
@@ -46,16 +53,36 @@ public struct PipelineOptions: Sendable {
 /// strictly in guest order, so the output is byte-identical for any worker count. At most `2N+1` segments are in
 /// flight, which bounds memory.
 public enum ConversionPipeline {
-    private final class State: @unchecked Sendable {
-        let lock = ConditionLock()
+    /// What the pipeline's threads share. Segment `i` is planned by a worker (under the lock, so the extent walk
+    /// stays sequential), encoded outside the lock, parked in `ready[i]`, and written by the committer when
+    /// `committed == i`; its buffer then returns to `free`.
+    private struct Schedule: Sendable {
         var planner: SegmentPlanner
+        /// Segments handed to workers so far.
         var planned = 0
+        /// The planner has no more segments.
         var plannerDone = false
+        /// Segments written so far, in guest order.
         var committed = 0
+        /// Encoded segments waiting for their turn, by index.
         var ready: [Int: SegmentBuffer] = [:]
-        var free: [SegmentBuffer] = []
+        /// Buffers no segment uses; a worker waits for one before it plans the next segment.
+        var free: [SegmentBuffer]
+        /// The first failure; every thread stops when it is set.
         var error: (any Error)?
-        init(planner: SegmentPlanner) { self.planner = planner }
+
+        /// The committer's next segment is ready, or nothing more will come.
+        var commitCanProceed: Bool { error != nil || ready[committed] != nil || (plannerDone && committed == planned) }
+        /// A worker can plan the next segment, or should stop.
+        var workerCanProceed: Bool { error != nil || plannerDone || !free.isEmpty }
+    }
+
+    /// One segment a worker has to read and encode.
+    private struct Job {
+        var index: Int
+        var offset: UInt64
+        var length: Int
+        var segment: SegmentBuffer
     }
 
     /// Runs `source` through `writer`. The caller commits or aborts the writer's target.
@@ -64,124 +91,96 @@ public enum ConversionPipeline {
                            options: PipelineOptions = PipelineOptions()) throws -> ConvertResult {
         let clusterSize = writer.clusterSize
         let workers = max(1, options.workers)
-        let window = workers * 2 + 1
         let planner = SegmentPlanner(device: source, alignment: UInt64(clusterSize), segmentSize: options.segmentSize)
-        let segmentCapacity = Int(planner.segmentSize)
-        let state = State(planner: planner)
         let compression = writer.compression
-        for _ in 0..<window {
-            state.free.append(SegmentBuffer(capacity: segmentCapacity, clusterSize: clusterSize,
-                                            compressing: compression != nil))
+        let buffers = (0..<(workers * 2 + 1)).map { _ in
+            SegmentBuffer(capacity: Int(planner.segmentSize), clusterSize: clusterSize, compressing: compression != nil)
         }
+        let schedule = ConditionMutex(Schedule(planner: planner, free: buffers))
 
         var threads: [JoinableThread] = []
-        var startError: (any Error)?
-        for _ in 0..<workers {
-            do {
+        do {
+            for _ in 0..<workers {
                 let compressor = try compression.map { try makeClusterCompressor($0) }
                 threads.append(try JoinableThread {
-                    workerLoop(state: state, source: source, compressor: compressor)
+                    workerLoop(schedule: schedule, source: source, compressor: compressor)
                 })
-            } catch {
-                startError = error
-                break
             }
-        }
-        if let startError {
-            state.lock.withLock { state.error = state.error ?? startError; state.lock.broadcast() }
+        } catch {
+            schedule.withLock { $0.error = $0.error ?? error }
         }
 
         var result = ConvertResult(virtualSize: source.virtualSize, dataBytesRead: 0, dataClusters: 0,
                                    compressedClusters: 0, zeroClusters: 0)
-        var commitError: (any Error)?
         // Commit in guest order.
-        while true {
-            state.lock.lock()
-            while state.error == nil && state.ready[state.committed] == nil
-                    && !(state.plannerDone && state.committed == state.planned) {
-                state.lock.wait()
-            }
-            guard state.error == nil, let segment = state.ready.removeValue(forKey: state.committed) else {
-                state.lock.unlock()
-                break
-            }
-            state.lock.unlock()
+        while let segment = schedule.withLock(when: \.commitCanProceed, { schedule -> SegmentBuffer? in
+            schedule.error == nil ? schedule.ready.removeValue(forKey: schedule.committed) : nil
+        }) {
+            var failure: (any Error)?
             do {
-                if options.isCancelled?() == true { throw KDCTError(.cancelled, "conversion cancelled") }
-                try writer.write(segment)
-                for encoding in segment.clusters {
-                    switch encoding {
-                    case .zero: result.zeroClusters += 1
-                    case .data: result.dataClusters += 1
-                    case .compressed: result.compressedClusters += 1
-                    }
-                }
-                result.dataBytesRead += UInt64(segment.length)
-                let processed = min(source.virtualSize, segment.guestOffset + UInt64(segment.length))
-                options.progress?(ConvertProgress(processedBytes: processed, totalBytes: source.virtualSize,
-                                                  dataBytesRead: result.dataBytesRead))
+                try commit(segment, to: writer, source: source, options: options, result: &result)
             } catch {
-                commitError = error
+                failure = error
             }
-            state.lock.withLock {
-                state.committed += 1
-                state.free.append(segment)
-                if let commitError, state.error == nil { state.error = commitError }
-                state.lock.broadcast()
+            schedule.withLock { schedule in
+                schedule.committed += 1
+                schedule.free.append(segment)
+                if let failure, schedule.error == nil { schedule.error = failure }
             }
-            if commitError != nil { break }
+            if failure != nil { break }
         }
         for thread in threads { thread.join() }
-        if let error = state.error { throw error }
+        if let error = schedule.withLock({ $0.error }) { throw error }
         try writer.finish()
         options.progress?(ConvertProgress(processedBytes: source.virtualSize, totalBytes: source.virtualSize,
                                           dataBytesRead: result.dataBytesRead))
         return result
     }
 
-    private static func workerLoop(state: State, source: any BlockDevice, compressor: (any ClusterCompressor)?) {
-        while true {
-            state.lock.lock()
-            // A free buffer means fewer than `window` segments are in flight.
-            while state.error == nil && !state.plannerDone && state.free.isEmpty {
-                state.lock.wait()
+    /// Writes one segment, counts its clusters and reports progress (on the committing thread).
+    private static func commit(_ segment: SegmentBuffer, to writer: any ImageWriter, source: any BlockDevice,
+                               options: PipelineOptions, result: inout ConvertResult) throws {
+        if options.isCancelled?() == true { throw KDCTError(.cancelled, "conversion cancelled") }
+        try writer.write(segment)
+        for encoding in segment.clusters {
+            switch encoding {
+            case .zero: result.zeroClusters += 1
+            case .data: result.dataClusters += 1
+            case .compressed: result.compressedClusters += 1
             }
-            if state.error != nil || state.plannerDone {
-                state.lock.unlock()
-                return
-            }
-            let next: (offset: UInt64, length: UInt64)?
-            do {
-                next = try state.planner.next()
-            } catch {
-                state.error = error
-                state.lock.broadcast()
-                state.lock.unlock()
-                return
-            }
-            guard let range = next else {
-                state.plannerDone = true
-                state.lock.broadcast()
-                state.lock.unlock()
-                return
-            }
-            let index = state.planned
-            state.planned += 1
-            let segment = state.free.removeLast()
-            state.lock.unlock()
+        }
+        result.dataBytesRead += UInt64(segment.length)
+        let processed = min(source.virtualSize, segment.guestOffset + UInt64(segment.length))
+        options.progress?(ConvertProgress(processedBytes: processed, totalBytes: source.virtualSize,
+                                          dataBytesRead: result.dataBytesRead))
+    }
 
+    private static func workerLoop(schedule: ConditionMutex<Schedule>, source: any BlockDevice,
+                                   compressor: (any ClusterCompressor)?) {
+        // A free buffer means fewer than `2N+1` segments are in flight.
+        while let job = schedule.withLock(when: \.workerCanProceed, { schedule -> Job? in
+            guard schedule.error == nil, !schedule.plannerDone else { return nil }
             do {
-                try encode(segment: segment, offset: range.offset, length: Int(range.length), source: source,
-                           compressor: compressor)
-                state.lock.withLock {
-                    state.ready[index] = segment
-                    state.lock.broadcast()
+                guard let range = try schedule.planner.next() else {
+                    schedule.plannerDone = true
+                    return nil
                 }
+                schedule.planned += 1
+                return Job(index: schedule.planned - 1, offset: range.offset, length: Int(range.length),
+                           segment: schedule.free.removeLast())
             } catch {
-                state.lock.withLock {
-                    if state.error == nil { state.error = error }
-                    state.free.append(segment)
-                    state.lock.broadcast()
+                schedule.error = error
+                return nil
+            }
+        }) {
+            do {
+                try encode(segment: job.segment, offset: job.offset, length: job.length, source: source,
+                           compressor: compressor)
+                schedule.withLock { $0.ready[job.index] = job.segment }
+            } catch {
+                schedule.withLock { schedule in
+                    if schedule.error == nil { schedule.error = error }
+                    schedule.free.append(job.segment)
                 }
                 return
             }

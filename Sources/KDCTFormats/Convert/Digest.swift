@@ -1,12 +1,12 @@
-import Crypto
+import CLibCrypto
 
 /// SHA-256 of a device's whole guest content (every virtual byte; zero and absent ranges hashed as zeros
 /// without being read).
 public enum GuestDigest {
-    /// Computes the digest, calling `progress` with bytes hashed so far.
+    /// Computes the digest as lower-case hex, calling `progress` with the guest bytes hashed so far.
     public static func sha256(of device: any BlockDevice,
                               progress: ((UInt64) -> Void)? = nil) throws -> String {
-        var hasher = SHA256()
+        let hasher = try SHA256Hasher()
         let chunkSize = 4 << 20
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 4096)
         defer { buffer.deallocate() }
@@ -20,14 +20,44 @@ public enum GuestDigest {
                 if extent.status == .data {
                     let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
                     try device.read(into: slice, at: offset)
-                    hasher.update(bufferPointer: UnsafeRawBufferPointer(slice))
+                    try hasher.update(UnsafeRawBufferPointer(slice))
                 } else {
-                    hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: zeros[0..<count]))
+                    try hasher.update(UnsafeRawBufferPointer(rebasing: zeros[0..<count]))
                 }
                 offset += UInt64(count)
                 progress?(offset)
             }
         }
-        return hasher.finalize().map { String($0, radix: 16).leftPadded(to: 2) }.joined()
+        return try hasher.finalize().map { String($0, radix: 16).leftPadded(to: 2) }.joined()
+    }
+}
+
+/// SHA-256 through libcrypto's EVP interface. One instance hashes one message.
+final class SHA256Hasher {
+    private let context: OpaquePointer
+
+    /// A hasher ready for the first bytes.
+    init() throws {
+        guard let context = EVP_MD_CTX_new() else { throw KDCTError(.io, "EVP_MD_CTX_new failed") }
+        self.context = context
+        guard EVP_DigestInit_ex(context, EVP_sha256(), nil) == 1 else { throw KDCTError(.io, "EVP_DigestInit_ex failed") }
+    }
+
+    deinit { EVP_MD_CTX_free(context) }
+
+    /// Adds `bytes` to the message.
+    func update(_ bytes: UnsafeRawBufferPointer) throws {
+        guard bytes.count > 0 else { return }
+        guard EVP_DigestUpdate(context, bytes.baseAddress, bytes.count) == 1 else {
+            throw KDCTError(.io, "EVP_DigestUpdate failed")
+        }
+    }
+
+    /// The 32-byte digest of the message.
+    func finalize() throws -> [UInt8] {
+        var digest = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        guard EVP_DigestFinal_ex(context, &digest, &length) == 1 else { throw KDCTError(.io, "EVP_DigestFinal_ex failed") }
+        return Array(digest.prefix(Int(length)))
     }
 }

@@ -2,14 +2,16 @@
 public struct ConvertOptions: Sendable {
     /// RAW or QCOW2.
     public var outputFormat: ImageFormat = .raw
-    /// QCOW2 output options (`-o cluster_size=`, `-c`, `-o compression_type=`).
+    /// QCOW2 output options: cluster size, compression and its codec.
     public var qcow2 = QCOW2Writer.Options()
-    /// RAW output preallocation (`-o preallocation=`).
+    /// RAW output preallocation.
     public var rawPreallocation: RawPreallocation = .off
-    /// Replace an existing destination (`--force`).
+    /// Replace an existing destination.
     public var overwrite = false
     /// Workers, segment size, progress and cancellation.
     public var pipeline = PipelineOptions()
+    /// Writing into an existing image or device, zeroing, flushing, sparseness, copy offloading, space check.
+    public var destination = DestinationOptions()
 
     /// Default options: RAW output.
     public init(outputFormat: ImageFormat = .raw) { self.outputFormat = outputFormat }
@@ -18,19 +20,30 @@ public struct ConvertOptions: Sendable {
 /// Converts a `BlockDevice` into a RAW or QCOW2 image on an `OutputTarget`.
 public enum DiskConverter {
     /// Makes the writer for `options.outputFormat` on `target`.
-    public static func makeWriter(target: any OutputTarget, virtualSize: UInt64,
+    static func makeWriter(target: any OutputTarget, virtualSize: UInt64,
                                   options: ConvertOptions) throws -> any ImageWriter {
+        let virtualSize = options.destination.outputVirtualSize ?? virtualSize
+        let writer = try makeFormatWriter(target: target, virtualSize: virtualSize, options: options)
+        // `-S`: only a minimum other than the writer's own granule changes anything.
+        if let minimum = options.destination.minimumSparseRun, minimum == 0 || minimum > UInt64(writer.clusterSize) {
+            return MinimumSparseRunWriter(wrapping: writer, minimumRun: minimum, virtualSize: virtualSize)
+        }
+        return writer
+    }
+
+    private static func makeFormatWriter(target: any OutputTarget, virtualSize: UInt64,
+                                         options: ConvertOptions) throws -> any RangeCopyingWriter {
         switch options.outputFormat {
         case .raw:
             if options.qcow2.compress {
-                throw KDCTError(.invalidArgument, "compression (-c) needs a qcow2 output (-O qcow2)", field: "-c")
+                throw KDCTError(.invalidArgument, "compressed clusters need a qcow2 output", field: "qcow2.compress")
             }
             return try RawWriter(target: target, virtualSize: virtualSize, preallocation: options.rawPreallocation)
         case .qcow2:
             return try QCOW2Writer(target: target, virtualSize: virtualSize, options: options.qcow2)
         default:
             throw KDCTError(.unsupported, "cannot write \(options.outputFormat) images; output formats are raw and qcow2",
-                            field: "-O")
+                            field: "outputFormat")
         }
     }
 
@@ -41,7 +54,14 @@ public enum DiskConverter {
                                options: ConvertOptions) throws -> ConvertResult {
         do {
             let writer = try makeWriter(target: target, virtualSize: source.virtualSize, options: options)
-            let result = try ConversionPipeline.run(source: source, writer: writer, options: options.pipeline)
+            let result: ConvertResult
+            if options.destination.copyOffload, let copying = writer as? any RangeCopyingWriter, writer.compression == nil {
+                result = try CopyOffloadConversion.run(source: source, writer: copying, options: options.pipeline)
+            } else {
+                result = try ConversionPipeline.run(source: source, writer: writer, options: options.pipeline)
+            }
+            // A cancellation that arrived after the last segment still leaves nothing under the final name.
+            if options.pipeline.isCancelled?() == true { throw KDCTError(.cancelled, "conversion cancelled") }
             try target.commit()
             return result
         } catch {
@@ -64,7 +84,7 @@ public enum DiskConverter {
                 info = current.backingChain.first
             }
         }
-        let target = try LocalFileTarget(destination: destination, overwrite: options.overwrite)
-        return try convert(source, to: target, options: options)
+        let prepared = try OutputDestination.open(destination, for: source, options: options)
+        return try convert(source, to: prepared.target, options: prepared.options)
     }
 }

@@ -1,5 +1,5 @@
 /// A guest disk as a readable, mappable range of bytes: the one protocol every reader, chain and archive member
-/// meets at (see ARCHITECTURE.md).
+/// meets at (see docs/ARCHITECTURE.md, and FORMATS.md, "Mapping").
 ///
 /// Implementations decode their metadata at open and keep it immutable, so one instance serves many threads
 /// without locks on the data path; table caches, if any, are bounded and internally synchronised.
@@ -8,11 +8,16 @@ public protocol BlockDevice: Sendable {
     var virtualSize: UInt64 { get }
     /// What the image says about itself.
     var info: ImageInfo { get }
-    /// The run that starts at `offset` (< `virtualSize`), at most `maxLength` (> 0) long, in which every byte has
-    /// one status. Metadata only: never reads guest data. Neighbouring clusters of the same status are merged.
+    /// The run that starts at `offset`, in which every byte has one status, file and depth. Metadata only: never
+    /// reads guest data. Neighbouring clusters that continue each other are merged.
+    ///
+    /// `offset` must be below `virtualSize` and `maxLength` above 0, else the call throws `invalidArgument`.
+    /// `maxLength` is clamped to the end of the disk, so `.max` asks for the run "to the end". The result starts at
+    /// `offset` and is between 1 and `min(maxLength, virtualSize - offset)` bytes long.
     func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent
-    /// Fills `buffer` with guest bytes at `offset`; `offset + buffer.count` must not exceed `virtualSize`.
-    /// Ranges not present read as zeros (or from the parent, in a chain).
+    /// Fills `buffer` with guest bytes at `offset`. The range must lie within the disk (an empty buffer at
+    /// `virtualSize` is allowed), else the call throws `invalidArgument`. Ranges not present read as zeros (or from
+    /// the parent, in a chain).
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws
 }
 

@@ -128,17 +128,8 @@ public final class ReadOnlyFile: Sendable {
         }
         let (absolute, overflow) = offset.addingReportingOverflow(windowOffset)
         guard !overflow, absolute <= UInt64(Int64.max) - UInt64(wanted) else { return 0 }
-        var done = 0
-        while done < wanted {
-            let n = pread(descriptor, base + done, wanted - done, off_t(absolute) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw KDCTError.io("pread at offset \(offset + UInt64(done))", errno: errno, file: path)
-            }
-            if n == 0 { break }
-            done += n
-        }
-        return done
+        return try preadFully(descriptor, into: UnsafeMutableRawBufferPointer(start: base, count: wanted),
+                              at: absolute, reportedOffset: offset, path: path)
     }
 
     /// Reads exactly `count` bytes at `offset` into a new array. `count` must already be checked against a limit.
@@ -176,6 +167,24 @@ public final class ReadOnlyFile: Sendable {
         let relative = UInt64(r) - min(UInt64(r), windowOffset)
         return min(max(relative, offset), size)
     }
+}
+
+/// `pread` until `buffer` is full or the file ends, EINTR retried; returns the count read. Errors name `path` and
+/// `reportedOffset` (the offset the caller asked for, which differs from `offset` inside a window).
+private func preadFully(_ descriptor: Int32, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64,
+                        reportedOffset: UInt64, path: String) throws -> Int {
+    guard let base = buffer.baseAddress else { return 0 }
+    var done = 0
+    while done < buffer.count {
+        let n = pread(descriptor, base + done, buffer.count - done, off_t(offset) + off_t(done))
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw KDCTError.io("pread at offset \(reportedOffset + UInt64(done))", errno: errno, file: path)
+        }
+        if n == 0 { break }
+        done += n
+    }
+    return done
 }
 
 /// A byte range of a file read as a file of its own (a member of a tar archive): see `ReadOnlyFile`.
@@ -225,13 +234,159 @@ public final class WritableFile: @unchecked Sendable {
         self.descriptor = fd
     }
 
-    /// Opens an existing file for reading and writing (never used on inputs).
-    public init(openingExisting path: String) throws {
+    /// Opens an existing file or block device for reading and writing (never used on inputs). `exclusive` adds
+    /// `O_EXCL`, which for a block device fails with `EBUSY` while it is mounted or held by another user (a
+    /// device-mapper table, a RAID set), as `mkfs` does; it is ignored for regular files.
+    public init(openingExisting path: String, exclusive: Bool = false) throws {
         var fd: Int32
-        repeat { fd = open(path, O_RDWR | O_CLOEXEC) } while fd < 0 && errno == EINTR
-        guard fd >= 0 else { throw KDCTError.io("open for writing", errno: errno, file: path) }
+        let flags = O_RDWR | O_CLOEXEC | (exclusive ? O_EXCL : 0)
+        repeat { fd = open(path, flags) } while fd < 0 && errno == EINTR
+        guard fd >= 0 else {
+            let code = errno
+            if code == ENOENT { throw KDCTError(.notFound, "no such file", file: path, errno: code) }
+            if code == EBUSY {
+                throw KDCTError(.io, "the device is in use (mounted, or held by another program or device-mapper)",
+                                file: path, errno: code)
+            }
+            throw KDCTError.io("open for writing", errno: code, file: path)
+        }
         self.path = path
         self.descriptor = fd
+    }
+
+    /// Creates an unnamed file in `directory` (`O_TMPFILE`), to be named later with `link(as:)`, so that it
+    /// can be locked before anyone can see it. Returns nil where the file system or kernel has no `O_TMPFILE`.
+    public static func unnamed(in directory: String, mode: mode_t = 0o644) throws -> WritableFile? {
+        var fd: Int32
+        repeat { fd = kdct_open_unnamed(directory, Int32(mode)) } while fd < 0 && errno == EINTR
+        guard fd >= 0 else {
+            let code = errno
+            if code == EOPNOTSUPP || code == EISDIR || code == EINVAL || code == ENOSYS { return nil }
+            if code == ENOENT { throw KDCTError(.notFound, "folder does not exist", file: directory, errno: code) }
+            throw KDCTError.io("create a file in", errno: code, file: directory)
+        }
+        return WritableFile(descriptor: fd, path: directory)
+    }
+
+    private init(descriptor: Int32, path: String) {
+        self.descriptor = descriptor
+        self.path = path
+    }
+
+    /// Gives an unnamed file (from `unnamed(in:)`) the name `name`; false when that name exists already.
+    public func link(as name: String) throws -> Bool {
+        if kdct_link_unnamed(descriptor, name) == 0 { return true }
+        let code = errno
+        if code == EEXIST { return false }
+        throw KDCTError.io("link", errno: code, file: name)
+    }
+
+    /// Takes an exclusive advisory lock (`flock(LOCK_EX|LOCK_NB)`) held until the descriptor is closed;
+    /// false when another open file holds it.
+    public func tryLock() throws -> Bool {
+        var r: Int32
+        repeat { r = flock(descriptor, LOCK_EX | LOCK_NB) } while r < 0 && errno == EINTR
+        if r == 0 { return true }
+        if errno == EWOULDBLOCK { return false }
+        throw KDCTError.io("flock", errno: errno, file: path)
+    }
+
+    /// The size of a block device in bytes (`BLKGETSIZE64`).
+    public func blockDeviceSize() throws -> UInt64 {
+        var size: UInt64 = 0
+        if kdct_block_device_size(descriptor, &size) != 0 {
+            throw KDCTError.io("ioctl(BLKGETSIZE64)", errno: errno, file: path)
+        }
+        return size
+    }
+
+    /// The logical sector size of a block device (`BLKSSZGET`), the unit of `zeroOut` and `discard`.
+    public func blockSectorSize() throws -> Int {
+        var size: Int32 = 0
+        if kdct_block_sector_size(descriptor, &size) != 0 || size <= 0 {
+            throw KDCTError.io("ioctl(BLKSSZGET)", errno: errno, file: path)
+        }
+        return Int(size)
+    }
+
+    /// Asks a block device to make `[offset, offset+length)` read as zeros (`BLKZEROOUT`: a write-zeroes command
+    /// where the device has one, else the kernel writes zero pages). Offsets are multiples of the sector size.
+    public func zeroOut(offset: UInt64, length: UInt64) throws {
+        guard length > 0 else { return }
+        var r: Int32
+        repeat { r = kdct_block_zero_out(descriptor, offset, length) } while r < 0 && errno == EINTR
+        if r < 0 { throw KDCTError.io("ioctl(BLKZEROOUT) at \(offset)", errno: errno, file: path) }
+    }
+
+    /// Deallocates `[offset, offset+length)` so it reads as zeros (`fallocate(PUNCH_HOLE|KEEP_SIZE)`; on a block
+    /// device a write-zeroes command that may unmap and never falls back to writing). Returns false where the
+    /// file system or device cannot do it (`EOPNOTSUPP`, `EINVAL`, `ENODEV`, `ENOSYS`).
+    public func punchHole(offset: UInt64, length: UInt64) throws -> Bool {
+        guard length > 0 else { return true }
+        var r: Int32
+        repeat { r = kdct_punch_hole(descriptor, off_t(offset), off_t(length)) } while r < 0 && errno == EINTR
+        if r == 0 { return true }
+        let code = errno
+        if code == EOPNOTSUPP || code == EINVAL || code == ENODEV || code == ENOSYS { return false }
+        throw KDCTError.io("fallocate(PUNCH_HOLE) at \(offset)", errno: code, file: path)
+    }
+
+    /// Copies `length` bytes at `sourceOffset` of `source` to `offset` of this file in the kernel
+    /// (`copy_file_range`: a reflink where the file system shares extents, a server-side copy on NFS 4.2).
+    /// Returns the bytes copied, which is less than `length` only when the kernel cannot offload the rest
+    /// (`EXDEV`, `EOPNOTSUPP`, `EINVAL`, `ENOSYS`): the caller copies that part itself.
+    public func copyRange(from source: ReadOnlyFile, at sourceOffset: UInt64, to offset: UInt64,
+                          length: UInt64) throws -> UInt64 {
+        var done: UInt64 = 0
+        while done < length {
+            let chunk = Int(min(length - done, 1 << 30))
+            let n = kdct_copy_file_range(source.descriptor, off_t(source.windowOffset + sourceOffset + done),
+                                         descriptor, off_t(offset + done), chunk)
+            if n < 0 {
+                let code = errno
+                if code == EINTR { continue }
+                if code == EXDEV || code == EOPNOTSUPP || code == EINVAL || code == ENOSYS { return done }
+                throw KDCTError.io("copy_file_range to offset \(offset + done)", errno: code, file: path)
+            }
+            if n == 0 { return done }
+            done += UInt64(n)
+        }
+        return done
+    }
+
+    /// Gives this file the permission bits, owner and group of `status` (a file it replaces); best effort:
+    /// only root may give a file away.
+    public func copyOwnership(of status: FileStatus) {
+        _ = fchown(descriptor, status.owner, status.group)
+        _ = fchmod(descriptor, status.permissions)
+    }
+
+    /// The current length (`fstat`).
+    public func length() throws -> UInt64 {
+        var st = stat()
+        guard fstat(descriptor, &st) == 0 else { throw KDCTError.io("fstat", errno: errno, file: path) }
+        return UInt64(max(0, st.st_size))
+    }
+
+    /// Reads up to `buffer.count` bytes at `offset` (`pread`, EINTR retried, short reads continued); returns
+    /// the count read, less only at the end of the file.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
+        try preadFully(descriptor, into: buffer, at: offset, reportedOffset: offset, path: path)
+    }
+
+    /// The first offset at or after `offset` in a hole (`SEEK_HOLE`); `end` when there is none before it or
+    /// the file system cannot tell.
+    public func nextHole(from offset: UInt64, end: UInt64) -> UInt64 {
+        let r = kdct_seek_hole(descriptor, off_t(offset))
+        return r < 0 ? end : min(max(UInt64(r), offset), end)
+    }
+
+    /// The first offset at or after `offset` holding data (`SEEK_DATA`); nil when only a hole follows. A file
+    /// system that cannot tell answers `offset`.
+    public func nextData(from offset: UInt64) -> UInt64? {
+        let r = kdct_seek_data(descriptor, off_t(offset))
+        if r < 0 { return errno == ENXIO ? nil : offset }
+        return max(UInt64(r), offset)
     }
 
     deinit { if !closed { Glibc.close(descriptor) } }
@@ -328,6 +483,55 @@ public enum FilePaths {
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
     }
 
+    /// What is at `path` without following a final symlink (`lstat`), or nil when nothing is.
+    public static func status(_ path: String, followingLinks: Bool = false) -> FileStatus? {
+        var st = stat()
+        guard (followingLinks ? stat(path, &st) : lstat(path, &st)) == 0 else { return nil }
+        return FileStatus(st)
+    }
+
+    /// The text of the symlink at `path` (`readlink`), or nil when it is not one.
+    public static func readLink(_ path: String) -> String? {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink(path, &buffer, buffer.count - 1)
+        guard n >= 0 else { return nil }
+        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Bytes available to an unprivileged writer on the file system holding `path` (`statvfs`:
+    /// `f_bavail * f_frsize`), or nil when it cannot be asked.
+    public static func availableSpace(at path: String) -> UInt64? {
+        var info = statvfs()
+        guard statvfs(path, &info) == 0 else { return nil }
+        return UInt64(info.f_bavail) * UInt64(info.f_frsize)
+    }
+
+    /// The names in `directory` (`opendir`/`readdir`), at most `limit` of them; empty when it cannot be read.
+    public static func entries(of directory: String, limit: Int = 100_000) -> [String] {
+        guard let handle = opendir(directory) else { return [] }
+        defer { closedir(handle) }
+        var names: [String] = []
+        while names.count < limit, let entry = readdir(handle) {
+            let name = withUnsafePointer(to: &entry.pointee.d_name) {
+                String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self))
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// Removes the regular file `path` unless an open file holds an advisory lock (`flock`) on it: the lock is
+    /// taken first and held while the name is removed. True when it was removed.
+    public static func removeIfUnlocked(_ path: String) -> Bool {
+        var fd: Int32
+        repeat { fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC) } while fd < 0 && errno == EINTR
+        guard fd >= 0 else { return false }
+        defer { Glibc.close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, flock(fd, LOCK_EX | LOCK_NB) == 0 else { return false }
+        return unlink(path) == 0
+    }
+
     /// Removes `path`, ignoring a missing file.
     public static func remove(_ path: String) {
         _ = unlink(path)
@@ -351,5 +555,46 @@ public enum FilePaths {
         let name = lastComponent(of: path)
         guard let dot = name.lastIndex(of: "."), dot != name.startIndex else { return "" }
         return String(name[name.index(after: dot)...]).lowercased()
+    }
+}
+
+/// What `lstat`/`stat` says about a path: its type, size and device numbers.
+public struct FileStatus: Sendable, Equatable {
+    /// The kinds of file a destination may be.
+    public enum Kind: Sendable, Equatable {
+        case regularFile, directory, blockDevice, characterDevice, symbolicLink, fifo, socket, other
+    }
+
+    /// The file's kind.
+    public var kind: Kind
+    /// `st_size` (0 for a block device: ask the device).
+    public var size: UInt64
+    /// The file system and inode.
+    public var identity: FileIdentity
+    /// `st_rdev`: which device a device node names.
+    public var deviceNumber: UInt64
+    /// The permission bits (`st_mode & 07777`).
+    public var permissions: mode_t
+    /// The owner and group.
+    public var owner: uid_t
+    public var group: gid_t
+
+    init(_ st: stat) {
+        switch st.st_mode & S_IFMT {
+        case S_IFREG: kind = .regularFile
+        case S_IFDIR: kind = .directory
+        case S_IFBLK: kind = .blockDevice
+        case S_IFCHR: kind = .characterDevice
+        case S_IFLNK: kind = .symbolicLink
+        case S_IFIFO: kind = .fifo
+        case S_IFSOCK: kind = .socket
+        default: kind = .other
+        }
+        size = UInt64(max(0, st.st_size))
+        identity = FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+        deviceNumber = UInt64(st.st_rdev)
+        permissions = st.st_mode & 0o7777
+        owner = st.st_uid
+        group = st.st_gid
     }
 }

@@ -29,8 +29,13 @@ public enum FormatProbe {
         public var format: ImageFormat { matches.first ?? .raw }
     }
 
+    /// Probes the file at `path` (its first 64 KiB and its last 512 bytes).
+    public static func probe(path: String) throws -> Result {
+        try probe(ReadOnlyFile(path: path))
+    }
+
     /// Probes the open file.
-    public static func probe(_ file: ReadOnlyFile) throws -> Result {
+    package static func probe(_ file: ReadOnlyFile) throws -> Result {
         let headCount = Int(min(UInt64(headSize), file.size))
         let head = try file.readBytes(count: headCount, at: 0, what: "file header")
         var tail: [UInt8] = []

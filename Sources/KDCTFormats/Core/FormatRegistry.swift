@@ -1,5 +1,5 @@
 /// Opens an image of one format from an open file.
-public typealias FormatReaderFunction = @Sendable (ReadOnlyFile, OpenContext) throws -> any BlockDevice
+typealias FormatReaderFunction = @Sendable (ReadOnlyFile, OpenContext) throws -> any BlockDevice
 
 /// The reader of each format. A format without one is recognised by probing and refused as "not supported yet".
 enum FormatRegistry {

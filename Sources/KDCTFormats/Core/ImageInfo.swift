@@ -1,11 +1,17 @@
 /// A JSON-like value for format-specific details in `ImageInfo`, keeping object keys in insertion order so
 /// human and JSON output are stable.
 public indirect enum InfoValue: Sendable, Equatable {
+    /// A JSON string.
     case string(String)
+    /// A signed JSON number.
     case integer(Int64)
+    /// An unsigned JSON number (sizes and offsets).
     case unsigned(UInt64)
+    /// `true` or `false`.
     case bool(Bool)
+    /// A JSON array.
     case array([InfoValue])
+    /// A JSON object, its keys in the order given.
     case object([(String, InfoValue)])
 
     public static func == (lhs: InfoValue, rhs: InfoValue) -> Bool {
@@ -32,9 +38,13 @@ public indirect enum InfoValue: Sendable, Equatable {
 public struct ImageReference: Sendable, Equatable {
     /// What role the referenced file plays.
     public enum Kind: String, Sendable {
+        /// A copy-on-write backing file (QCOW2, QCOW, QED).
         case backingFile = "backing-file"
+        /// A file holding part of the guest data (a VMDK extent).
         case extent = "extent"
+        /// The parent of a differencing disk (VHD, VHDX, VDI, a VMDK delta disk).
         case parent = "parent"
+        /// A QCOW2 external data file.
         case dataFile = "data-file"
     }
 
@@ -48,7 +58,7 @@ public struct ImageReference: Sendable, Equatable {
     public var opened: Bool
 
     /// Creates a reference description.
-    public init(kind: Kind, name: String, resolvedPath: String? = nil, opened: Bool = false) {
+    package init(kind: Kind, name: String, resolvedPath: String? = nil, opened: Bool = false) {
         self.kind = kind
         self.name = name
         self.resolvedPath = resolvedPath
@@ -88,7 +98,7 @@ public struct ImageInfo: Sendable {
     public var backingChain: [ImageInfo]
 
     /// Creates an info record; everything but format, filename and size starts empty.
-    public init(format: ImageFormat, filename: String, virtualSize: UInt64, subformat: String? = nil,
+    package init(format: ImageFormat, filename: String, virtualSize: UInt64, subformat: String? = nil,
                 clusterSize: UInt64? = nil, dirty: Bool = false, backingFilename: String? = nil,
                 backingFormat: String? = nil, references: [ImageReference] = [], producer: String? = nil,
                 formatSpecific: InfoValue = .object([]), notes: [String] = [], actualSize: UInt64? = nil,

@@ -1,9 +1,9 @@
 /// State carried while opening an image and the files it references: options, chain depth, files already open.
-public final class OpenContext: @unchecked Sendable {
+final class OpenContext: Sendable {
     /// The options the outermost open was called with.
-    public let options: OpenOptions
+    let options: OpenOptions
     /// How many references were followed to reach the image being opened (0 for the top image).
-    public let depth: Int
+    let depth: Int
     /// Identities of the files on the path from the top image, to refuse loops.
     let visited: Set<FileIdentity>
 
@@ -14,11 +14,11 @@ public final class OpenContext: @unchecked Sendable {
     }
 
     /// The safety limits in force.
-    public var limits: ImageLimits { options.limits }
+    var limits: ImageLimits { options.limits }
 
     /// Resolves `name` (stored in the image at `imagePath`) under the reference policy. Returns nil when references
     /// are only reported, not opened (`info`); throws when the policy refuses it or it does not exist.
-    public func resolveReference(_ name: String, kind: ImageReference.Kind, from imagePath: String) throws -> String? {
+    func resolveReference(_ name: String, kind: ImageReference.Kind, from imagePath: String) throws -> String? {
         guard options.openReferences else { return nil }
         return try ReferenceResolver.resolve(name, kind: kind, relativeTo: imagePath,
                                              policy: options.effectiveReferencePolicy)
@@ -27,7 +27,7 @@ public final class OpenContext: @unchecked Sendable {
     /// Opens the image named `name` in the image at `imagePath` (a backing file or parent), under the reference
     /// policy, chain depth limit and loop check. Returns nil when references are only reported (`info`).
     /// `format` is the format the referring image declares for it, if any (checked against the content).
-    public func openReference(_ name: String, kind: ImageReference.Kind, from imagePath: String,
+    func openReference(_ name: String, kind: ImageReference.Kind, from imagePath: String,
                               format: ImageFormat? = nil) throws -> (any BlockDevice)? {
         guard let path = try resolveReference(name, kind: kind, from: imagePath) else { return nil }
         return try openResolved(path, kind: kind, from: imagePath, format: format)
@@ -35,7 +35,7 @@ public final class OpenContext: @unchecked Sendable {
 
     /// Opens an already-resolved path as a layer below the current image (depth and loop checks apply).
     /// Used by readers that locate parents themselves (VDI by UUID, VHD locators).
-    public func openResolved(_ path: String, kind: ImageReference.Kind, from imagePath: String,
+    func openResolved(_ path: String, kind: ImageReference.Kind, from imagePath: String,
                              format: ImageFormat? = nil) throws -> any BlockDevice {
         if depth + 1 > options.limits.maxChainDepth {
             throw KDCTError.limit("chain depth", value: UInt64(depth + 1), limit: UInt64(options.limits.maxChainDepth),
@@ -51,16 +51,15 @@ public final class OpenContext: @unchecked Sendable {
         let child = OpenContext(options: childOptions, depth: depth + 1, visited: visited.union([file.identity]))
         do {
             return try ImageOpener.open(file: file, context: child)
-        } catch var error as KDCTError {
-            // The error names the file at fault; say which image referred to it, so the one line names both.
-            error.message += " (\(kind.rawValue) of \(imagePath))"
-            throw error
+        } catch let error as KDCTError {
+            // The error names the file at fault; note which image referred to it, so the one line names both.
+            throw error.referred(by: imagePath, as: kind)
         }
     }
 
     /// Opens a file that is part of the same image (a VMDK extent) under the reference policy; returns nil when
     /// references are only reported.
-    public func openComponentFile(_ name: String, from imagePath: String) throws -> ReadOnlyFile? {
+    func openComponentFile(_ name: String, from imagePath: String) throws -> ReadOnlyFile? {
         guard let path = try resolveReference(name, kind: .extent, from: imagePath) else { return nil }
         return try ReadOnlyFile(path: path)
     }
@@ -71,9 +70,17 @@ public final class OpenContext: @unchecked Sendable {
 public enum ImageOpener {
     /// Opens the image at `path` read-only.
     public static func open(_ path: String, options: OpenOptions = OpenOptions()) throws -> any BlockDevice {
-        let file = try ReadOnlyFile(path: path)
-        let context = OpenContext(options: options, depth: 0, visited: [file.identity])
-        return try open(file: file, context: context)
+        if let destination = TemporaryOutputName.destinationName(of: FilePaths.lastComponent(of: path)) {
+            throw KDCTError(.invalidArgument,
+                            "is the temporary file of an unfinished conversion to \(destination), not an image",
+                            file: path)
+        }
+        return try open(file: ReadOnlyFile(path: path), options: options)
+    }
+
+    /// Opens an already-open file as the top image (an appliance's disk inside its archive, for example).
+    package static func open(file: ReadOnlyFile, options: OpenOptions) throws -> any BlockDevice {
+        try open(file: file, context: OpenContext(options: options, depth: 0, visited: [file.identity]))
     }
 
     /// True when `format` has a reader (not only recognition).
@@ -87,7 +94,7 @@ public enum ImageOpener {
     }
 
     /// Decides the format of `file` from its content and the declared format.
-    public static func detectFormat(_ file: ReadOnlyFile, options: OpenOptions) throws -> ImageFormat {
+    package static func detectFormat(_ file: ReadOnlyFile, options: OpenOptions) throws -> ImageFormat {
         let probe = try FormatProbe.probe(file)
         let detected = probe.format
         if options.untrusted {
@@ -118,7 +125,7 @@ public enum ImageOpener {
     }
 
     /// Opens an already-open file within `context`.
-    public static func open(file: ReadOnlyFile, context: OpenContext) throws -> any BlockDevice {
+    static func open(file: ReadOnlyFile, context: OpenContext) throws -> any BlockDevice {
         do {
             let format = try detectFormat(file, options: context.options)
             guard let reader = FormatRegistry.reader(for: format) else {

@@ -26,12 +26,12 @@ public struct ImageLimits: Sendable, Equatable {
     public init() {}
 
     /// Throws `limitExceeded` naming `field` when `value` is above `limit`.
-    public static func check(_ field: String, _ value: UInt64, max limit: UInt64, file: String? = nil) throws {
+    package static func check(_ field: String, _ value: UInt64, max limit: UInt64, file: String? = nil) throws {
         if value > limit { throw KDCTError.limit(field, value: value, limit: limit, file: file) }
     }
 }
 
-/// Which files an image may make us open (backing files, extents, parents). See ARCHITECTURE.md, "References".
+/// Which files an image may make us open (backing files, extents, parents). See docs/ARCHITECTURE.md, "References and trust".
 public enum ReferencePolicy: String, Sendable, CaseIterable {
     /// Open no referenced file at all (strict mode for untrusted uploads).
     case none
@@ -44,7 +44,7 @@ public enum ReferencePolicy: String, Sendable, CaseIterable {
 
 /// How an image is opened: format override, limits, reference policy, strictness.
 public struct OpenOptions: Sendable {
-    /// The declared format (`-f`); nil probes the content. A declaration the content contradicts is an error.
+    /// The declared format; nil probes the content. A declaration the content contradicts is an error.
     public var format: ImageFormat?
     /// Safety limits.
     public var limits = ImageLimits()

@@ -53,3 +53,12 @@ public protocol ImageWriter: AnyObject {
     /// Writes the remaining metadata. The target is committed by the caller afterwards.
     func finish() throws
 }
+
+/// A writer that can store runs of whole clusters by having its target copy them from a file in the kernel (copy
+/// offloading, `convert -C`): the data is never read into memory nor zero-detected.
+public protocol RangeCopyingWriter: ImageWriter {
+    /// Stores guest `[guestOffset, guestOffset+length)` as the `length` bytes at `sourceOffset` of `source`.
+    /// `guestOffset` is cluster-aligned and `length` whole clusters (only the run ending the disk may stop short);
+    /// calls interleave with `write` strictly in guest order.
+    func copy(from source: ReadOnlyFile, at sourceOffset: UInt64, guestOffset: UInt64, length: UInt64) throws
+}

@@ -3,14 +3,16 @@ import Glibc
 #endif
 import CKDCTShims
 
-/// Where a writer's bytes go: a local file (temporary name, renamed into place on commit) or, with KDCTExport,
-/// a file on a remote host. Writers only ever see this protocol.
+/// Where a writer's bytes go: a new local file (temporary name, renamed into place on commit), a block device or
+/// an existing image written in place, or, with KDCTExport, a file on a remote host. Writers only ever see this
+/// protocol.
 public protocol OutputTarget: AnyObject {
     /// The destination as the user named it, for messages.
     var displayName: String { get }
     /// Writes `bytes` at `offset` of the output.
     func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws
-    /// Sets the output's length (ranges never written read as zeros).
+    /// Makes the output at least (a new file: exactly) `length` bytes long; ranges never written read as zeros
+    /// only where `readsAsZeros` says so.
     func setLength(_ length: UInt64) throws
     /// Allocates `[offset, offset+length)` without writing data; throws `unsupported` where that is impossible.
     func allocate(offset: UInt64, length: UInt64) throws
@@ -18,18 +20,93 @@ public protocol OutputTarget: AnyObject {
     func commit() throws
     /// Discards the partial output; nothing appears under the final name. Never throws.
     func abort()
+
+    /// True when every byte not written reads as zeros (a new file). False for a block device or an existing
+    /// image written in place: a writer must then zero the ranges it leaves out (`writeZeros`).
+    var readsAsZeros: Bool { get }
+    /// The most bytes the output can hold (a block device's size), or nil when it grows as written.
+    var capacity: UInt64? { get }
+    /// Makes `[offset, offset+length)` read as zeros, as cheaply as the target can (deallocating where possible).
+    func writeZeros(offset: UInt64, length: UInt64) throws
+    /// Stores `length` bytes found at `sourceOffset` of `source` at `offset` of the output, in the kernel where
+    /// the target can (`copy_file_range`, a reflink), else through a buffer.
+    func copy(from source: ReadOnlyFile, at sourceOffset: UInt64, to offset: UInt64, length: UInt64) throws
 }
 
-/// A local output file written under a temporary name beside the destination (`.NAME.kdct-XXXXXX.part`,
-/// created exclusively) and renamed into place by `commit()` after `fsync`. A failed or interrupted conversion
-/// never leaves a file under the destination name.
+extension OutputTarget {
+    public var readsAsZeros: Bool { true }
+
+    public var capacity: UInt64? { nil }
+
+    public func writeZeros(offset: UInt64, length: UInt64) throws {
+        try ZeroBuffer.shared.forEachChunk(of: length) { chunk, done in try write(chunk, at: offset + done) }
+    }
+
+    public func copy(from source: ReadOnlyFile, at sourceOffset: UInt64, to offset: UInt64, length: UInt64) throws {
+        try copyThroughBuffer(from: source, at: sourceOffset, to: offset, length: length)
+    }
+
+    /// `copy` through a user-space buffer (`pread`, then `write`).
+    public func copyThroughBuffer(from source: ReadOnlyFile, at sourceOffset: UInt64, to offset: UInt64,
+                                  length: UInt64) throws {
+        let chunkSize = 4 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 4096)
+        defer { buffer.deallocate() }
+        var done: UInt64 = 0
+        while done < length {
+            let count = Int(min(UInt64(chunkSize), length - done))
+            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
+            try source.read(into: slice, at: sourceOffset + done, what: "data to copy")
+            try write(UnsafeRawBufferPointer(slice), at: offset + done)
+            done += UInt64(count)
+        }
+    }
+}
+
+/// A read-only block of zeros to write from, shared by every target.
+final class ZeroBuffer: @unchecked Sendable {
+    static let shared = ZeroBuffer()
+    /// 4 MiB of zeros (never written to, so safe to share).
+    let bytes: UnsafeRawBufferPointer
+
+    private init() {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
+        buffer.initializeMemory(as: UInt8.self, repeating: 0)
+        bytes = UnsafeRawBufferPointer(buffer)
+    }
+
+    /// Calls `body` with slices of zeros covering `length` bytes and the count covered before each.
+    func forEachChunk(of length: UInt64, _ body: (UnsafeRawBufferPointer, UInt64) throws -> Void) throws {
+        var done: UInt64 = 0
+        while done < length {
+            let count = Int(min(UInt64(bytes.count), length - done))
+            try body(UnsafeRawBufferPointer(rebasing: bytes[0..<count]), done)
+            done += UInt64(count)
+        }
+    }
+}
+
+/// A new local output file: written under a hidden temporary name beside the destination
+/// (`.NAME.kdct-XXXXXXXX.part`), locked while it is written, and renamed over the destination by `commit()`
+/// after `fsync`. A failed or interrupted conversion never leaves a file under the destination name.
+///
+/// A destination that is a symlink is resolved first: the temporary file goes beside the link's target and is
+/// renamed over the target, so the link stays. The temporary file is created unnamed (`O_TMPFILE`) and locked
+/// (`flock`) before it gets its name, so a `.part` file nobody holds a lock on belongs to a writer that is gone
+/// (killed, or its machine crashed): the next conversion to the same destination removes it. Messages name the
+/// destination as the user gave it, never the temporary file.
 public final class LocalFileTarget: OutputTarget {
-    /// The final path.
+    /// The destination as the user gave it.
     public let destination: String
+    /// The file that is replaced: the destination, or the file its symlinks lead to.
+    public let finalPath: String
     /// The temporary path being written.
     public let temporaryPath: String
+    /// Stale temporary files of this destination removed when the target was created.
+    public let removedStaleFiles: [String]
     private let file: WritableFile
     private let overwrite: Bool
+    private let flush: Bool
     private var finished = false
     // Writeback is started every `writebackInterval` bytes so the final fsync has little left to do.
     private let writebackInterval: UInt64 = 64 << 20
@@ -37,48 +114,78 @@ public final class LocalFileTarget: OutputTarget {
     private var lowestUnhinted = UInt64.max
     private var highestWritten: UInt64 = 0
 
-    /// Prepares to write `destination`. Fails with `alreadyExists` if it exists and `overwrite` is false.
-    public init(destination: String, overwrite: Bool) throws {
-        if !overwrite && FilePaths.exists(destination) {
-            throw KDCTError(.alreadyExists, "destination exists (use --force to replace it)", file: destination)
-        }
-        if FilePaths.isDirectory(destination) {
-            throw KDCTError(.invalidArgument, "destination is a directory", file: destination)
+    /// Prepares to write `destination`. Fails with `alreadyExists` if it exists and `overwrite` is false, and
+    /// with `invalidArgument` when it is not a regular file (a directory, a device: see `InPlaceTarget`).
+    /// `flush: false` skips the `fsync` calls (`-t unsafe`).
+    public init(destination: String, overwrite: Bool, flush: Bool = true) throws {
+        let path = try DestinationPath.inspect(destination)
+        switch path.kind {
+        case .missing:
+            break
+        case .regularFile:
+            if !overwrite {
+                let note = path.isLink ? " (a link to \(path.resolved))" : ""
+                throw KDCTError(.alreadyExists, "destination exists\(note)", file: destination)
+            }
+        case .blockDevice:
+            throw KDCTError(.invalidArgument, "is a block device; devices are written in place", file: destination)
         }
         self.destination = destination
+        self.finalPath = path.resolved
         self.overwrite = overwrite
-        let directory = FilePaths.directory(of: destination)
-        let name = FilePaths.lastComponent(of: destination)
+        self.flush = flush
+        let directory = FilePaths.directory(of: path.resolved)
+        guard FilePaths.isDirectory(directory) else {
+            throw KDCTError(.notFound, "folder \(directory) does not exist", file: destination, field: "destination")
+        }
+        removedStaleFiles = TemporaryOutputName.removeStale(for: path.resolved)
+        do {
+            (file, temporaryPath) = try Self.createLockedTemporary(for: path.resolved)
+            if case let .regularFile(status) = path.kind { file.copyOwnership(of: status) }
+        } catch let error as KDCTError {
+            throw error.naming(destination)
+        }
+    }
+
+    /// Creates `.NAME.kdct-XXXXXXXX.part` beside `finalPath`, locked. Unnamed then linked where the file system
+    /// allows (so nobody ever sees it unlocked), else created exclusively and locked at once.
+    private static func createLockedTemporary(for finalPath: String) throws -> (WritableFile, String) {
+        let directory = FilePaths.directory(of: finalPath)
+        if let unnamed = try WritableFile.unnamed(in: directory) {
+            _ = try unnamed.tryLock()
+            for _ in 0..<16 {
+                let candidate = TemporaryOutputName.make(for: finalPath)
+                if try unnamed.link(as: candidate) { return (unnamed, candidate) }
+            }
+            throw KDCTError(.alreadyExists, "no free temporary name", file: finalPath)
+        }
         var lastError: KDCTError?
         for _ in 0..<16 {
-            let candidate = FilePaths.join(directory, ".\(name).kdct-\(Self.randomSuffix()).part")
+            let candidate = TemporaryOutputName.make(for: finalPath)
             do {
                 let file = try WritableFile(creatingExclusively: candidate)
-                self.file = file
-                self.temporaryPath = candidate
-                return
-            } catch let error as KDCTError where error.kind == .alreadyExists {
+                _ = try file.tryLock()
+                return (file, candidate)
+            } catch let error as KDCTError where error.code == .alreadyExists {
                 lastError = error
             }
         }
-        throw lastError ?? KDCTError(.io, "could not create a temporary file", file: destination)
+        throw lastError ?? KDCTError(.io, "could not create a temporary file", file: finalPath)
     }
 
     deinit { if !finished { abort() } }
 
-    private static func randomSuffix() -> String {
-        var generator = SystemRandomNumberGenerator()
-        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789")
-        return String((0..<8).map { _ in alphabet[Int(generator.next() % UInt64(alphabet.count))] })
-    }
-
     public var displayName: String { destination }
 
     public func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
-        try file.write(bytes, at: offset)
+        try naming { try file.write(bytes, at: offset) }
+        noteWritten(offset: offset, count: UInt64(bytes.count))
+    }
+
+    private func noteWritten(offset: UInt64, count: UInt64) {
         lowestUnhinted = min(lowestUnhinted, offset)
-        highestWritten = max(highestWritten, offset + UInt64(bytes.count))
-        unhintedBytes += UInt64(bytes.count)
+        highestWritten = max(highestWritten, offset + count)
+        unhintedBytes += count
         if unhintedBytes >= writebackInterval {
             file.startWriteback(offset: lowestUnhinted, length: highestWritten - lowestUnhinted)
             unhintedBytes = 0
@@ -86,22 +193,34 @@ public final class LocalFileTarget: OutputTarget {
         }
     }
 
-    public func setLength(_ length: UInt64) throws { try file.truncate(to: length) }
+    public func setLength(_ length: UInt64) throws { try naming { try file.truncate(to: length) } }
 
-    public func allocate(offset: UInt64, length: UInt64) throws { try file.allocate(offset: offset, length: length) }
+    public func allocate(offset: UInt64, length: UInt64) throws {
+        try naming { try file.allocate(offset: offset, length: length) }
+    }
+
+    public func copy(from source: ReadOnlyFile, at sourceOffset: UInt64, to offset: UInt64, length: UInt64) throws {
+        let copied = try naming { try file.copyRange(from: source, at: sourceOffset, to: offset, length: length) }
+        if copied < length {
+            try copyThroughBuffer(from: source, at: sourceOffset + copied, to: offset + copied, length: length - copied)
+        }
+    }
 
     public func commit() throws {
         guard !finished else { return }
         do {
-            try file.sync()
-            try file.close()
-            if overwrite {
-                try FilePaths.rename(temporaryPath, to: destination)
-            } else {
-                try FilePaths.renameNoReplace(temporaryPath, to: destination)
+            try naming {
+                if flush { try file.sync() }
+                if overwrite {
+                    try FilePaths.rename(temporaryPath, to: finalPath)
+                } else {
+                    try FilePaths.renameNoReplace(temporaryPath, to: finalPath)
+                }
             }
-            FilePaths.syncDirectory(of: destination)
             finished = true
+            if flush { FilePaths.syncDirectory(of: finalPath) }
+            // Closed only now: the lock is held until the file has its final name.
+            try naming { try file.close() }
         } catch {
             abort()
             throw error
@@ -109,10 +228,33 @@ public final class LocalFileTarget: OutputTarget {
     }
 
     public func abort() {
-        guard !finished else { return }
-        finished = true
+        if !finished {
+            finished = true
+            FilePaths.remove(temporaryPath)
+        }
         try? file.close()
-        FilePaths.remove(temporaryPath)
+    }
+
+    private func naming<T>(_ body: () throws -> T) throws -> T { try attributing(to: destination, body) }
+}
+
+/// Runs `body`, attributing its errors to `destination` as the user named it (not a temporary file or a resolved
+/// device path).
+func attributing<T>(to destination: String, _ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let error as KDCTError {
+        throw error.naming(destination)
+    }
+}
+
+extension KDCTError {
+    /// This error with `file` set to `destination` (a temporary file's or folder's name replaced), so a user
+    /// reads the name they gave.
+    func naming(_ destination: String) -> KDCTError {
+        var copy = self
+        copy.file = destination
+        return copy
     }
 }
 

@@ -13,7 +13,7 @@
 /// Layout rules are qemu's (docs/interop/qcow2.txt): 16-bit refcounts (`refcount_order` 4), the COPIED flag on
 /// every L1/L2 entry whose cluster has refcount 1, compressed clusters packed byte-contiguously with the
 /// sector-count descriptor, zero and absent guest ranges left unallocated.
-public final class QCOW2Writer: ImageWriter {
+public final class QCOW2Writer: RangeCopyingWriter {
     /// Options of a QCOW2 output (`-o cluster_size=`, `-c`, `-o compression_type=`).
     public struct Options: Sendable {
         /// Cluster size: a power of two from 512 B to 2 MiB (default 64 KiB).
@@ -242,6 +242,25 @@ public final class QCOW2Writer: ImageWriter {
         }
     }
 
+    /// Copy offloading: the clusters are allocated like a data run and the target copies their bytes from
+    /// `source` (a partial last cluster is completed with zeros by the file's end or by `write`).
+    public func copy(from source: ReadOnlyFile, at sourceOffset: UInt64, guestOffset: UInt64, length: UInt64) throws {
+        let count = Int((length + UInt64(clusterSize) - 1) / UInt64(clusterSize))
+        guard count > 0 else { return }
+        let firstCluster = guestOffset / UInt64(clusterSize)
+        let host = allocateClusters(count)
+        try flushStaging()
+        try target.copy(from: source, at: sourceOffset, to: host, length: length)
+        let tail = UInt64(count * clusterSize) - length
+        if tail > 0 {
+            try ZeroBuffer.shared.forEachChunk(of: tail) { chunk, done in try target.write(chunk, at: host + length + done) }
+        }
+        for i in 0..<count {
+            setL2Entry(guestCluster: firstCluster + UInt64(i), (host + UInt64(i * clusterSize)) | Self.copiedFlag)
+        }
+        try closeL2Tables(before: guestOffset + UInt64(count * clusterSize))
+    }
+
     /// With compression: compressed clusters are packed at once; clusters that did not shrink are held back until
     /// `deferredBudget` bytes of them are held or the guest has moved `deferredSpan` past the first of them.
     private func writePacked(_ segment: SegmentBuffer) throws {
@@ -298,7 +317,9 @@ public final class QCOW2Writer: ImageWriter {
         try closeL2Tables(before: .max)
         try writePendingL2Tables()
         let cs = UInt64(clusterSize)
-        let l1Bytes = max(l1.count * 8, 1)
+        // An empty disk has no L1 table at all (l1_size 0, offset 0, as qemu-img create writes it): a cluster
+        // reserved for it would be referenced by nothing, a leak for `qemu-img check`.
+        let l1Bytes = l1.count * 8
         let l1Clusters = (l1Bytes + clusterSize - 1) / clusterSize
 
         // Refcount blocks must also count themselves, the refcount table and the L1 table: grow both until they
@@ -320,7 +341,7 @@ public final class QCOW2Writer: ImageWriter {
         // The L1 table comes last and the file ends where its entries end (rounded up to a sector), not at the end
         // of its cluster: reads past the end of an image file return zeros in qemu, and a small disk's L1 table
         // uses a few bytes of its cluster. qemu's compressed images likewise end inside their last cluster.
-        let l1Host = allocateClusters(l1Clusters)
+        let l1Host = l1Clusters > 0 ? allocateClusters(l1Clusters) : 0
         let l1Stored = (l1Bytes + 511) / 512 * 512
 
         var block = [UInt8](repeating: 0, count: clusterSize)
@@ -341,16 +362,18 @@ public final class QCOW2Writer: ImageWriter {
             }
         }
         try table.withUnsafeBytes { try stage($0, at: tableHost) }
-        var l1Encoded = [UInt8](repeating: 0, count: l1Stored)
-        l1Encoded.withUnsafeMutableBytes { raw in
-            for (i, entry) in l1.enumerated() { raw.storeBytes(of: entry.bigEndian, toByteOffset: i * 8, as: UInt64.self) }
+        if l1Clusters > 0 {
+            var l1Encoded = [UInt8](repeating: 0, count: l1Stored)
+            l1Encoded.withUnsafeMutableBytes { raw in
+                for (i, entry) in l1.enumerated() { raw.storeBytes(of: entry.bigEndian, toByteOffset: i * 8, as: UInt64.self) }
+            }
+            try l1Encoded.withUnsafeBytes { try stage($0, at: l1Host) }
         }
-        try l1Encoded.withUnsafeBytes { try stage($0, at: l1Host) }
         try flushStaging()
 
         let header = encodeHeader(l1Offset: l1Host, refcountTableOffset: tableHost, refcountTableClusters: tableClusters)
         try header.withUnsafeBytes { try target.write($0, at: 0) }
-        try target.setLength(l1Host + UInt64(l1Stored))
+        try target.setLength(l1Clusters > 0 ? l1Host + UInt64(l1Stored) : tableHost + UInt64(tableClusters) * cs)
     }
 
     /// The version 3 header (qcow2.txt, "Header"), 112 bytes plus the end-of-extensions marker, padded to a cluster.

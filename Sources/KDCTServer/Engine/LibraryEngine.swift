@@ -1,4 +1,5 @@
 import HTTPTypes
+import KDCTAppliance
 import KDCTExport
 import KDCTFormats
 import Synchronization
@@ -26,8 +27,10 @@ struct ProgressUpdate: Sendable {
 struct JobContext: Sendable {
     /// The roots, to check every file the library opens for the job.
     let roots: RootSet
-    /// True once the job is cancelled (DELETE, or the service stopping).
-    let isCancelled: @Sendable () -> Bool
+    /// Cancelled once the job is stopped (DELETE, or the service stopping).
+    let cancellation: CancellationToken
+    /// True once the job is cancelled.
+    var isCancelled: @Sendable () -> Bool { { [cancellation] in cancellation.isCancelled } }
     /// Receives progress (from the library's thread).
     let report: @Sendable (ProgressUpdate) -> Void
     /// Records a temporary file before data is written to it (so a killed service removes it at the next start).
@@ -157,7 +160,7 @@ struct LibraryEngine: Sendable {
             return inside ? value : value.setting("reason", .string("\(path) is outside the service's root directories"))
         } catch {
             let problem = Self.problem(from: error)
-            let missing = problem.code == KDCTError.Kind.notFound.rawValue
+            let missing = problem.code == KDCTError.Code.notFound.rawValue
             return value.setting("allowed", .bool(missing)).setting("exists", .bool(false)).setting("reason", .string(problem.detail))
         }
     }
@@ -291,7 +294,7 @@ struct LibraryEngine: Sendable {
             ("virtual-size", .uint(result.disks.reduce(0) { $0 + $1.result.virtualSize })),
         ]
         if let domainXML { pairs.append(("domain-xml-text", .string(domainXML))) }
-        if !result.hints.isEmpty { pairs.append(("notes", .array(result.hints.map { .string($0) }))) }
+        if !result.hints.isEmpty { pairs.append(("notes", .array(result.hints.map { .string($0.text) }))) }
         if let manifest = result.manifest { pairs.append(("manifest-verified", .array(manifest.verified.map { .string($0) }))) }
         return .object(pairs)
     }
@@ -299,11 +302,10 @@ struct LibraryEngine: Sendable {
     private func export(_ request: JobRequest, secrets: JobSecrets, context: JobContext) throws -> JSONValue {
         let location = try RemoteLocation.parse(url: request.destination)
         var options = ExportOptions()
-        options.connection = connectionOptions(request, secrets: secrets)
+        options.connection = connectionOptions(request, secrets: secrets, cancellation: context.cancellation)
         options.overwrite = request.force
         options.resume = request.resume
         options.verify = request.verify
-        options.isCancelled = context.isCancelled
         let resumed = Mutex<UInt64?>(nil)
         options.progress = { progress in
             // The first upload report starts at the bytes kept from an interrupted upload.
@@ -326,7 +328,7 @@ struct LibraryEngine: Sendable {
             ("sent", .uint(result.sentBytes)),
             ("skipped-zero-bytes", .uint(result.skippedZeroBytes)),
         ]
-        if let from = result.resumedFrom { pairs.append(("resumed-from", .uint(from))) }
+        if let from = result.resumedBytes { pairs.append(("resumed-from", .uint(from))) }
         if let sha256 = result.sha256 { pairs.append(("sha256", .string(sha256))) }
         pairs += [
             ("verification", .string(result.verification.rawValue)),
@@ -344,7 +346,7 @@ struct LibraryEngine: Sendable {
         context.report(ProgressUpdate(phase: "connecting", processed: 0, total: device.virtualSize, moved: 0))
         // The host's temporary file is removed by the target on failure; after a crash it stays on the host
         // (no credentials survive a restart to remove it).
-        let target = try SFTPFileTarget(location: location, connectionOptions: connectionOptions(request, secrets: secrets),
+        let target = try SFTPFileTarget(location: location, connectionOptions: connectionOptions(request, secrets: secrets, cancellation: context.cancellation),
                                         overwrite: request.force, verify: true)
         var options = convertOptions(request, context: context, phase: "uploading")
         let report = context.report
@@ -386,8 +388,7 @@ struct LibraryEngine: Sendable {
     private func hostOptions() -> SSHConnectionOptions {
         var options = SSHConnectionOptions()
         options.knownHostsFile = knownHostsFile
-        options.connectTimeout = 10
-        options.operationTimeout = 20
+        options.timeout = 20
         return options
     }
 
@@ -439,8 +440,10 @@ struct LibraryEngine: Sendable {
         return options
     }
 
-    private func connectionOptions(_ request: JobRequest, secrets: JobSecrets) -> SSHConnectionOptions {
+    private func connectionOptions(_ request: JobRequest, secrets: JobSecrets,
+                                   cancellation: CancellationToken) -> SSHConnectionOptions {
         var options = SSHConnectionOptions()
+        options.cancellation = cancellation
         options.knownHostsFile = knownHostsFile
         options.acceptNewHostKey = false
         options.identityFiles = request.identity.map { [$0] } ?? []
@@ -462,7 +465,7 @@ struct LibraryEngine: Sendable {
                                             field: "source")
             }
             if let destination, canonical == destination {
-                throw Problem(.badRequest, code: KDCTError.Kind.invalidArgument.rawValue,
+                throw Problem(.badRequest, code: KDCTError.Code.invalidArgument.rawValue,
                               "the destination is \(file), which the source image reads; inputs are never written",
                               file: destination, field: "destination")
             }
@@ -471,7 +474,7 @@ struct LibraryEngine: Sendable {
 
     // MARK: Errors
 
-    /// The one mapping from a library error to the service's problem: the library's kind is the `code`, its
+    /// The one mapping from a library error to the service's problem: the library's error code is the `code`, its
     /// message, file and field are kept; the HTTP status says whose mistake it was (4xx: the request or the
     /// file it names; 5xx only for the service's own I/O failures and unreachable hosts).
     static func problem(from error: any Error) -> Problem {
@@ -482,13 +485,10 @@ struct LibraryEngine: Sendable {
         var detail = error.message
         if let errno = error.errno { detail += " (\(String(cString: strerror(errno))))" }
         let status: HTTPResponse.Status
-        switch error.kind {
+        switch error.code {
         case .notFound: status = .notFound
         case .alreadyExists, .cancelled, .hostKeyRefused: status = .conflict
         case .invalidArgument: status = .badRequest
-        case .invalidFormat, .unsupported, .corrupt, .checksum, .truncated, .limitExceeded, .referenceRefused,
-             .authenticationFailed:
-            status = .unprocessableContent
         case .io:
             switch error.errno {
             case EACCES?, EPERM?, EROFS?: status = .forbidden
@@ -499,8 +499,12 @@ struct LibraryEngine: Sendable {
             default: status = error.message.hasPrefix("cannot resolve host") || error.message.contains("SSH handshake")
                 ? .badGateway : .internalServerError
             }
+        default:
+            // The file named in the request is not what it should be (invalidFormat, unsupported, corrupt, checksum,
+            // truncated, limitExceeded, referenceRefused), or the host refused the credentials.
+            status = .unprocessableContent
         }
-        return Problem(status, code: error.code, detail, file: error.file, field: error.field)
+        return Problem(status, code: error.code.rawValue, detail, file: error.file, field: error.field)
     }
 
     // MARK: JSON

@@ -221,7 +221,7 @@ actor JobQueue {
         let store = self.store
         let context = JobContext(
             roots: roots,
-            isCancelled: { job.isStopRequested },
+            cancellation: job.cancellation,
             report: { job.report($0, to: events) },
             registerTemporary: { try store.addTemporaryFile(next.id, $0) })
         let engine = self.engine

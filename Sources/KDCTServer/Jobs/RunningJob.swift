@@ -1,3 +1,4 @@
+import KDCTExport
 import Foundation
 import Synchronization
 
@@ -66,7 +67,8 @@ final class RunningJob: Sendable {
     let kind: JobKind
     /// When it started (seconds since the epoch).
     let startedAt: Double
-    private let stopRequested = Atomic<Bool>(false)
+    /// Set by `stop`; the library polls it between segments and chunks, and the exporter wakes on it.
+    let cancellation = CancellationToken()
     private let reason = Mutex<StopReason?>(nil)
     private let meter: Mutex<ProgressMeter>
     /// The revision of the progress last written to the store.
@@ -80,7 +82,7 @@ final class RunningJob: Sendable {
     }
 
     /// True once `stop` was called (read by the library between segments and chunks).
-    var isStopRequested: Bool { stopRequested.load(ordering: .relaxed) }
+    var isStopRequested: Bool { cancellation.isCancelled }
 
     /// Why the job was stopped, if it was.
     var stopReason: StopReason? { reason.withLock { $0 } }
@@ -88,7 +90,7 @@ final class RunningJob: Sendable {
     /// Asks the job to stop; the first reason wins.
     func stop(_ why: StopReason) {
         reason.withLock { if $0 == nil { $0 = why } }
-        stopRequested.store(true, ordering: .relaxed)
+        cancellation.cancel()
     }
 
     /// Publishes `update` when the meter says it is due.

@@ -10,55 +10,55 @@
 /// ```
 ///
 /// `decode` only parses; `validate` applies qemu's own open checks (qcow_open) and the library's limits.
-public struct QCOWHeader: Sendable, Equatable {
+struct QCOWHeader: Sendable, Equatable {
     /// "QFI\xfb".
-    public static let magic: UInt32 = 0x5146_49FB
+    static let magic: UInt32 = 0x5146_49FB
     /// Size of the header.
-    public static let size = 48
+    static let size = 48
     /// Longest backing file name qemu accepts.
-    public static let maxBackingNameBytes: UInt32 = 1023
+    static let maxBackingNameBytes: UInt32 = 1023
     /// Cluster sizes qemu accepts: 512 B to 64 KiB.
-    public static let clusterBitsRange: ClosedRange<UInt8> = 9...16
+    static let clusterBitsRange: ClosedRange<UInt8> = 9...16
     /// L2 table sizes qemu accepts: 512 B to 64 KiB (64 to 8192 entries).
-    public static let l2BitsRange: ClosedRange<UInt8> = 6...13
+    static let l2BitsRange: ClosedRange<UInt8> = 6...13
 
     /// Format version (always 1 here).
-    public var version: UInt32
+    var version: UInt32
     /// File offset of the backing file name (0: none).
-    public var backingFileOffset: UInt64
+    var backingFileOffset: UInt64
     /// Length of the backing file name.
-    public var backingFileSize: UInt32
+    var backingFileSize: UInt32
     /// Modification time stored by the writer (Unix seconds; qemu writes 0).
-    public var mtime: UInt32
+    var mtime: UInt32
     /// Guest size in bytes as stored.
-    public var size: UInt64
+    var size: UInt64
     /// log2 of the cluster size.
-    public var clusterBits: UInt8
+    var clusterBits: UInt8
     /// log2 of the number of entries of an L2 table.
-    public var l2Bits: UInt8
+    var l2Bits: UInt8
     /// 0: not encrypted; 1: AES-CBC.
-    public var cryptMethod: UInt32
+    var cryptMethod: UInt32
     /// File offset of the L1 table.
-    public var l1TableOffset: UInt64
+    var l1TableOffset: UInt64
 
     /// Bytes per cluster.
-    public var clusterSize: UInt64 { 1 << UInt64(clusterBits) }
+    var clusterSize: UInt64 { 1 << UInt64(clusterBits) }
     /// Entries per L2 table.
-    public var l2Entries: Int { 1 << Int(l2Bits) }
+    var l2Entries: Int { 1 << Int(l2Bits) }
     /// Guest bytes one L2 table maps.
-    public var bytesPerL2: UInt64 { 1 << (UInt64(clusterBits) + UInt64(l2Bits)) }
+    var bytesPerL2: UInt64 { 1 << (UInt64(clusterBits) + UInt64(l2Bits)) }
     /// Entries of the L1 table (qemu: `(size + bytesPerL2 - 1) >> shift`), valid after `validate`.
-    public var l1Entries: UInt64 {
+    var l1Entries: UInt64 {
         let perTable = bytesPerL2
         guard perTable > 0 else { return 0 }  // out-of-range bits (refused by validate)
         return size / perTable + (size % perTable == 0 ? 0 : 1)
     }
     /// The guest size qemu shows: whole 512-byte sectors (`total_sectors = size / 512`).
-    public var virtualSize: UInt64 { size & ~UInt64(511) }
+    var virtualSize: UInt64 { size & ~UInt64(511) }
 
     /// Decodes the first 48 bytes of a file. Throws `invalidFormat` without the magic, `unsupported` for a
     /// version other than 1.
-    public static func decode(_ bytes: [UInt8]) throws -> QCOWHeader {
+    static func decode(_ bytes: [UInt8]) throws -> QCOWHeader {
         let r = ByteReader(bytes, structure: "QCOW header")
         guard (try? r.u32be(0)) == magic else {
             throw KDCTError.invalidFormat("no QCOW magic QFI\\xfb at offset 0", field: "magic")
@@ -74,7 +74,7 @@ public struct QCOWHeader: Sendable, Equatable {
 
     /// Checks the header for a file of `fileSize` bytes. Throws `corrupt`, `unsupported`, `limitExceeded` or
     /// `truncated` naming the field and its value.
-    public func validate(fileSize: UInt64, limits: ImageLimits) throws {
+    func validate(fileSize: UInt64, limits: ImageLimits) throws {
         if size <= 1 {
             throw KDCTError.corrupt("image size \(size) is too small (must be at least 2 bytes)", field: "size")
         }

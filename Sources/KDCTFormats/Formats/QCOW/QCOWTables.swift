@@ -1,7 +1,7 @@
 /// What a QCOW v1 L2 entry says about one cluster (block/qcow.c, get_cluster_offset).
-public enum QCOWClusterEntry: Sendable, Equatable {
+enum QCOWClusterEntry: Sendable, Equatable {
     /// Bit 63: the cluster is compressed (raw deflate).
-    public static let compressedFlag: UInt64 = 1 << 63
+    static let compressedFlag: UInt64 = 1 << 63
 
     /// Not allocated: read from the backing file, or zeros.
     case unallocated
@@ -12,7 +12,7 @@ public enum QCOWClusterEntry: Sendable, Equatable {
 
     /// Decodes `raw` for an image with `clusterBits`: a compressed entry keeps the compressed size in the
     /// `clusterBits` bits below bit 63 and the offset in the bits below those.
-    public init(raw: UInt64, clusterBits: UInt8) {
+    init(raw: UInt64, clusterBits: UInt8) {
         if raw == 0 {
             self = .unallocated
         } else if raw & QCOWClusterEntry.compressedFlag != 0 {

@@ -163,7 +163,7 @@ public enum QCOW2Checker {
                     let guestCluster = UInt64(l1Index) * header.l2Entries + UInt64(index / step)
                     index += step
                     if entry & QCOW2Entry.compressedFlag != 0 {
-                        guard case let .compressed(host, size) = try QCOW2Entry.decodeStandard(entry, header: header) else { continue }
+                        let (host, size) = QCOW2Entry.compressedDescriptor(entry, clusterBits: header.clusterBits)
                         reference(host & ~511, min(size + (host & 511), file.size - min(file.size, host & ~511)),
                                   what: "compressed cluster (guest cluster \(guestCluster))", metadata: false)
                         if table.active { report.allocatedClusters += 1; report.compressedClusters += 1 }

@@ -1,86 +1,86 @@
 /// The QCOW2 header (docs/interop/qcow2.txt, "Header") with its extensions, decoded from bytes.
-public struct QCOW2Header: Sendable, Equatable {
+struct QCOW2Header: Sendable, Equatable {
     /// Incompatible feature bits (qcow2.txt, bytes 72-79).
-    public enum IncompatibleFeature {
+    enum IncompatibleFeature {
         /// Bit 0: refcounts may be inconsistent (lazy refcounts, not closed cleanly).
-        public static let dirty: UInt64 = 1 << 0
+        static let dirty: UInt64 = 1 << 0
         /// Bit 1: qemu found the metadata corrupt.
-        public static let corrupt: UInt64 = 1 << 1
+        static let corrupt: UInt64 = 1 << 1
         /// Bit 2: guest data lives in an external data file.
-        public static let externalDataFile: UInt64 = 1 << 2
+        static let externalDataFile: UInt64 = 1 << 2
         /// Bit 3: the compression type field is not deflate.
-        public static let compressionType: UInt64 = 1 << 3
+        static let compressionType: UInt64 = 1 << 3
         /// Bit 4: L2 entries are 128 bits with subcluster bitmaps.
-        public static let extendedL2: UInt64 = 1 << 4
+        static let extendedL2: UInt64 = 1 << 4
         /// Every bit this reader understands.
-        public static let known: UInt64 = dirty | corrupt | externalDataFile | compressionType | extendedL2
+        static let known: UInt64 = dirty | corrupt | externalDataFile | compressionType | extendedL2
     }
 
     /// Header extension type codes (qcow2.txt, "Header extensions").
-    public enum ExtensionType {
-        public static let end: UInt32 = 0
-        public static let backingFormat: UInt32 = 0xE279_2ACA
-        public static let featureNameTable: UInt32 = 0x6803_F857
-        public static let bitmaps: UInt32 = 0x2385_2875
-        public static let fullDiskEncryption: UInt32 = 0x0537_BE77
-        public static let externalDataFile: UInt32 = 0x4441_5441
+    enum ExtensionType {
+        static let end: UInt32 = 0
+        static let backingFormat: UInt32 = 0xE279_2ACA
+        static let featureNameTable: UInt32 = 0x6803_F857
+        static let bitmaps: UInt32 = 0x2385_2875
+        static let fullDiskEncryption: UInt32 = 0x0537_BE77
+        static let externalDataFile: UInt32 = 0x4441_5441
     }
 
-    public var version: UInt32
-    public var backingFileOffset: UInt64
-    public var backingFileSize: UInt32
-    public var clusterBits: UInt32
-    public var size: UInt64
-    public var cryptMethod: UInt32
-    public var l1Size: UInt32
-    public var l1TableOffset: UInt64
-    public var refcountTableOffset: UInt64
-    public var refcountTableClusters: UInt32
-    public var snapshotCount: UInt32
-    public var snapshotsOffset: UInt64
-    public var incompatibleFeatures: UInt64
-    public var compatibleFeatures: UInt64
-    public var autoclearFeatures: UInt64
-    public var refcountOrder: UInt32
-    public var headerLength: UInt32
+    var version: UInt32
+    var backingFileOffset: UInt64
+    var backingFileSize: UInt32
+    var clusterBits: UInt32
+    var size: UInt64
+    var cryptMethod: UInt32
+    var l1Size: UInt32
+    var l1TableOffset: UInt64
+    var refcountTableOffset: UInt64
+    var refcountTableClusters: UInt32
+    var snapshotCount: UInt32
+    var snapshotsOffset: UInt64
+    var incompatibleFeatures: UInt64
+    var compatibleFeatures: UInt64
+    var autoclearFeatures: UInt64
+    var refcountOrder: UInt32
+    var headerLength: UInt32
     /// 0 deflate, 1 zstd.
-    public var compressionTypeCode: UInt8
+    var compressionTypeCode: UInt8
     /// Backing file format from the header extension, if present.
-    public var backingFormat: String?
+    var backingFormat: String?
     /// External data file name from the header extension, if present.
-    public var externalDataFile: String?
+    var externalDataFile: String?
     /// Names of feature bits from the feature name table: (type 0 incompatible / 1 compatible / 2 autoclear, bit, name).
-    public var featureNames: [(type: UInt8, bit: UInt8, name: String)] = []
+    var featureNames: [(type: UInt8, bit: UInt8, name: String)] = []
     /// A bitmaps extension is present (persistent dirty bitmaps; irrelevant for reading).
-    public var hasBitmaps = false
+    var hasBitmaps = false
 
-    public static func == (lhs: QCOW2Header, rhs: QCOW2Header) -> Bool {
+    static func == (lhs: QCOW2Header, rhs: QCOW2Header) -> Bool {
         lhs.version == rhs.version && lhs.size == rhs.size && lhs.clusterBits == rhs.clusterBits
             && lhs.l1Size == rhs.l1Size && lhs.l1TableOffset == rhs.l1TableOffset
             && lhs.incompatibleFeatures == rhs.incompatibleFeatures && lhs.backingFormat == rhs.backingFormat
     }
 
     /// Cluster size in bytes.
-    public var clusterSize: UInt64 { 1 << UInt64(clusterBits) }
+    var clusterSize: UInt64 { 1 << UInt64(clusterBits) }
     /// Extended L2 entries (128-bit, with subcluster bitmaps).
-    public var extendedL2: Bool { incompatibleFeatures & IncompatibleFeature.extendedL2 != 0 }
+    var extendedL2: Bool { incompatibleFeatures & IncompatibleFeature.extendedL2 != 0 }
     /// Bytes per L2 entry.
-    public var l2EntrySize: UInt64 { extendedL2 ? 16 : 8 }
+    var l2EntrySize: UInt64 { extendedL2 ? 16 : 8 }
     /// Entries per L2 table (one cluster).
-    public var l2Entries: UInt64 { clusterSize / l2EntrySize }
+    var l2Entries: UInt64 { clusterSize / l2EntrySize }
     /// The compression type of compressed clusters.
-    public var compressionType: CompressionType { compressionTypeCode == 1 ? .zstd : .deflate }
+    var compressionType: CompressionType { compressionTypeCode == 1 ? .zstd : .deflate }
     /// Not closed cleanly (dirty bit).
-    public var isDirty: Bool { incompatibleFeatures & IncompatibleFeature.dirty != 0 }
+    var isDirty: Bool { incompatibleFeatures & IncompatibleFeature.dirty != 0 }
 
     /// Bytes read for the header when `cluster_bits` is invalid (the decoder then reports it): qemu's 2 MiB cap on
     /// a cluster.
-    public static let maximumHeaderRead = 2 << 20
+    static let maximumHeaderRead = 2 << 20
 
     /// The first cluster of `file` (or the whole file when shorter): the header, its extensions and the backing
     /// file name live there, so opening never reads guest data clusters. The first 512 bytes (the smallest
     /// cluster) are read first for `cluster_bits`, then only the rest of the cluster, so no byte is read twice.
-    public static func readFirstCluster(of file: ReadOnlyFile) throws -> [UInt8] {
+    static func readFirstCluster(of file: ReadOnlyFile) throws -> [UInt8] {
         var bytes = try file.readBytes(count: Int(min(file.size, 512)), at: 0, what: "qcow2 header")
         guard bytes.count >= 24 else { return bytes }
         let clusterBits = try ByteReader(bytes, structure: "qcow2 header").u32be(20)
@@ -94,7 +94,7 @@ public struct QCOW2Header: Sendable, Equatable {
 
     /// Decodes the header from the first bytes of the file (`bytes` holds at least the first cluster, or the whole
     /// file when shorter). Validates every field against the file size; `limits` caps the tables.
-    public static func decode(_ bytes: [UInt8], fileSize: UInt64, limits: ImageLimits) throws -> QCOW2Header {
+    static func decode(_ bytes: [UInt8], fileSize: UInt64, limits: ImageLimits) throws -> QCOW2Header {
         let r = ByteReader(bytes, structure: "qcow2 header")
         guard try r.u32be(0) == 0x5146_49FB else {
             throw KDCTError.invalidFormat("not a qcow2 image (bad magic)", field: "magic")
@@ -238,7 +238,7 @@ public struct QCOW2Header: Sendable, Equatable {
     }
 
     /// The backing file name stored in the header, if any.
-    public func backingFileName(from bytes: [UInt8]) throws -> String? {
+    func backingFileName(from bytes: [UInt8]) throws -> String? {
         guard backingFileOffset != 0 else { return nil }
         let r = ByteReader(bytes, structure: "qcow2 header")
         let raw = try r.slice(Int(backingFileOffset), Int(backingFileSize))

@@ -1,18 +1,18 @@
 /// One internal snapshot (qcow2.txt, "Snapshots"): listed by `info`; the reader always reads the active layer.
-public struct QCOW2Snapshot: Sendable, Equatable {
-    public var id: String
-    public var name: String
-    public var l1TableOffset: UInt64
-    public var l1Size: UInt32
-    public var vmStateSize: UInt64
-    public var dateSeconds: UInt32
-    public var virtualSize: UInt64?
+struct QCOW2Snapshot: Sendable, Equatable {
+    var id: String
+    var name: String
+    var l1TableOffset: UInt64
+    var l1Size: UInt32
+    var vmStateSize: UInt64
+    var dateSeconds: UInt32
+    var virtualSize: UInt64?
 
     /// Bytes of the snapshot table read at most (qemu's QCOW_MAX_SNAPSHOTS_SIZE, 64 MiB).
-    public static let maximumTableBytes: UInt64 = 64 << 20
+    static let maximumTableBytes: UInt64 = 64 << 20
 
     /// Decodes `count` snapshot entries from `bytes` (the table as read from the file).
-    public static func decodeTable(_ bytes: [UInt8], count: Int) throws -> [QCOW2Snapshot] {
+    static func decodeTable(_ bytes: [UInt8], count: Int) throws -> [QCOW2Snapshot] {
         let r = ByteReader(bytes, structure: "qcow2 snapshot table")
         var offset = 0
         var snapshots: [QCOW2Snapshot] = []
@@ -44,7 +44,7 @@ public struct QCOW2Snapshot: Sendable, Equatable {
     }
 
     /// Bytes to read for a table of `count` entries: an upper bound from the largest entry size, capped.
-    public static func tableReadLength(count: Int, fileSize: UInt64, offset: UInt64) -> Int {
+    static func tableReadLength(count: Int, fileSize: UInt64, offset: UInt64) -> Int {
         let bound = UInt64(count) * (40 + 1024 + 2 * 65535 + 8)
         return Int(min(bound, maximumTableBytes, fileSize > offset ? fileSize - offset : 0))
     }

@@ -8,68 +8,68 @@
 /// ```
 ///
 /// `decode` only parses; `validate` applies the spec's rules (qemu's bdrv_qed_do_open) and the library's limits.
-public struct QEDHeader: Sendable, Equatable {
+struct QEDHeader: Sendable, Equatable {
     /// "QED\0" read as a little-endian 32-bit value.
-    public static let magic: UInt32 = 0x0044_4551
+    static let magic: UInt32 = 0x0044_4551
     /// Size of the header.
-    public static let size = 64
+    static let size = 64
     /// `features` bit: the image has a backing file.
-    public static let featureBackingFile: UInt64 = 0x01
+    static let featureBackingFile: UInt64 = 0x01
     /// `features` bit: the image was not closed cleanly and needs a consistency check before read-write use.
-    public static let featureNeedCheck: UInt64 = 0x02
+    static let featureNeedCheck: UInt64 = 0x02
     /// `features` bit: the backing file is raw; its format must not be probed.
-    public static let featureBackingFormatNoProbe: UInt64 = 0x04
+    static let featureBackingFormatNoProbe: UInt64 = 0x04
     /// Every `features` bit this reader understands; an image with any other is refused (spec: "must not be opened").
-    public static let knownFeatures: UInt64 = 0x07
+    static let knownFeatures: UInt64 = 0x07
     /// Cluster sizes the spec allows: powers of two from 4 KiB to 64 MiB.
-    public static let clusterSizeRange: ClosedRange<UInt32> = 4096...(64 << 20)
+    static let clusterSizeRange: ClosedRange<UInt32> = 4096...(64 << 20)
     /// Table sizes (in clusters) the spec allows: powers of two from 1 to 16.
-    public static let tableSizeRange: ClosedRange<UInt32> = 1...16
+    static let tableSizeRange: ClosedRange<UInt32> = 1...16
     /// Longest backing file name accepted (qemu reads it into a PATH_MAX buffer).
-    public static let maxBackingNameBytes: UInt32 = 4095
+    static let maxBackingNameBytes: UInt32 = 4095
 
     /// Bytes per cluster.
-    public var clusterSize: UInt32
+    var clusterSize: UInt32
     /// Clusters per L1 or L2 table.
-    public var tableSize: UInt32
+    var tableSize: UInt32
     /// Clusters used by the header and anything stored before the first regular cluster.
-    public var headerSize: UInt32
+    var headerSize: UInt32
     /// Incompatible feature bits.
-    public var features: UInt64
+    var features: UInt64
     /// Compatible feature bits (none defined; unknown ones are ignored).
-    public var compatFeatures: UInt64
+    var compatFeatures: UInt64
     /// Self-clearing feature bits (none defined; a read-only reader never clears them).
-    public var autoclearFeatures: UInt64
+    var autoclearFeatures: UInt64
     /// File offset of the L1 table.
-    public var l1TableOffset: UInt64
+    var l1TableOffset: UInt64
     /// Guest size in bytes.
-    public var imageSize: UInt64
+    var imageSize: UInt64
     /// Offset of the backing file name from the start of the file.
-    public var backingFilenameOffset: UInt32
+    var backingFilenameOffset: UInt32
     /// Length of the backing file name (not NUL-terminated).
-    public var backingFilenameSize: UInt32
+    var backingFilenameSize: UInt32
 
     /// Bytes of one L1 or L2 table.
-    public var tableBytes: UInt64 { UInt64(clusterSize) * UInt64(tableSize) }
+    var tableBytes: UInt64 { UInt64(clusterSize) * UInt64(tableSize) }
     /// Entries of one table.
-    public var tableEntries: UInt64 { tableBytes / 8 }
+    var tableEntries: UInt64 { tableBytes / 8 }
     /// Bytes before the first regular cluster.
-    public var headerBytes: UInt64 { UInt64(headerSize) * UInt64(clusterSize) }
+    var headerBytes: UInt64 { UInt64(headerSize) * UInt64(clusterSize) }
     /// The image has a backing file.
-    public var hasBackingFile: Bool { features & QEDHeader.featureBackingFile != 0 }
+    var hasBackingFile: Bool { features & QEDHeader.featureBackingFile != 0 }
     /// The backing file is raw and must not be probed.
-    public var backingIsRaw: Bool { features & QEDHeader.featureBackingFormatNoProbe != 0 }
+    var backingIsRaw: Bool { features & QEDHeader.featureBackingFormatNoProbe != 0 }
     /// The image was not closed cleanly.
-    public var needsCheck: Bool { features & QEDHeader.featureNeedCheck != 0 }
+    var needsCheck: Bool { features & QEDHeader.featureNeedCheck != 0 }
     /// The largest image the L1 table can map: `tableEntries^2 * clusterSize` (saturating).
-    public var maxImageSize: UInt64 {
+    var maxImageSize: UInt64 {
         let (squared, o1) = tableEntries.multipliedReportingOverflow(by: tableEntries)
         let (total, o2) = squared.multipliedReportingOverflow(by: UInt64(clusterSize))
         return o1 || o2 ? .max : total
     }
 
     /// Decodes the first 64 bytes of a file. Throws `invalidFormat` without the magic.
-    public static func decode(_ bytes: [UInt8]) throws -> QEDHeader {
+    static func decode(_ bytes: [UInt8]) throws -> QEDHeader {
         let r = ByteReader(bytes, structure: "QED header")
         guard (try? r.u32le(0)) == magic else {
             throw KDCTError.invalidFormat("no QED magic QED\\0 at offset 0", field: "magic")
@@ -83,7 +83,7 @@ public struct QEDHeader: Sendable, Equatable {
 
     /// Checks the header for a file of `fileSize` bytes. Throws `unsupported` (unknown feature bits), `corrupt`,
     /// `limitExceeded` or `truncated`, naming the field and its value.
-    public func validate(fileSize: UInt64, limits: ImageLimits) throws {
+    func validate(fileSize: UInt64, limits: ImageLimits) throws {
         let unknown = features & ~QEDHeader.knownFeatures
         if unknown != 0 {
             throw KDCTError.unsupported(

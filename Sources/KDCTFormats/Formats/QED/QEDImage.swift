@@ -4,20 +4,21 @@
 /// Read-only use never repairs: an image with the need-check flag set (not closed cleanly) is opened and read
 /// as it is, as qemu does for read-only opens, and `info` reports it as dirty. Every offset taken from the
 /// tables is checked (cluster-aligned, after the header, inside the file) before it is used.
-public final class QEDImage: BlockDevice {
+final class QEDImage: MappedDevice {
     /// The image file.
-    public let file: ReadOnlyFile
+    let file: ReadOnlyFile
     /// The decoded header.
-    public let header: QEDHeader
-    public let virtualSize: UInt64
-    public let info: ImageInfo
+    let header: QEDHeader
+    let virtualSize: UInt64
+    let info: ImageInfo
+    let hostFileNames: HostFileNames
     private let tables: TwoLevelTable
     private let clusterBits: UInt64
     private let clusterSize: UInt64
 
     /// Reads and validates the header and L1 table of `file`. `backingReference` describes the backing file for
     /// `info` (the caller opens it).
-    public convenience init(file: ReadOnlyFile, limits: ImageLimits, backingReference: ImageReference? = nil) throws {
+    convenience init(file: ReadOnlyFile, limits: ImageLimits, backingReference: ImageReference? = nil) throws {
         try self.init(file: file, header: try QEDImage.readHeader(file, limits: limits), limits: limits,
                       backingReference: backingReference)
     }
@@ -34,11 +35,11 @@ public final class QEDImage: BlockDevice {
         for (index, l2Offset) in l1Table.enumerated() where l2Offset != 0 {
             try QEDImage.checkTableOffset(l2Offset, header: header, fileSize: file.size, what: "L1 entry \(index)", path: file.path)
         }
-        let cache = TableChunkCache(file: file, tableBytes: Int(header.tableBytes), cacheBytes: limits.maxTableCacheBytes,
-                                    byteOrder: .littleEndian, tableName: "QED L2 table")
-        tables = TwoLevelTable(l1Table: l1Table, l2Cache: cache, clusterBits: clusterBits,
-                               l2Bits: UInt64(header.tableEntries.trailingZeroBitCount))
+        let layout = TwoLevelTable.Layout(unitBytes: clusterSize, entriesPerTable: UInt64(header.tableEntries), entryBytes: 8,
+                                          byteOrder: .littleEndian, tableName: "QED L2 table", directoryName: "L1 table")
+        tables = TwoLevelTable(file: file, layout: layout, tableOffsets: l1Table, cacheBytes: limits.maxTableCacheBytes)
         info = QEDImage.makeInfo(file: file, header: header, backingReference: backingReference)
+        hostFileNames = HostFileNames(file)
     }
 
     static func readHeader(_ file: ReadOnlyFile, limits: ImageLimits) throws -> QEDHeader {
@@ -84,81 +85,35 @@ public final class QEDImage: BlockDevice {
                                backingReference: ImageReference(kind: .backingFile, name: name, resolvedPath: path, opened: true))
         let base = try context.openResolved(path, kind: .backingFile, from: file.path,
                                             format: header.backingIsRaw ? .raw : nil)
-        return ChainedBlockDevice(top: top, base: base)
+        return try ChainedBlockDevice(top: top, opened: base, reference: name)
     }
 
     // MARK: Mapping
 
-    /// The decoded entry if its offset is valid, else `corrupt` naming the entry.
-    private func checked(_ raw: UInt64, _ location: TwoLevelTable.Location) throws -> QEDClusterEntry {
-        let entry = QEDClusterEntry(raw: raw)
-        guard case let .data(offset) = entry else { return entry }
-        let what = "L2 entry \(location.index) of the table at offset \(location.l2Offset) (cluster \(location.cluster), guest offset \(location.cluster << clusterBits))"
-        // The low bits of an offset are reserved and must be zero; cluster alignment covers them.
-        if offset % clusterSize != 0 || offset < header.headerBytes {
-            throw KDCTError.corrupt("\(what) is \(offset), not a cluster-aligned offset after the header",
-                                    file: file.path, field: "L2 entry")
-        }
-        if offset > file.size || clusterSize > file.size - offset {
-            throw KDCTError.corrupt("\(what) points to offset \(offset), past the end of the file (\(file.size) bytes)",
-                                    file: file.path, field: "L2 entry")
-        }
-        return entry
+    func mapping(at offset: UInt64, upTo end: UInt64) throws -> MappedRun {
+        try tables.mapping(at: offset, upTo: end) { entry, unit in try mapping(entry, unit) }
     }
 
-    private func entry(_ cluster: UInt64) throws -> QEDClusterEntry {
-        guard let (raw, location) = try tables.rawEntry(cluster) else { return .unallocated }
-        return try checked(raw, location)
-    }
-
-    public func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent {
-        guard offset < virtualSize, maxLength > 0 else {
-            throw KDCTError(.invalidArgument, "extent at \(offset) outside the disk (\(virtualSize) bytes)", file: file.path)
-        }
-        let end = virtualSize - offset > maxLength ? offset + maxLength : virtualSize
-        var run: ClusterRun?
-        try tables.walk(from: offset, to: end) { raw, location, position, length in
-            guard let raw else { return ClusterRun.extend(&run, status: .absent, at: position, length: length) }
-            switch try checked(raw, location) {
-            case .unallocated:
-                return ClusterRun.extend(&run, status: .absent, at: position, length: length)
-            case .zero:
-                return ClusterRun.extend(&run, status: .zero, at: position, length: length)
-            case let .data(host):
-                return ClusterRun.extend(&run, status: .data, host: host + (position & (clusterSize - 1)),
-                                         at: position, length: length)
+    /// The run an allocated L2 entry maps, its data checked (cluster-aligned, after the header, inside the file).
+    private func mapping(_ entry: TwoLevelTable.Entry, _ unit: TwoLevelTable.Unit) throws -> MappedRun {
+        let (cluster, length) = (unit.index, unit.length)
+        switch QEDClusterEntry(raw: entry.raw) {
+        case .unallocated:
+            return .absent(length)
+        case .zero:
+            return .zero(length)
+        case let .data(host):
+            let what = "L2 entry \(entry.index) of L2 table \(entry.table) (cluster \(cluster), guest offset \(cluster << clusterBits))"
+            // The low bits of an offset are reserved and must be zero; cluster alignment covers them.
+            if host % clusterSize != 0 || host < header.headerBytes {
+                throw KDCTError.corrupt("\(what) is \(host), not a cluster-aligned offset after the header",
+                                        file: file.path, field: "L2 entry")
             }
-        }
-        guard let run else { throw KDCTError.corrupt("no mapping for guest offset \(offset)", file: file.path) }
-        return run.extent
-    }
-
-    // MARK: Reading
-
-    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
-        try checkRange(offset, buffer.count)
-        var done = 0
-        while done < buffer.count {
-            let guest = offset + UInt64(done)
-            let cluster = guest >> clusterBits
-            let within = guest & (clusterSize - 1)
-            var count = Int(min(clusterSize - within, UInt64(buffer.count - done)))
-            switch try entry(cluster) {
-            case .unallocated, .zero:
-                UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + count)])
-                    .initializeMemory(as: UInt8.self, repeating: 0)
-            case let .data(host):
-                var next = cluster + 1
-                var expected = host + clusterSize
-                while done + count < buffer.count, case let .data(nextHost) = try entry(next), nextHost == expected {
-                    count += Int(min(clusterSize, UInt64(buffer.count - done - count)))
-                    next += 1
-                    expected += clusterSize
-                }
-                try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + count)]),
-                              at: host + within, what: "QED cluster \(cluster)")
+            if host > file.size || clusterSize > file.size - host {
+                throw KDCTError.corrupt("\(what) points to offset \(host), past the end of the file (\(file.size) bytes)",
+                                        file: file.path, field: "L2 entry")
             }
-            done += count
+            return .data(length, file, host + unit.within)
         }
     }
 

@@ -1,5 +1,5 @@
 /// What a QED L2 table entry says about one data cluster (qed_spec.rst, "Data cluster offsets").
-public enum QEDClusterEntry: Sendable, Equatable {
+enum QEDClusterEntry: Sendable, Equatable {
     /// Offset 0: not allocated; read from the backing file, or zeros.
     case unallocated
     /// Offset 1: reads as zeros and hides the backing file.
@@ -8,7 +8,7 @@ public enum QEDClusterEntry: Sendable, Equatable {
     case data(offset: UInt64)
 
     /// Decodes a raw entry.
-    public init(raw: UInt64) {
+    init(raw: UInt64) {
         switch raw {
         case 0: self = .unallocated
         case 1: self = .zero

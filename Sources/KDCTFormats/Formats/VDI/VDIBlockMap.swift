@@ -8,14 +8,14 @@
 ///
 /// Slot `n` starts at `dataOffset + n * (blockExtra + blockSize)`; its guest data follows `blockExtra` bytes of
 /// service data (VDIIMAGEDESC.offStartBlockData).
-public struct VDIBlockMap: Sendable {
+struct VDIBlockMap: Sendable {
     /// Entry of a block that is not allocated in this image.
-    public static let free: UInt32 = 0xFFFF_FFFF
+    static let free: UInt32 = 0xFFFF_FFFF
     /// Entry of a block that reads as zeros.
-    public static let zero: UInt32 = 0xFFFF_FFFE
+    static let zero: UInt32 = 0xFFFF_FFFE
 
     /// What one block map entry says about its block.
-    public enum Block: Sendable, Equatable {
+    enum Block: Sendable, Equatable {
         /// Not in this image (`.absent`).
         case free
         /// Reads as zeros (`.zero`).
@@ -25,14 +25,14 @@ public struct VDIBlockMap: Sendable {
     }
 
     /// The decoded entries.
-    public let entries: [UInt32]
+    let entries: [UInt32]
     /// Geometry taken from the header.
     let dataOffset: UInt64
     let blockExtra: UInt64
     let stride: UInt64
 
     /// Decodes `bytes` (the map as stored, `4 * header.blockCount` bytes) for an image with `header`.
-    public init(bytes: [UInt8], header: VDIHeader) {
+    init(bytes: [UInt8], header: VDIHeader) {
         entries = TableDecoding.uint32LittleEndian(bytes)
         dataOffset = header.dataOffset
         blockExtra = UInt64(header.blockExtra)
@@ -47,7 +47,7 @@ public struct VDIBlockMap: Sendable {
 
     /// The state of block `index` (which must be below `entries.count`).
     @inline(__always)
-    public func block(_ index: Int) -> Block {
+    func block(_ index: Int) -> Block {
         let entry = entries[index]
         switch entry {
         case VDIBlockMap.free: return .free
@@ -58,7 +58,7 @@ public struct VDIBlockMap: Sendable {
 
     /// Checks that every allocated block inside the disk has its guest bytes inside the file: the part of block
     /// `i` below `virtualSize` must end at or before `fileSize`. Throws `corrupt` naming the first bad entry.
-    public func validate(virtualSize: UInt64, blockSize: UInt64, fileSize: UInt64) throws {
+    func validate(virtualSize: UInt64, blockSize: UInt64, fileSize: UInt64) throws {
         let blocksInDisk = Int(min(UInt64(entries.count), (virtualSize + blockSize - 1) / blockSize))
         for index in 0..<blocksInDisk {
             let entry = entries[index]

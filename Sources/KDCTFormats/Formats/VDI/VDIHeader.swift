@@ -2,42 +2,42 @@
 ///
 /// Compared byte for byte; shown in the mixed-endian GUID layout VirtualBox uses (`VBoxManage showmediuminfo`,
 /// the `uuid="{...}"` attributes of a `.vbox` file), i.e. the first three fields byte-swapped.
-public struct VDIUUID: Sendable, Hashable, CustomStringConvertible {
+struct VDIUUID: Sendable, Hashable, CustomStringConvertible {
     /// The 16 bytes exactly as stored in the file.
-    public let bytes: [UInt8]
+    let bytes: [UInt8]
 
     /// Wraps 16 stored bytes (shorter input is zero-padded, longer is cut, so the value is always 16 bytes).
-    public init(bytes: [UInt8]) {
+    init(bytes: [UInt8]) {
         var padded = Array(bytes.prefix(16))
         padded += [UInt8](repeating: 0, count: 16 - padded.count)
         self.bytes = padded
     }
 
     /// The all-zero UUID (an unset field).
-    public static let null = VDIUUID(bytes: [])
+    static let null = VDIUUID(bytes: [])
 
     /// True when every byte is zero.
-    public var isNull: Bool { bytes.allSatisfy { $0 == 0 } }
+    var isNull: Bool { bytes.allSatisfy { $0 == 0 } }
 
-    public var description: String {
+    var description: String {
         (try? ByteReader(bytes, structure: "UUID").guid(0)) ?? "invalid"
     }
 }
 
 /// The CHS geometry VirtualBox stores in a VDI header (VDIDISKGEOMETRY). Informational only: reading never uses it.
-public struct VDIGeometry: Sendable, Equatable {
+struct VDIGeometry: Sendable, Equatable {
     /// Cylinders.
-    public var cylinders: UInt32
+    var cylinders: UInt32
     /// Heads.
-    public var heads: UInt32
+    var heads: UInt32
     /// Sectors per track.
-    public var sectors: UInt32
+    var sectors: UInt32
     /// Bytes per sector.
-    public var sectorSize: UInt32
+    var sectorSize: UInt32
 }
 
 /// The image type field of a VDI header (VDIIMAGETYPE in VirtualBox's VDICore.h).
-public enum VDIImageType: UInt32, Sendable {
+enum VDIImageType: UInt32, Sendable {
     /// Dynamically growing base image ("normal").
     case dynamic = 1
     /// Preallocated base image ("fixed"; qemu calls it static).
@@ -48,7 +48,7 @@ public enum VDIImageType: UInt32, Sendable {
     case differencing = 4
 
     /// The subformat name shown by `info`.
-    public var name: String {
+    var name: String {
         switch self {
         case .dynamic: return "dynamic"
         case .static: return "static"
@@ -69,11 +69,11 @@ public enum VDIImageType: UInt32, Sendable {
 ///
 /// All fields are little-endian. `decode` only parses; `validate` applies VirtualBox's own header checks plus
 /// the library's limits.
-public struct VDIHeader: Sendable, Equatable {
+struct VDIHeader: Sendable, Equatable {
     /// The signature at offset 0x40.
-    public static let signature: UInt32 = 0xBEDA_107F
+    static let signature: UInt32 = 0xBEDA_107F
     /// Bytes read from the start of the file to decode any known header layout.
-    public static let readSize = 512
+    static let readSize = 512
     /// Size of the pre-header (text + signature + version).
     static let preHeaderSize: UInt64 = 0x48
     /// Size of VDIHEADER0 (the 0.x header after the pre-header).
@@ -83,67 +83,67 @@ public struct VDIHeader: Sendable, Equatable {
     /// Size of VDIHEADER1PLUS (a 1.1 header carrying the LCHS geometry).
     static let header1PlusSize: UInt64 = 0x190
     /// Image flags VirtualBox accepts (VD_VDI_IMAGE_FLAGS_MASK: fixed, diff, zero-expand).
-    public static let knownFlags: UInt32 = 0x0003_0100
+    static let knownFlags: UInt32 = 0x0003_0100
 
     /// The text at the start of the file ("<<< Oracle VM VirtualBox Disk Image >>>"), for eyes only.
-    public var fileInfo: String
+    var fileInfo: String
     /// The raw version: major in the high 16 bits, minor in the low 16 bits.
-    public var version: UInt32
+    var version: UInt32
     /// `cbHeader` of a 1.x header; nil for 0.x.
-    public var headerSize: UInt32?
+    var headerSize: UInt32?
     /// The raw image type field.
-    public var imageTypeValue: UInt32
+    var imageTypeValue: UInt32
     /// Image flags (VDI_IMAGE_FLAGS_*).
-    public var flags: UInt32
+    var flags: UInt32
     /// The image comment (description).
-    public var comment: String
+    var comment: String
     /// File offset of the block map.
-    public var blocksOffset: UInt64
+    var blocksOffset: UInt64
     /// File offset of the first data block.
-    public var dataOffset: UInt64
+    var dataOffset: UInt64
     /// The legacy geometry (previous VirtualBox versions stored the physical CHS here).
-    public var legacyGeometry: VDIGeometry
+    var legacyGeometry: VDIGeometry
     /// The logical CHS geometry (1.1 headers of at least 0x190 bytes).
-    public var lchsGeometry: VDIGeometry?
+    var lchsGeometry: VDIGeometry?
     /// Size of the disk in bytes as stored.
-    public var diskSize: UInt64
+    var diskSize: UInt64
     /// Bytes of guest data per block.
-    public var blockSize: UInt32
+    var blockSize: UInt32
     /// Bytes of service data stored before the guest data of each block (`cbBlockExtra`).
-    public var blockExtra: UInt32
+    var blockExtra: UInt32
     /// Number of entries in the block map.
-    public var blockCount: UInt32
+    var blockCount: UInt32
     /// Number of blocks allocated in the file.
-    public var blocksAllocated: UInt32
+    var blocksAllocated: UInt32
     /// UUID given to the image at creation (what a child's link UUID names).
-    public var creationUUID: VDIUUID
+    var creationUUID: VDIUUID
     /// UUID changed on every modification session (what a child's parent UUID records).
-    public var modificationUUID: VDIUUID
+    var modificationUUID: VDIUUID
     /// Differencing images: the creation UUID of the parent.
-    public var linkUUID: VDIUUID
+    var linkUUID: VDIUUID
     /// Differencing images (1.x): the parent's modification UUID when the child was created.
-    public var parentModificationUUID: VDIUUID?
+    var parentModificationUUID: VDIUUID?
 
     /// Major version.
-    public var majorVersion: UInt32 { version >> 16 }
+    var majorVersion: UInt32 { version >> 16 }
     /// Minor version.
-    public var minorVersion: UInt32 { version & 0xFFFF }
+    var minorVersion: UInt32 { version & 0xFFFF }
     /// The image type, or nil when the field holds an unknown value.
-    public var imageType: VDIImageType? { VDIImageType(rawValue: imageTypeValue) }
+    var imageType: VDIImageType? { VDIImageType(rawValue: imageTypeValue) }
     /// True when blocks this image lacks come from a parent: differencing images, and undo images naming a parent.
-    public var hasParent: Bool {
+    var hasParent: Bool {
         imageType == .differencing || (imageType == .undo && !linkUUID.isNull)
     }
     /// The guest-visible size: VirtualBox rounds a size that is not a multiple of 512 down to whole sectors
     /// (vdiImageReadHeader), which is what the guest saw.
-    public var virtualSize: UInt64 { diskSize & ~UInt64(511) }
+    var virtualSize: UInt64 { diskSize & ~UInt64(511) }
     /// Distance between the starts of two consecutive blocks in the file.
-    public var blockStride: UInt64 { UInt64(blockSize) + UInt64(blockExtra) }
+    var blockStride: UInt64 { UInt64(blockSize) + UInt64(blockExtra) }
 
     /// Decodes the pre-header and header from the first bytes of a file (at least the header's size; 512 is
     /// always enough). Throws `invalidFormat` without the signature, `unsupported` for versions VirtualBox does
     /// not open, `truncated` when `bytes` is shorter than the header.
-    public static func decode(_ bytes: [UInt8]) throws -> VDIHeader {
+    static func decode(_ bytes: [UInt8]) throws -> VDIHeader {
         let r = ByteReader(bytes, structure: "VDI header")
         guard (try? r.u32le(0x40)) == signature else {
             throw KDCTError.invalidFormat("no VDI signature 0xBEDA107F at offset 0x40", field: "signature")
@@ -202,7 +202,7 @@ public struct VDIHeader: Sendable, Equatable {
     /// Applies VirtualBox's header checks (vdiValidateHeader) that matter for reading, and the library's limits,
     /// for a file of `fileSize` bytes. Throws `corrupt`, `unsupported`, `limitExceeded` or `truncated`, naming
     /// the field and its value.
-    public func validate(fileSize: UInt64, limits: ImageLimits) throws {
+    func validate(fileSize: UInt64, limits: ImageLimits) throws {
         if let headerSize, UInt64(headerSize) < VDIHeader.header1Size {
             throw KDCTError.corrupt("header size \(headerSize) is smaller than the 1.x header (\(VDIHeader.header1Size) bytes)",
                                     field: "cbHeader")

@@ -3,21 +3,21 @@
 /// The header and the whole block map are read and validated at open (every allocated block inside the disk
 /// must lie inside the file); afterwards a read is a map lookup and a positional read into the caller's buffer.
 /// A differencing image is opened as a `ChainedBlockDevice` over its parent, found by UUID (`VDIParentLocator`).
-public final class VDIImage: BlockDevice {
+final class VDIImage: MappedDevice {
     /// The image file.
-    public let file: ReadOnlyFile
+    let file: ReadOnlyFile
     /// The decoded header.
-    public let header: VDIHeader
+    let header: VDIHeader
     /// The decoded block map.
-    public let blockMap: VDIBlockMap
-    public let virtualSize: UInt64
-    public let info: ImageInfo
-    private let blockShift: UInt64
-    private let blockSize: UInt64
+    let blockMap: VDIBlockMap
+    let virtualSize: UInt64
+    let info: ImageInfo
+    let hostFileNames: HostFileNames
+    private let blocks: BlockTable
 
     /// Decodes and validates the image in `file`. `parentReference` describes the parent of a differencing image
     /// for `info` (the caller opens the parent).
-    public convenience init(file: ReadOnlyFile, limits: ImageLimits, parentReference: ImageReference? = nil) throws {
+    convenience init(file: ReadOnlyFile, limits: ImageLimits, parentReference: ImageReference? = nil) throws {
         let header = try VDIImage.readHeader(file, limits: limits)
         let blockMap = try VDIImage.readBlockMap(file, header: header)
         self.init(file: file, header: header, blockMap: blockMap, parentReference: parentReference)
@@ -28,10 +28,11 @@ public final class VDIImage: BlockDevice {
         self.file = file
         self.header = header
         self.blockMap = blockMap
-        blockSize = UInt64(header.blockSize)
-        blockShift = UInt64(header.blockSize.trailingZeroBitCount)
         virtualSize = header.virtualSize
+        blocks = BlockTable(file: file, blockShift: UInt64(header.blockSize.trailingZeroBitCount),
+                            sectorBytes: UInt64(header.blockSize), bitOrder: .leastSignificantFirst)
         info = VDIImage.makeInfo(file: file, header: header, blockMap: blockMap, parentReference: parentReference)
+        hostFileNames = HostFileNames(file)
     }
 
     /// Reads the block map of `file`, whose validated header is `header`, and checks every entry against the file.
@@ -83,7 +84,7 @@ public final class VDIImage: BlockDevice {
         }
         let reference = ImageReference(kind: .parent, name: parentName, resolvedPath: parentPath, opened: true)
         let top = VDIImage(file: file, header: header, blockMap: blockMap, parentReference: reference)
-        return ChainedBlockDevice(top: top, base: parent)
+        return try ChainedBlockDevice(top: top, opened: parent, reference: parentPath)
     }
 
     /// The VDI image on top of `device` (itself, or the top of a chain), if it is one.
@@ -95,80 +96,17 @@ public final class VDIImage: BlockDevice {
 
     // MARK: Mapping
 
-    /// The run that starts at `offset`: consecutive blocks with the same state are merged, allocated blocks only
-    /// while they are contiguous in the file.
-    public func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent {
-        guard offset < virtualSize, maxLength > 0 else {
-            throw KDCTError(.invalidArgument, "extent at \(offset) outside the disk (\(virtualSize) bytes)", file: file.path)
-        }
-        let end = virtualSize - offset > maxLength ? offset + maxLength : virtualSize
-        var index = Int(offset >> blockShift)
-        let first = try block(index)
-        var runEnd = min(UInt64(index + 1) << blockShift, end)
-        var previous = first
-        while runEnd < end {
-            index += 1
-            let next = try block(index)
-            switch (previous, next) {
-            case (.free, .free), (.zero, .zero):
-                break
-            case let (.data(a), .data(b)) where b == a + blockSize:
-                break
-            default:
-                return makeExtent(first, offset: offset, end: runEnd)
+    func mapping(at offset: UInt64, upTo end: UInt64) throws -> MappedRun {
+        try blocks.mapping(at: offset, upTo: end) { block in
+            guard block < UInt64(blockMap.entries.count) else {
+                throw KDCTError.corrupt("block \(block) lies beyond the block map (\(blockMap.entries.count) entries)",
+                                        file: file.path, field: "block map")
             }
-            previous = next
-            runEnd = min(runEnd + blockSize, end)
-        }
-        return makeExtent(first, offset: offset, end: runEnd)
-    }
-
-    private func makeExtent(_ block: VDIBlockMap.Block, offset: UInt64, end: UInt64) -> Extent {
-        switch block {
-        case .free: return Extent(offset: offset, length: end - offset, status: .absent)
-        case .zero: return Extent(offset: offset, length: end - offset, status: .zero)
-        case let .data(host):
-            return Extent(offset: offset, length: end - offset, status: .data, hostOffset: host + (offset & (blockSize - 1)))
-        }
-    }
-
-    @inline(__always)
-    private func block(_ index: Int) throws -> VDIBlockMap.Block {
-        guard index < blockMap.entries.count else {
-            throw KDCTError.corrupt("block \(index) lies beyond the block map (\(blockMap.entries.count) entries)",
-                                    file: file.path, field: "block map")
-        }
-        return blockMap.block(index)
-    }
-
-    // MARK: Reading
-
-    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
-        try checkRange(offset, buffer.count)
-        var done = 0
-        while done < buffer.count {
-            let guest = offset + UInt64(done)
-            let index = Int(guest >> blockShift)
-            let within = guest & (blockSize - 1)
-            var count = Int(min(blockSize - within, UInt64(buffer.count - done)))
-            let slice: UnsafeMutableRawBufferPointer
-            switch try block(index) {
-            case .free, .zero:
-                slice = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + count)])
-                slice.initializeMemory(as: UInt8.self, repeating: 0)
-            case let .data(host):
-                // Extend the read over following blocks stored right after this one.
-                var next = index + 1
-                var expected = host + blockSize
-                while done + count < buffer.count, case let .data(nextHost) = try block(next), nextHost == expected {
-                    count += Int(min(blockSize, UInt64(buffer.count - done - count)))
-                    next += 1
-                    expected += blockSize
-                }
-                slice = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + count)])
-                try file.read(into: slice, at: host + within, what: "VDI block \(index)")
+            switch blockMap.block(Int(block)) {
+            case .free: return .absent
+            case .zero: return .zero
+            case let .data(host): return .data(host)
             }
-            done += count
         }
     }
 

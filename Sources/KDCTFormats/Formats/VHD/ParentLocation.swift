@@ -1,19 +1,19 @@
 /// Windows path names stored in VHD and VHDX parent locators, converted to what can be tried on this machine.
-public enum WindowsPath {
+enum WindowsPath {
     /// A stored path name, classified.
-    public struct Converted: Sendable, Equatable {
+    struct Converted: Sendable, Equatable {
         /// A path usable here: relative (`/`-separated, `.` components dropped) or POSIX absolute; nil when the
         /// name only means something on Windows (drive letter, UNC share, volume GUID).
-        public var localPath: String?
+        var localPath: String?
         /// True for a drive-letter, UNC, `\\?\`, volume-GUID or root-relative Windows path.
-        public var isWindowsAbsolute: Bool
+        var isWindowsAbsolute: Bool
         /// The last path component (`parent.vhdx`), empty when there is none.
-        public var fileName: String
+        var fileName: String
     }
 
     /// Converts a stored name: `\\?\` and `\\.\` prefixes are stripped, `\` becomes `/`, `.\` components are
     /// dropped. `..` components are kept (the reference policy decides about them).
-    public static func convert(_ stored: String) -> Converted {
+    static func convert(_ stored: String) -> Converted {
         var name = stored
         while name.hasSuffix("\0") { name.removeLast() }
         var windowsAbsolute = false
@@ -45,7 +45,7 @@ public enum WindowsPath {
     }
 
     /// The POSIX path of a `file://` URL (`file://localhost/Users/a%20b/p.vhd` → `/Users/a b/p.vhd`), or nil.
-    public static func pathFromFileURL(_ url: String) -> String? {
+    static func pathFromFileURL(_ url: String) -> String? {
         guard url.lowercased().hasPrefix("file://") else { return nil }
         let rest = url.dropFirst("file://".count)
         guard let slash = rest.firstIndex(of: "/") else { return nil }
@@ -67,18 +67,18 @@ public enum WindowsPath {
 }
 
 /// One name under which an image says its parent can be found.
-public struct ParentCandidate: Sendable, Equatable {
+struct ParentCandidate: Sendable, Equatable {
     /// Where the name comes from (`W2ru locator`, `relative_path`, `parent name`...).
-    public var source: String
+    var source: String
     /// The name exactly as stored in the image.
-    public var stored: String
+    var stored: String
     /// The path tried on this machine, nil when the stored name cannot name a local file.
-    public var path: String?
+    var path: String?
     /// Why a name cannot be tried, when `path` is nil.
-    public var unusableReason: String?
+    var unusableReason: String?
 
     /// A candidate tried as `path`.
-    public init(source: String, stored: String, path: String?, unusableReason: String? = nil) {
+    init(source: String, stored: String, path: String?, unusableReason: String? = nil) {
         self.source = source
         self.stored = stored
         self.path = path
@@ -88,7 +88,7 @@ public struct ParentCandidate: Sendable, Equatable {
     /// Candidates for stored names in priority order: each name converted (Windows paths as described in
     /// `WindowsPath`), then, for every name that has directories or is absolute, its bare file name (looked for
     /// in the directory of the child), duplicates dropped.
-    public static func list(_ names: [(source: String, stored: String, isPOSIX: Bool)]) -> [ParentCandidate] {
+    static func list(_ names: [(source: String, stored: String, isPOSIX: Bool)]) -> [ParentCandidate] {
         var primary: [ParentCandidate] = []
         var fallback: [ParentCandidate] = []
         for (source, stored, isPOSIX) in names where !stored.isEmpty {
@@ -158,7 +158,7 @@ enum ParentFinder {
                 }
                 resolved = found
             } catch let error as KDCTError {
-                if error.kind == .referenceRefused, FilePaths.exists(FilePaths.join(directory, path)) {
+                if error.code == .referenceRefused, FilePaths.exists(FilePaths.join(directory, path)) {
                     refusedExisting = true
                 }
                 attempts.append("\(label)\(shown): \(error.message)")
@@ -172,7 +172,7 @@ enum ParentFinder {
             }
             return (device, candidate, resolved)
         }
-        let kind: KDCTError.Kind
+        let kind: KDCTError.Code
         if mismatched {
             kind = .corrupt
         } else if refusedExisting || context.options.effectiveReferencePolicy == .none {

@@ -1,18 +1,18 @@
 /// The block allocation table of a dynamic or differencing VHD: one big-endian 32-bit entry per block, the
 /// sector (512-byte unit) offset in the file of the block's bitmap, which the block data follows;
 /// 0xFFFFFFFF for a block not stored in this file.
-public struct VHDBlockAllocationTable: Sendable {
+struct VHDBlockAllocationTable: Sendable {
     /// The entry value of a block not stored in the file.
-    public static let unallocated: UInt32 = 0xFFFF_FFFF
+    static let unallocated: UInt32 = 0xFFFF_FFFF
 
     /// Entries, one per block of the guest.
-    public let entries: [UInt32]
+    let entries: [UInt32]
 
     /// Decodes `bytes` (4 bytes per entry) and checks every allocated entry against the file:
     /// the block (its bitmap of `bitmapSize` bytes, then `blockSize` data bytes) must not overlap the metadata
     /// (`reserved`: the footer copy, the dynamic header, the table itself), must end within `fileSize`, and no
     /// two blocks may overlap.
-    public static func decode(_ bytes: [UInt8], blockSize: UInt64, bitmapSize: UInt64, reserved: [Range<UInt64>],
+    static func decode(_ bytes: [UInt8], blockSize: UInt64, bitmapSize: UInt64, reserved: [Range<UInt64>],
                               fileSize: UInt64, file: String? = nil) throws -> VHDBlockAllocationTable {
         let entries = TableDecoding.uint32BigEndian(bytes)
         let span = bitmapSize + blockSize

@@ -1,56 +1,56 @@
 /// The 1024-byte dynamic disk header of a dynamic or differencing VHD (specification, "Dynamic Disk Header
 /// Format"), found at the footer's `Data Offset`. Big-endian.
-public struct VHDDynamicHeader: Sendable, Equatable {
+struct VHDDynamicHeader: Sendable, Equatable {
     /// Size of the structure.
-    public static let size = 1024
+    static let size = 1024
     /// The cookie it starts with.
-    public static let cookie: [UInt8] = Array("cxsparse".utf8)
+    static let cookie: [UInt8] = Array("cxsparse".utf8)
     /// Bytes needed to decode the block table geometry (cookie through block size), the part checked before
     /// anything else.
-    public static let geometryFieldsSize = 36
+    static let geometryFieldsSize = 36
 
     /// One of the eight parent locator entries.
-    public struct ParentLocatorEntry: Sendable, Equatable {
+    struct ParentLocatorEntry: Sendable, Equatable {
         /// `Platform Code` as four raw bytes (`W2ru`, `W2ku`, `Mac `, `MacX`, `Wi2r`, `Wi2k`).
-        public var platformCode: [UInt8]
+        var platformCode: [UInt8]
         /// `Platform Data Space` (sectors per the specification; many writers store bytes).
-        public var dataSpace: UInt32
+        var dataSpace: UInt32
         /// `Platform Data Length` in bytes.
-        public var dataLength: UInt32
+        var dataLength: UInt32
         /// `Platform Data Offset`: file offset of the locator data.
-        public var dataOffset: UInt64
+        var dataOffset: UInt64
 
         /// The platform code as text.
-        public var platformText: String { VHDFooter.fourCC(platformCode) }
+        var platformText: String { VHDFooter.fourCC(platformCode) }
     }
 
     /// `Table Offset`: file offset of the block allocation table.
-    public var tableOffset: UInt64
+    var tableOffset: UInt64
     /// `Header Version` (0x00010000).
-    public var headerVersion: UInt32
+    var headerVersion: UInt32
     /// `Max Table Entries`: BAT entries stored.
-    public var maxTableEntries: UInt32
+    var maxTableEntries: UInt32
     /// `Block Size` in bytes (2 MiB by default; a power of two).
-    public var blockSize: UInt32
+    var blockSize: UInt32
     /// `Checksum` as stored.
-    public var checksum: UInt32
+    var checksum: UInt32
     /// The checksum computed over the header (nil when the header was decoded from a short buffer).
-    public var computedChecksum: UInt32?
+    var computedChecksum: UInt32?
     /// `Parent Unique ID` (16 raw bytes; zero for a dynamic disk).
-    public var parentUniqueID: [UInt8]
+    var parentUniqueID: [UInt8]
     /// `Parent Time Stamp`: the parent's modification time, seconds since 2000-01-01 UTC.
-    public var parentTimestamp: UInt32
+    var parentTimestamp: UInt32
     /// `Parent Unicode Name` (UTF-16BE in the file).
-    public var parentName: String
+    var parentName: String
     /// The parent locator entries whose platform code is not zero, in stored order.
-    public var parentLocators: [ParentLocatorEntry]
+    var parentLocators: [ParentLocatorEntry]
 
     /// True when the stored checksum matches the content.
-    public var checksumIsValid: Bool { computedChecksum == checksum }
+    var checksumIsValid: Bool { computedChecksum == checksum }
 
     /// Decodes the block table geometry fields from the first `geometryFieldsSize` bytes (or more), so an
     /// impossible table can be reported even when the rest of the header is missing or damaged.
-    public static func decodeGeometry(_ bytes: [UInt8]) throws -> (tableOffset: UInt64, maxTableEntries: UInt32, blockSize: UInt32) {
+    static func decodeGeometry(_ bytes: [UInt8]) throws -> (tableOffset: UInt64, maxTableEntries: UInt32, blockSize: UInt32) {
         guard bytes.count >= 8, Array(bytes[0..<8]) == cookie else {
             throw KDCTError.corrupt("dynamic disk header has no \"cxsparse\" cookie", field: "dynamic header cookie")
         }
@@ -59,7 +59,7 @@ public struct VHDDynamicHeader: Sendable, Equatable {
     }
 
     /// Decodes the whole 1024-byte header; the checksum is computed, not enforced.
-    public static func decode(_ bytes: [UInt8]) throws -> VHDDynamicHeader {
+    static func decode(_ bytes: [UInt8]) throws -> VHDDynamicHeader {
         let geometry = try decodeGeometry(bytes)
         guard bytes.count >= size else {
             throw KDCTError(.truncated, "dynamic disk header needs \(size) bytes, only \(bytes.count) available",
@@ -88,7 +88,7 @@ public struct VHDDynamicHeader: Sendable, Equatable {
     }
 
     /// Bytes of the per-block sector bitmap as stored: one bit per 512-byte sector, padded to whole sectors.
-    public static func bitmapSize(blockSize: UInt32) -> UInt64 {
+    static func bitmapSize(blockSize: UInt32) -> UInt64 {
         let bits = UInt64(blockSize) / 512
         let bytes = (bits + 7) / 8
         return (bytes + 511) / 512 * 512

@@ -3,20 +3,20 @@
 /// Every VHD ends with one; dynamic and differencing disks also keep a copy at offset 0. All fields are
 /// big-endian. Old Virtual PC versions wrote a 511-byte footer (the last reserved byte missing); it is decoded
 /// the same way with that byte taken as zero.
-public struct VHDFooter: Sendable, Equatable {
+struct VHDFooter: Sendable, Equatable {
     /// Size of the footer structure.
-    public static let size = 512
+    static let size = 512
     /// The cookie every footer starts with.
-    public static let cookie: [UInt8] = Array("conectix".utf8)
+    static let cookie: [UInt8] = Array("conectix".utf8)
 
     /// The `Disk Type` field.
-    public enum DiskType: UInt32, Sendable {
+    enum DiskType: UInt32, Sendable {
         case fixed = 2
         case dynamic = 3
         case differencing = 4
 
         /// The subformat name shown by `info`.
-        public var name: String {
+        var name: String {
             switch self {
             case .fixed: return "fixed"
             case .dynamic: return "dynamic"
@@ -26,75 +26,75 @@ public struct VHDFooter: Sendable, Equatable {
     }
 
     /// `Features` (bit 0: temporary, bit 1: reserved, always set).
-    public var features: UInt32
+    var features: UInt32
     /// `File Format Version` (0x00010000).
-    public var formatVersion: UInt32
+    var formatVersion: UInt32
     /// `Data Offset`: file offset of the dynamic disk header, 0xFFFFFFFFFFFFFFFF for fixed disks.
-    public var dataOffset: UInt64
+    var dataOffset: UInt64
     /// `Time Stamp`: seconds since 2000-01-01 00:00:00 UTC.
-    public var timestamp: UInt32
+    var timestamp: UInt32
     /// `Creator Application`, four raw bytes (`vpc `, `win `, `d2v\0`, `qemu`...).
-    public var creatorApplication: [UInt8]
+    var creatorApplication: [UInt8]
     /// `Creator Version` major (high 16 bits).
-    public var creatorVersionMajor: UInt16
+    var creatorVersionMajor: UInt16
     /// `Creator Version` minor (low 16 bits).
-    public var creatorVersionMinor: UInt16
+    var creatorVersionMinor: UInt16
     /// `Creator Host OS`, four raw bytes (`Wi2k`, `Mac `).
-    public var creatorHostOS: [UInt8]
+    var creatorHostOS: [UInt8]
     /// `Original Size` in bytes.
-    public var originalSize: UInt64
+    var originalSize: UInt64
     /// `Current Size` in bytes.
-    public var currentSize: UInt64
+    var currentSize: UInt64
     /// `Disk Geometry` cylinders.
-    public var cylinders: UInt16
+    var cylinders: UInt16
     /// `Disk Geometry` heads.
-    public var heads: UInt8
+    var heads: UInt8
     /// `Disk Geometry` sectors per track.
-    public var sectorsPerTrack: UInt8
+    var sectorsPerTrack: UInt8
     /// `Disk Type` as stored.
-    public var rawDiskType: UInt32
+    var rawDiskType: UInt32
     /// `Checksum` as stored.
-    public var checksum: UInt32
+    var checksum: UInt32
     /// The checksum computed over the footer bytes (one's complement of the byte sum, checksum field excluded).
-    public var computedChecksum: UInt32
+    var computedChecksum: UInt32
     /// `Unique Id`, 16 raw bytes.
-    public var uniqueID: [UInt8]
+    var uniqueID: [UInt8]
     /// `Saved State` flag.
-    public var savedState: UInt8
+    var savedState: UInt8
 
     /// The disk type, or nil when the stored value is not fixed/dynamic/differencing.
-    public var diskType: DiskType? { DiskType(rawValue: rawDiskType) }
+    var diskType: DiskType? { DiskType(rawValue: rawDiskType) }
 
     /// True when the stored checksum matches the content.
-    public var checksumIsValid: Bool { checksum == computedChecksum }
+    var checksumIsValid: Bool { checksum == computedChecksum }
 
     /// cylinders × heads × sectors per track × 512: the size Virtual PC shows the guest.
-    public var geometrySize: UInt64 { UInt64(cylinders) * UInt64(heads) * UInt64(sectorsPerTrack) * 512 }
+    var geometrySize: UInt64 { UInt64(cylinders) * UInt64(heads) * UInt64(sectorsPerTrack) * 512 }
 
     /// The largest geometry a VHD can state (65535 × 16 × 255), used by tools that size by `current_size`
     /// (Disk2vhd, Hyper-V) for disks above 127 GiB: the geometry then says nothing about the size.
-    public static let maximumGeometrySectors: UInt64 = 65535 * 16 * 255
+    static let maximumGeometrySectors: UInt64 = 65535 * 16 * 255
 
     /// True when the geometry is the maximum one.
-    public var hasMaximumGeometry: Bool {
+    var hasMaximumGeometry: Bool {
         UInt64(cylinders) * UInt64(heads) * UInt64(sectorsPerTrack) == Self.maximumGeometrySectors
     }
 
     /// The creator application as text (NULs shown as `\0`).
-    public var creatorApplicationText: String { Self.fourCC(creatorApplication) }
+    var creatorApplicationText: String { Self.fourCC(creatorApplication) }
 
     /// The creator host OS as text.
-    public var creatorHostOSText: String { Self.fourCC(creatorHostOS) }
+    var creatorHostOSText: String { Self.fourCC(creatorHostOS) }
 
     /// True when `bytes` (512 or 511 bytes) start with the `conectix` cookie.
-    public static func hasCookie(_ bytes: [UInt8]) -> Bool {
+    static func hasCookie(_ bytes: [UInt8]) -> Bool {
         bytes.count >= 8 && Array(bytes[0..<8]) == cookie
     }
 
     /// Decodes a footer from 512 bytes, or 511 bytes for an old Virtual PC file (the missing last byte is a
     /// reserved one and is taken as zero). Fails with `invalidFormat` when the cookie is missing. The checksum is
     /// computed but not enforced: callers decide (see `checksumIsValid`).
-    public static func decode(_ bytes: [UInt8]) throws -> VHDFooter {
+    static func decode(_ bytes: [UInt8]) throws -> VHDFooter {
         guard bytes.count == size || bytes.count == size - 1 else {
             throw KDCTError.invalidFormat("a VHD footer is 512 bytes (511 in old files), got \(bytes.count)",
                                           field: "VHD footer")
@@ -126,7 +126,7 @@ public struct VHDFooter: Sendable, Equatable {
 
     /// The VHD checksum: one's complement of the sum of all bytes, the bytes in `skipping` (the checksum field)
     /// left out.
-    public static func onesComplementChecksum(_ bytes: [UInt8], skipping: Range<Int>) -> UInt32 {
+    static func onesComplementChecksum(_ bytes: [UInt8], skipping: Range<Int>) -> UInt32 {
         var sum: UInt32 = 0
         for (index, byte) in bytes.enumerated() where !skipping.contains(index) {
             sum &+= UInt32(byte)
@@ -146,10 +146,10 @@ public struct VHDFooter: Sendable, Equatable {
 
 /// Which size a VHD's guest sees: the footer's `current_size` or its CHS geometry, per creator (as qemu's
 /// block/vpc.c decides), overridable by `OpenOptions.vhdSizeMode`.
-public enum VHDSizeRule {
+enum VHDSizeRule {
     /// Creators whose tools size the disk by its CHS geometry: Virtual PC (`vpc `), Virtual Server (`vs  `) and
     /// qemu before 2.6 (`qemu`, which also rounds `current_size` to the geometry).
-    public static let geometryCreators: Set<[UInt8]> = [Array("vpc ".utf8), Array("vs  ".utf8), Array("qemu".utf8)]
+    static let geometryCreators: Set<[UInt8]> = [Array("vpc ".utf8), Array("vs  ".utf8), Array("qemu".utf8)]
 
     /// The virtual size of a disk with `footer`, and the rule that chose it.
     ///
@@ -161,7 +161,7 @@ public enum VHDSizeRule {
     ///   `mode` asks for CHS: its geometry only says "larger than CHS can express".
     /// - `mode` (`OpenOptions.vhdSizeMode`) overrides the creator table.
     /// The result is rounded down to whole 512-byte sectors, as qemu does.
-    public static func virtualSize(of footer: VHDFooter, mode: VHDSizeMode?) -> (size: UInt64, source: VHDSizeMode) {
+    static func virtualSize(of footer: VHDFooter, mode: VHDSizeMode?) -> (size: UInt64, source: VHDSizeMode) {
         var source: VHDSizeMode = geometryCreators.contains(footer.creatorApplication) ? .chs : .current
         if let mode { source = mode }
         if footer.hasMaximumGeometry { source = .current }

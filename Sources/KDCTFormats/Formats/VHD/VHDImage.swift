@@ -9,70 +9,100 @@ import Glibc
 ///   block bitmap is honoured: a sector whose bit is clear is `.absent` (zeros in a dynamic disk, the parent's
 ///   data in a differencing one). Bitmaps are read once per block into a bounded cache.
 /// - A differencing disk is opened with its parent as a `ChainedBlockDevice` (see `open`).
-public final class VHDImage: BlockDevice {
+final class VHDImage: MappedDevice {
     /// The image file.
-    public let file: ReadOnlyFile
+    let file: ReadOnlyFile
     /// The footer in use (the copy at offset 0 for dynamic disks, unless it is damaged).
-    public let footer: VHDFooter
+    let footer: VHDFooter
     /// The dynamic disk header (nil for fixed disks).
-    public let header: VHDDynamicHeader?
+    let header: VHDDynamicHeader?
     /// Guest size (see `VHDSizeRule`).
-    public let virtualSize: UInt64
+    let virtualSize: UInt64
     /// What the image says about itself, built at open.
-    public let info: ImageInfo
+    let info: ImageInfo
+    let hostFileNames: HostFileNames
 
-    /// Where the size came from.
-    let sizeSource: VHDSizeMode
     /// BAT entries (dynamic/differencing), one per block.
     let bat: [UInt32]
-    /// log2 of the block size.
-    let blockShift: UInt64
-    /// Block size in bytes.
-    let blockSize: UInt64
+    /// The block lookup (dynamic/differencing).
+    private let blocks: BlockTable
     /// Bytes of the bitmap stored before each block's data.
-    let bitmapSize: UInt64
-    /// Sectors (bits) per block.
-    let sectorsPerBlock: Int
+    private let bitmapSize: UInt64
     /// Per-block sector presence.
-    let presenceCache: BoundedCache<UInt64, BlockPresence>
+    private let presenceCache: BoundedCache<UInt64, BlockPresence>
 
     /// VHD timestamps count seconds from 2000-01-01 00:00:00 UTC.
     static let timestampEpoch: Int = 946_684_800
 
-    private init(file: ReadOnlyFile, footer: VHDFooter, header: VHDDynamicHeader?, virtualSize: UInt64,
-                 sizeSource: VHDSizeMode, bat: [UInt32], info: ImageInfo, cacheBytes: UInt64) {
+    private init(file: ReadOnlyFile, footer: VHDFooter, header: VHDDynamicHeader?, virtualSize: UInt64, bat: [UInt32],
+                 info: ImageInfo, cacheBytes: UInt64) {
         self.file = file
         self.footer = footer
         self.header = header
         self.virtualSize = virtualSize
-        self.sizeSource = sizeSource
         self.bat = bat
         self.info = info
+        hostFileNames = HostFileNames(file)
         let blockSize = UInt64(header?.blockSize ?? 512)
-        self.blockSize = blockSize
-        self.blockShift = UInt64(blockSize.trailingZeroBitCount)
-        self.bitmapSize = VHDDynamicHeader.bitmapSize(blockSize: UInt32(truncatingIfNeeded: blockSize))
-        self.sectorsPerBlock = Int(blockSize / 512)
-        self.presenceCache = .presenceCache(bytes: cacheBytes, bitmapBytes: Int(blockSize / 512 + 7) / 8)
+        blocks = BlockTable(file: file, blockShift: UInt64(blockSize.trailingZeroBitCount), sectorBytes: 512,
+                            bitOrder: .mostSignificantFirst)
+        bitmapSize = VHDDynamicHeader.bitmapSize(blockSize: UInt32(truncatingIfNeeded: blockSize))
+        presenceCache = .presenceCache(bytes: cacheBytes, bitmapBytes: Int(blockSize / 512 + 7) / 8)
     }
 
     var isFixed: Bool { header == nil }
 
     // MARK: Opening
 
+    /// What the footer says about the disk, gathered while opening.
+    private struct Described {
+        var file: ReadOnlyFile
+        var footer: VHDFooter
+        /// Where the footer starts (for a fixed disk, also where guest data ends).
+        var footerOffset: UInt64
+        var virtualSize: UInt64
+        var sizeSource: VHDSizeMode
+        var notes: [String]
+        var cacheBytes: UInt64
+
+        func image(header: VHDDynamicHeader?, bat: [UInt32], references: [ImageReference] = [], backingName: String? = nil,
+                   locatorNames: [Int: String] = [:]) -> VHDImage {
+            let info = makeInfo(file: file, footer: footer, header: header, virtualSize: virtualSize,
+                                sizeSource: sizeSource, notes: notes, references: references, backingName: backingName,
+                                locatorNames: locatorNames)
+            return VHDImage(file: file, footer: footer, header: header, virtualSize: virtualSize, bat: bat, info: info,
+                            cacheBytes: cacheBytes)
+        }
+    }
+
     /// Registry entry point: opens a VHD, and for a differencing disk its parent (under the reference policy),
     /// returning the chain.
     @Sendable static func open(_ file: ReadOnlyFile, _ context: OpenContext) throws -> any BlockDevice {
-        let limits = context.limits
+        let described = try describe(file, context: context)
+        guard described.footer.diskType != .fixed else {
+            guard described.virtualSize <= described.footerOffset else {
+                throw KDCTError(.truncated,
+                                "fixed disk of \(described.virtualSize) bytes but the data before the footer is only \(described.footerOffset) bytes",
+                                file: file.path, field: "footer current size")
+            }
+            return described.image(header: nil, bat: [])
+        }
+        let (header, bat) = try readDynamicHeader(described, limits: context.limits)
+        guard described.footer.diskType == .differencing else { return described.image(header: header, bat: bat) }
+        return try openDifferencing(described, header: header, bat: bat, context: context)
+    }
+
+    /// Locates the footer and decides the virtual size, with notes on how.
+    private static func describe(_ file: ReadOnlyFile, context: OpenContext) throws -> Described {
         let located = try locateFooter(file)
         let footer = located.footer
         var notes = located.notes
-        guard let diskType = footer.diskType else {
+        guard footer.diskType != nil else {
             throw KDCTError.unsupported("disk type \(footer.rawDiskType) (only fixed 2, dynamic 3, differencing 4 exist)",
                                         file: file.path, field: "footer disk type")
         }
         let (virtualSize, sizeSource) = VHDSizeRule.virtualSize(of: footer, mode: context.options.vhdSizeMode)
-        try ImageLimits.check("virtual size", virtualSize, max: limits.maxVirtualSize, file: file.path)
+        try ImageLimits.check("virtual size", virtualSize, max: context.limits.maxVirtualSize, file: file.path)
         let chsSize = footer.geometrySize
         if chsSize != footer.currentSize {
             if sizeSource == .chs {
@@ -83,21 +113,17 @@ public final class VHDImage: BlockDevice {
                 notes.append("virtual size from the footer's current size; the CHS geometry gives \(chsSize) bytes")
             }
         }
+        return Described(file: file, footer: footer, footerOffset: located.offset, virtualSize: virtualSize,
+                         sizeSource: sizeSource, notes: notes, cacheBytes: context.limits.maxTableCacheBytes)
+    }
 
-        if diskType == .fixed {
-            guard virtualSize <= located.offset else {
-                throw KDCTError(.truncated,
-                                "fixed disk of \(virtualSize) bytes but the data before the footer is only \(located.offset) bytes",
-                                file: file.path, field: "footer current size")
-            }
-            let info = makeInfo(file: file, footer: footer, header: nil, virtualSize: virtualSize,
-                                sizeSource: sizeSource, notes: notes, references: [], backingName: nil)
-            return VHDImage(file: file, footer: footer, header: nil, virtualSize: virtualSize, sizeSource: sizeSource,
-                            bat: [], info: info, cacheBytes: 0)
-        }
-
-        // Dynamic disk header at the footer's data offset.
-        let headerOffset = footer.dataOffset
+    /// Reads the dynamic disk header at the footer's data offset and the BAT it names, checking the table geometry
+    /// first (an impossible table is reported as such even when the rest is damaged), then the checksum, then every
+    /// BAT entry against the file.
+    private static func readDynamicHeader(_ described: Described, limits: ImageLimits) throws -> (VHDDynamicHeader, [UInt32]) {
+        let file = described.file
+        let virtualSize = described.virtualSize
+        let headerOffset = described.footer.dataOffset
         guard headerOffset >= 512, headerOffset < file.size else {
             throw KDCTError.corrupt("the footer places the dynamic disk header at file offset \(headerOffset), outside the file (\(file.size) bytes)",
                                     file: file.path, field: "footer data offset")
@@ -107,7 +133,6 @@ public final class VHDImage: BlockDevice {
         headerBytes.removeLast(headerBytes.count - got)
         let geometry = try VHDDynamicHeader.decodeGeometry(headerBytes)
         let blockSize = UInt64(geometry.blockSize)
-        // Table geometry first: an impossible table is reported as such even when the rest is damaged.
         guard blockSize >= 512, blockSize.nonzeroBitCount == 1 else {
             throw KDCTError.corrupt("block size \(blockSize) is not a power of two of at least 512",
                                     file: file.path, field: "dynamic header block size")
@@ -131,43 +156,37 @@ public final class VHDImage: BlockDevice {
             throw KDCTError(.checksum, "dynamic disk header checksum is 0x\(String(header.checksum, radix: 16)), computed 0x\(String(header.computedChecksum ?? 0, radix: 16))",
                             file: file.path, field: "dynamic header checksum")
         }
-
-        // BAT: only the entries that cover the guest are needed.
+        // Only the entries that cover the guest are needed.
         let batData = try file.readBytes(count: Int(blocksNeeded * 4), at: header.tableOffset, what: "BAT")
         let reserved: [Range<UInt64>] = [0..<512, headerOffset..<(headerOffset + UInt64(VHDDynamicHeader.size)),
                                          header.tableOffset..<max(batEnd, header.tableOffset + 1)]
         let bat = try VHDBlockAllocationTable.decode(batData, blockSize: blockSize,
                                                      bitmapSize: VHDDynamicHeader.bitmapSize(blockSize: header.blockSize),
                                                      reserved: reserved, fileSize: file.size, file: file.path)
+        return (header, bat.entries)
+    }
 
-        guard diskType == .differencing else {
-            let info = makeInfo(file: file, footer: footer, header: header, virtualSize: virtualSize,
-                                sizeSource: sizeSource, notes: notes, references: [], backingName: nil)
-            return VHDImage(file: file, footer: footer, header: header, virtualSize: virtualSize, sizeSource: sizeSource,
-                            bat: bat.entries, info: info, cacheBytes: limits.maxTableCacheBytes)
-        }
-
-        // Differencing: the parent, named by the locators and the parent name.
-        let (names, locatorNotes, locatorNames) = try parentNames(of: header, file: file, limits: limits)
-        notes += locatorNotes
-        let candidates = ParentCandidate.list(names)
+    /// A differencing disk: the child over its parent, found from the locators and the parent name (under the
+    /// reference policy) and checked against the unique id the child records.
+    private static func openDifferencing(_ described: Described, header: VHDDynamicHeader, bat: [UInt32],
+                                         context: OpenContext) throws -> any BlockDevice {
+        var described = described
+        let file = described.file
+        let (names, locatorNotes, locatorNames) = try parentNames(of: header, file: file, limits: context.limits)
+        described.notes += locatorNotes
         let parentName = header.parentName.isEmpty ? (names.first?.stored ?? "") : header.parentName
         var references: [ImageReference] = []
         for name in names where !references.contains(where: { $0.name == name.stored }) {
             references.append(ImageReference(kind: .parent, name: name.stored))
         }
         guard context.options.openReferences else {
-            let info = makeInfo(file: file, footer: footer, header: header, virtualSize: virtualSize,
-                                sizeSource: sizeSource, notes: notes, references: references, backingName: parentName,
-                                locatorNames: locatorNames)
-            return VHDImage(file: file, footer: footer, header: header, virtualSize: virtualSize, sizeSource: sizeSource,
-                            bat: bat.entries, info: info, cacheBytes: limits.maxTableCacheBytes)
+            return described.image(header: header, bat: bat, references: references, backingName: parentName,
+                                   locatorNames: locatorNames)
         }
         let expectedID = header.parentUniqueID
-        let found = try ParentFinder.open(candidates, parentName: parentName, imagePath: file.path, context: context,
-                                          format: .vhd) { device in
-            guard expectedID.contains(where: { $0 != 0 }) else { return nil }
-            guard let parent = vhdLayer(of: device) else { return nil }
+        let found = try ParentFinder.open(ParentCandidate.list(names), parentName: parentName, imagePath: file.path,
+                                          context: context, format: .vhd) { device in
+            guard expectedID.contains(where: { $0 != 0 }), let parent = vhdLayer(of: device) else { return nil }
             if parent.footer.uniqueID != expectedID {
                 return "its unique id is \(hex(parent.footer.uniqueID)), the child expects \(hex(expectedID))"
             }
@@ -175,20 +194,18 @@ public final class VHDImage: BlockDevice {
         }
         if let parent = vhdLayer(of: found.device), header.parentTimestamp != 0, parent.footer.timestamp != 0,
            parent.footer.timestamp != header.parentTimestamp {
-            notes.append("the parent's time stamp (\(formatTimestamp(parent.footer.timestamp))) differs from the one recorded in the child (\(formatTimestamp(header.parentTimestamp)))")
+            described.notes.append("the parent's time stamp (\(formatTimestamp(parent.footer.timestamp))) differs from the one recorded in the child (\(formatTimestamp(header.parentTimestamp)))")
         }
-        if found.device.virtualSize != virtualSize {
-            notes.append("the parent's virtual size (\(found.device.virtualSize)) differs from the child's (\(virtualSize))")
+        if found.device.virtualSize != described.virtualSize {
+            described.notes.append("the parent's virtual size (\(found.device.virtualSize)) differs from the child's (\(described.virtualSize))")
         }
         for index in references.indices where references[index].name == found.candidate.stored {
             references[index].resolvedPath = found.resolvedPath
             references[index].opened = true
         }
-        let info = makeInfo(file: file, footer: footer, header: header, virtualSize: virtualSize, sizeSource: sizeSource,
-                            notes: notes, references: references, backingName: parentName, locatorNames: locatorNames)
-        let child = VHDImage(file: file, footer: footer, header: header, virtualSize: virtualSize, sizeSource: sizeSource,
-                             bat: bat.entries, info: info, cacheBytes: limits.maxTableCacheBytes)
-        return ChainedBlockDevice(top: child, base: found.device)
+        let child = described.image(header: header, bat: bat, references: references, backingName: parentName,
+                                    locatorNames: locatorNames)
+        return try ChainedBlockDevice(top: child, opened: found.device, reference: found.candidate.path ?? found.resolvedPath)
     }
 
     /// The VHD layer on top of `device` (itself, or the top of a chain), if it is one.
@@ -369,62 +386,21 @@ public final class VHDImage: BlockDevice {
 
     // MARK: Mapping
 
-    /// Sector presence of allocated block `block` (its bitmap, read once and cached).
-    @inline(__always)
-    func presence(ofBlock block: Int, entry: UInt32) throws -> BlockPresence {
-        try presenceCache.value(for: UInt64(block)) {
-            let count = (sectorsPerBlock + 7) / 8
-            let bitmap = try file.readBytes(count: count, at: UInt64(entry) * 512, what: "bitmap of block \(block)")
-            return SectorBitmap.presence(of: bitmap, bits: sectorsPerBlock, order: .mostSignificantFirst)
-        }
-    }
-
-    /// Status, file offset (for data) and end of the run starting at `offset` within its block.
-    @inline(__always)
-    func blockRun(at offset: UInt64, end: UInt64) throws -> BlockRun {
-        let block = Int(offset >> blockShift)
-        let blockStart = UInt64(block) << blockShift
-        let blockEnd = min(end, blockStart + blockSize)
-        let entry = bat[block]
-        if entry == VHDBlockAllocationTable.unallocated { return BlockRun(status: .absent, end: blockEnd) }
-        let inBlock = offset - blockStart
-        let dataStart = UInt64(entry) * 512 + bitmapSize
-        switch try presence(ofBlock: block, entry: entry) {
-        case .all: return BlockRun(status: .data, host: dataStart + inBlock, end: blockEnd)
-        case .none: return BlockRun(status: .absent, end: blockEnd)
-        case let .some(bitmap):
-            let sector = Int(inBlock / 512)
-            let run = SectorBitmap.run(in: bitmap, from: sector, to: sectorsPerBlock, order: .mostSignificantFirst)
-            let runEnd = min(blockEnd, blockStart + UInt64(sector + run.count) * 512)
-            return run.set ? BlockRun(status: .data, host: dataStart + inBlock, end: runEnd)
-                : BlockRun(status: .absent, end: runEnd)
-        }
-    }
-
-    /// The run at `offset` from the block table (and sector bitmaps), never reading guest data.
-    public func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent {
-        guard offset < virtualSize, maxLength > 0 else {
-            throw KDCTError(.invalidArgument, "extent at guest offset \(offset) (length \(maxLength)) outside the virtual size \(virtualSize)",
-                            file: info.filename)
-        }
-        let end = maxLength >= virtualSize - offset ? virtualSize : offset + maxLength
-        if isFixed {
-            // Guest byte N is file byte N (the footer lies past the virtual size): holes in a sparse file are
-            // zero extents, exactly as for a raw file.
-            return try RawImage(file: file).extent(at: offset, maxLength: end - offset)
-        }
-        return try BlockRuns.extent(at: offset, to: end) { try blockRun(at: $0, end: end) }
-    }
-
-    /// Guest bytes at `offset`: stored runs read straight into `buffer`, the rest zeros.
-    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
-        try checkRange(offset, buffer.count)
-        if isFixed {
-            try file.read(into: buffer, at: offset, what: "fixed disk data")
-            return
-        }
-        try BlockRuns.read(into: buffer, at: offset, run: { try blockRun(at: $0, end: $1) }) { slice, host, guest in
-            try file.read(into: slice, at: host, what: "data of block \(guest >> blockShift)")
+    func mapping(at offset: UInt64, upTo end: UInt64) throws -> MappedRun {
+        // Fixed: guest byte N is file byte N (the footer lies past the virtual size); holes in a sparse file are
+        // zero runs, exactly as for a raw file.
+        if isFixed { return try FlatFile.mapping(file, start: 0, at: offset, upTo: end) }
+        return try blocks.mapping(at: offset, upTo: end) { block in
+            let entry = bat[Int(block)]
+            if entry == VHDBlockAllocationTable.unallocated { return .absent }
+            // The block's sector bitmap comes first, then its data.
+            let bitmapOffset = UInt64(entry) * 512
+            let presence = try presenceCache.value(for: block) {
+                let sectors = Int(blocks.blockBytes / 512)
+                let bitmap = try file.readBytes(count: (sectors + 7) / 8, at: bitmapOffset, what: "bitmap of block \(block)")
+                return SectorBitmap.presence(of: bitmap, bits: sectors, order: .mostSignificantFirst)
+            }
+            return .partial(bitmapOffset + bitmapSize, presence)
         }
     }
 }

@@ -1,12 +1,12 @@
 /// Decoding of VHD parent locator data (specification, "Parent Locator Entry"): the platform code says how the
 /// bytes at `Platform Data Offset` name the parent.
-public enum VHDParentLocator {
+enum VHDParentLocator {
     /// Largest locator data read (a UTF-16 path of 32767 characters).
-    public static let maxDataLength: UInt32 = 65536
+    static let maxDataLength: UInt32 = 65536
 
     /// Priority of a platform code when trying locators: relative Unicode first, then absolute, then Mac, then
     /// the deprecated ASCII forms; unknown codes last.
-    public static func priority(of code: [UInt8]) -> Int {
+    static func priority(of code: [UInt8]) -> Int {
         switch String(decoding: code, as: UTF8.self) {
         case "W2ru": return 0
         case "W2ku": return 1
@@ -26,7 +26,7 @@ public enum VHDParentLocator {
     /// - `MacX`: UTF-8 `file://` URL, converted to its POSIX path.
     /// - `Mac `: a classic Mac OS alias record; the file name (a Pascal string at offset 50 of a version 2
     ///   record) is used as a name to look for beside the child.
-    public static func decodeName(code: [UInt8], data: [UInt8]) -> (name: String, isPOSIX: Bool)? {
+    static func decodeName(code: [UInt8], data: [UInt8]) -> (name: String, isPOSIX: Bool)? {
         let reader = ByteReader(data, structure: "VHD parent locator data")
         switch String(decoding: code, as: UTF8.self) {
         case "W2ru", "W2ku":

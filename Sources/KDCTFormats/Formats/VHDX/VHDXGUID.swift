@@ -1,14 +1,14 @@
 /// A GUID as VHDX stores it: 16 bytes, the first three fields little-endian ([MS-VHDX] 2.1, "GUID").
-public struct VHDXGUID: Sendable, Hashable, CustomStringConvertible {
+struct VHDXGUID: Sendable, Hashable, CustomStringConvertible {
     /// The 16 bytes as stored.
-    public let bytes: [UInt8]
+    let bytes: [UInt8]
 
     /// Wraps 16 stored bytes.
-    public init(bytes: [UInt8]) { self.bytes = bytes }
+    init(bytes: [UInt8]) { self.bytes = bytes }
 
     /// Parses the text form `2DC27766-F623-4200-9D64-115E9BFD4A08` (braces allowed) into the stored layout;
     /// nil when it is not a GUID.
-    public init?(_ text: String) {
+    init?(_ text: String) {
         let hex = text.filter { $0 != "-" && $0 != "{" && $0 != "}" }
         guard hex.count == 32 else { return nil }
         var raw: [UInt8] = []
@@ -23,13 +23,13 @@ public struct VHDXGUID: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The all-zero GUID.
-    public static let zero = VHDXGUID(bytes: [UInt8](repeating: 0, count: 16))
+    static let zero = VHDXGUID(bytes: [UInt8](repeating: 0, count: 16))
 
     /// True for the all-zero GUID.
-    public var isZero: Bool { bytes.allSatisfy { $0 == 0 } }
+    var isZero: Bool { bytes.allSatisfy { $0 == 0 } }
 
     /// Lower-case text form without braces.
-    public var description: String {
+    var description: String {
         (try? ByteReader(bytes, structure: "GUID").guid(0)) ?? bytes.map { String($0, radix: 16) }.joined()
     }
 

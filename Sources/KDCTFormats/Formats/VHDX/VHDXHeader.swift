@@ -17,14 +17,14 @@ enum VHDXChecksum {
 }
 
 /// The file type identifier at offset 0 ([MS-VHDX] 2.2.1): the `vhdxfile` signature and the creator string.
-public struct VHDXFileIdentifier: Sendable, Equatable {
+struct VHDXFileIdentifier: Sendable, Equatable {
     /// Bytes read to decode it (signature + 512-byte UTF-16LE creator).
-    public static let size = 520
+    static let size = 520
     /// The creator (e.g. `Microsoft Windows 10.0.15063.0`, `QEMU v1.6.50`), empty when absent.
-    public var creator: String
+    var creator: String
 
     /// Decodes the identifier; `invalidFormat` without the signature.
-    public static func decode(_ bytes: [UInt8]) throws -> VHDXFileIdentifier {
+    static func decode(_ bytes: [UInt8]) throws -> VHDXFileIdentifier {
         guard bytes.count >= 8, Array(bytes[0..<8]) == Array("vhdxfile".utf8) else {
             throw KDCTError.invalidFormat("no \"vhdxfile\" signature", field: "file identifier")
         }
@@ -35,43 +35,43 @@ public struct VHDXFileIdentifier: Sendable, Equatable {
 }
 
 /// One of the two VHDX headers ([MS-VHDX] 2.2.2), 4 KiB at file offsets 64 KiB and 128 KiB.
-public struct VHDXHeader: Sendable, Equatable {
+struct VHDXHeader: Sendable, Equatable {
     /// Bytes covered by the checksum.
-    public static let size = 4096
+    static let size = 4096
     /// File offsets of the two copies.
-    public static let offsets: [UInt64] = [64 << 10, 128 << 10]
+    static let offsets: [UInt64] = [64 << 10, 128 << 10]
 
     /// `Signature` is "head".
-    public var signatureIsValid: Bool
+    var signatureIsValid: Bool
     /// `Checksum` as stored.
-    public var checksum: UInt32
+    var checksum: UInt32
     /// CRC-32C computed over the 4 KiB.
-    public var computedChecksum: UInt32
+    var computedChecksum: UInt32
     /// `SequenceNumber`: the valid header with the larger one is current.
-    public var sequenceNumber: UInt64
+    var sequenceNumber: UInt64
     /// `FileWriteGuid`.
-    public var fileWriteGUID: VHDXGUID
+    var fileWriteGUID: VHDXGUID
     /// `DataWriteGuid`: what a child's parent linkage names.
-    public var dataWriteGUID: VHDXGUID
+    var dataWriteGUID: VHDXGUID
     /// `LogGuid`: zero when there is no log to replay.
-    public var logGUID: VHDXGUID
+    var logGUID: VHDXGUID
     /// `LogVersion` (must be 0).
-    public var logVersion: UInt16
+    var logVersion: UInt16
     /// `Version` (must be 1).
-    public var version: UInt16
+    var version: UInt16
     /// `LogLength` in bytes (a multiple of 1 MiB).
-    public var logLength: UInt32
+    var logLength: UInt32
     /// `LogOffset` in the file (a multiple of 1 MiB).
-    public var logOffset: UInt64
+    var logOffset: UInt64
 
     /// True when the checksum matches.
-    public var checksumIsValid: Bool { checksum == computedChecksum }
+    var checksumIsValid: Bool { checksum == computedChecksum }
 
     /// A header that may be used: signature, checksum and version 1 ([MS-VHDX] 2.2.2).
-    public var isValid: Bool { signatureIsValid && checksumIsValid && version == 1 }
+    var isValid: Bool { signatureIsValid && checksumIsValid && version == 1 }
 
     /// Decodes 4096 bytes; validity is computed, not enforced (see `isValid`).
-    public static func decode(_ bytes: [UInt8]) throws -> VHDXHeader {
+    static func decode(_ bytes: [UInt8]) throws -> VHDXHeader {
         guard bytes.count == size else {
             throw KDCTError(.truncated, "a VHDX header is \(size) bytes, got \(bytes.count)", field: "header")
         }
@@ -93,7 +93,7 @@ public struct VHDXHeader: Sendable, Equatable {
     /// larger sequence number. Two valid copies with equal sequence numbers must be identical (Disk2vhd writes
     /// such pairs); otherwise the file is corrupt. Neither valid: `checksum` when a copy has the right signature
     /// but a bad checksum, else `corrupt`. Returns the index (0 or 1).
-    public static func selectCurrent(_ headers: [VHDXHeader], file: String? = nil) throws -> Int {
+    static func selectCurrent(_ headers: [VHDXHeader], file: String? = nil) throws -> Int {
         guard headers.count == 2 else { throw KDCTError.corrupt("two headers expected", file: file, field: "header") }
         let (first, second) = (headers[0], headers[1])
         switch (first.isValid, second.isValid) {
@@ -114,7 +114,7 @@ public struct VHDXHeader: Sendable, Equatable {
                 }
                 return "header \(n) has version \(h.version), not 1"
             }
-            let kind: KDCTError.Kind = headers.contains { $0.signatureIsValid && !$0.checksumIsValid } ? .checksum : .corrupt
+            let kind: KDCTError.Code = headers.contains { $0.signatureIsValid && !$0.checksumIsValid } ? .checksum : .corrupt
             throw KDCTError(kind, "no valid header: \(describe(first, 1)); \(describe(second, 2))",
                             file: file, field: "header")
         }
@@ -122,7 +122,7 @@ public struct VHDXHeader: Sendable, Equatable {
 
     /// Checks the log fields of the current header ([MS-VHDX] 2.2.2): log length and offset multiples of 1 MiB,
     /// the log after the 1 MiB header section, log version 0 when there is a log to replay.
-    public func validateLogFields(file: String? = nil) throws {
+    func validateLogFields(file: String? = nil) throws {
         let mib: UInt64 = 1 << 20
         guard UInt64(logLength) % mib == 0 else {
             throw KDCTError.corrupt("log length \(logLength) is not a multiple of 1 MiB", file: file, field: "header log length")

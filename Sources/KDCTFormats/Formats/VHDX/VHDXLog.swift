@@ -1,5 +1,5 @@
 /// One write a log entry asks for ([MS-VHDX] 2.3.1.2-2.3.1.4).
-public enum VHDXLogWrite: Sendable, Equatable {
+enum VHDXLogWrite: Sendable, Equatable {
     /// 4 KiB of data (the descriptor's leading and trailing bytes restored) at a file offset.
     case data(fileOffset: UInt64, bytes: [UInt8])
     /// Zeros over a range.
@@ -7,27 +7,27 @@ public enum VHDXLogWrite: Sendable, Equatable {
 }
 
 /// A valid log entry ([MS-VHDX] 2.3.1): header fields and its writes in order.
-public struct VHDXLogEntry: Sendable, Equatable {
+struct VHDXLogEntry: Sendable, Equatable {
     /// Offset of the entry within the log.
-    public var position: Int
+    var position: Int
     /// `EntryLength`.
-    public var length: Int
+    var length: Int
     /// `Tail`: offset of the first entry of the sequence this one ends.
-    public var tail: Int
+    var tail: Int
     /// `SequenceNumber`.
-    public var sequenceNumber: UInt64
+    var sequenceNumber: UInt64
     /// `FlushedFileOffset`: the file was at least this long when the entry was written.
-    public var flushedFileOffset: UInt64
+    var flushedFileOffset: UInt64
     /// `LastFileOffset`: every structure fits below it.
-    public var lastFileOffset: UInt64
+    var lastFileOffset: UInt64
     /// The descriptors' writes, in order.
-    public var writes: [VHDXLogWrite]
+    var writes: [VHDXLogWrite]
 }
 
 /// Parsing of the VHDX log ring and search for the active sequence ([MS-VHDX] 2.3).
-public enum VHDXLog {
+enum VHDXLog {
     /// Log sector size.
-    public static let sectorSize = 4096
+    static let sectorSize = 4096
 
     /// The bytes of `length` at `position` of the circular `log`, wrapping at its end.
     static func gather(_ log: [UInt8], at position: Int, length: Int) -> [UInt8] {
@@ -42,7 +42,7 @@ public enum VHDXLog {
     /// the header; room for its descriptor sectors and data sectors; a matching CRC-32C over the entry; every
     /// descriptor `zero` or `desc` with the entry's sequence number and 4 KiB-aligned offsets (and lengths); every
     /// data sector signed `data` with the sequence number split around it.
-    public static func entry(in log: [UInt8], at position: Int, logGUID: VHDXGUID) -> VHDXLogEntry? {
+    static func entry(in log: [UInt8], at position: Int, logGUID: VHDXGUID) -> VHDXLogEntry? {
         let logLength = log.count
         guard logLength >= sectorSize, logLength % sectorSize == 0, position >= 0, position < logLength,
               position % sectorSize == 0 else { return nil }
@@ -100,7 +100,7 @@ public enum VHDXLog {
     /// sequence with the largest head sequence number wins. Only the entries from the head's tail on are
     /// returned (older entries were already flushed). Sequences longer than `maxEntries` are a
     /// `limitExceeded` error; the scan's work is bounded (each position parsed once).
-    public static func activeSequence(in log: [UInt8], logGUID: VHDXGUID, maxEntries: Int) throws -> [VHDXLogEntry]? {
+    static func activeSequence(in log: [UInt8], logGUID: VHDXGUID, maxEntries: Int) throws -> [VHDXLogEntry]? {
         let logLength = log.count
         guard logLength >= sectorSize, logLength % sectorSize == 0 else { return nil }
         var parsed: [Int: VHDXLogEntry?] = [:]

@@ -4,7 +4,7 @@
 ///
 /// Kept as sorted, non-overlapping segments; a later write replaces what it covers of earlier ones. Zero ranges
 /// cost no memory whatever their length.
-public struct VHDXLogOverlay: Sendable {
+struct VHDXLogOverlay: Sendable {
     /// One replaced range: its bytes, or zeros when `bytes` is nil.
     struct Segment: Sendable {
         var start: UInt64
@@ -28,21 +28,21 @@ public struct VHDXLogOverlay: Sendable {
     private(set) var segments: [Segment] = []
 
     /// True when nothing was replayed.
-    public var isEmpty: Bool { segments.isEmpty }
+    var isEmpty: Bool { segments.isEmpty }
 
     /// Start of the first replaced range (for a quick "does this read touch the overlay" test).
-    public private(set) var lowest: UInt64 = .max
+    private(set) var lowest: UInt64 = .max
     /// End of the last replaced range.
-    public private(set) var highest: UInt64 = 0
+    private(set) var highest: UInt64 = 0
 
     /// An empty overlay.
-    public init() {}
+    init() {}
 
     /// The overlay left by `writes` applied in order (a later write replaces what it covers of earlier ones).
     ///
     /// Built in one sweep over the sorted range boundaries with a heap of the writes covering the current point,
     /// so n writes cost O(n log n) whatever their overlaps.
-    public init(writes: [VHDXLogWrite]) {
+    init(writes: [VHDXLogWrite]) {
         var ranges: [(start: UInt64, end: UInt64)] = []
         ranges.reserveCapacity(writes.count)
         for write in writes {
@@ -114,7 +114,7 @@ public struct VHDXLogOverlay: Sendable {
     }
 
     /// Overwrites the parts of `buffer` (file bytes at `offset`) that the log replaced.
-    public func patch(_ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) {
+    func patch(_ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) {
         let end = offset + UInt64(buffer.count)
         guard !segments.isEmpty, offset < highest, end > lowest else { return }
         // First segment ending after `offset`.
@@ -142,25 +142,28 @@ public struct VHDXLogOverlay: Sendable {
 }
 
 /// The VHDX file as the reader sees it: the file itself, with a replayed log laid over it and extended to the
-/// size the log says (bytes past the real end read as zeros up to `size`).
-public struct VHDXFileView: Sendable {
+/// size the log says (bytes past the real end read as zeros up to `size`). Guest data is read through it too, since
+/// a log entry may cover payload blocks.
+final class VHDXFileView: HostFile {
     /// The file.
-    public let file: ReadOnlyFile
+    let file: ReadOnlyFile
     /// Replayed log content.
-    public let overlay: VHDXLogOverlay
+    let overlay: VHDXLogOverlay
     /// The file size after replay (at least the real size).
-    public let size: UInt64
+    let size: UInt64
 
     /// A view of `file` with `overlay` applied, extended to `size`.
-    public init(file: ReadOnlyFile, overlay: VHDXLogOverlay = VHDXLogOverlay(), size: UInt64? = nil) {
+    init(file: ReadOnlyFile, overlay: VHDXLogOverlay = VHDXLogOverlay(), size: UInt64? = nil) {
         self.file = file
         self.overlay = overlay
         self.size = max(size ?? file.size, file.size)
     }
 
+    var path: String { file.path }
+
     /// Reads exactly `buffer.count` bytes at `offset`; past `size` is a `truncated` error naming `what`.
     @inline(__always)
-    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, what: @autoclosure () -> String) throws {
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, what: @autoclosure () -> String) throws {
         let (end, overflow) = offset.addingReportingOverflow(UInt64(buffer.count))
         if overlay.isEmpty && !overflow && end <= file.size {
             try file.read(into: buffer, at: offset, what: what())
@@ -170,15 +173,23 @@ public struct VHDXFileView: Sendable {
             throw KDCTError(.truncated, "\(what()) at file offset \(offset) needs \(buffer.count) bytes but the file is \(size) bytes long",
                             file: file.path, field: what())
         }
-        let got = try file.readAvailable(into: buffer, at: offset)
-        if got < buffer.count {
-            UnsafeMutableRawBufferPointer(rebasing: buffer[got...]).initializeMemory(as: UInt8.self, repeating: 0)
+        _ = try readAvailable(into: buffer, at: offset)
+    }
+
+    /// Reads up to `buffer.count` bytes at `offset`, stopping only at `size`; returns the count.
+    func readAvailable(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
+        guard offset < size else { return 0 }
+        let wanted = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(UInt64(buffer.count), size - offset))])
+        let got = try file.readAvailable(into: wanted, at: offset)
+        if got < wanted.count {
+            UnsafeMutableRawBufferPointer(rebasing: wanted[got...]).initializeMemory(as: UInt8.self, repeating: 0)
         }
-        overlay.patch(buffer, at: offset)
+        overlay.patch(wanted, at: offset)
+        return wanted.count
     }
 
     /// Reads `count` bytes at `offset` into a new array (`count` already checked against a limit).
-    public func readBytes(count: Int, at offset: UInt64, what: @autoclosure () -> String) throws -> [UInt8] {
+    func readBytes(count: Int, at offset: UInt64, what: @autoclosure () -> String) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         try bytes.withUnsafeMutableBytes { try read(into: $0, at: offset, what: what()) }
         return bytes

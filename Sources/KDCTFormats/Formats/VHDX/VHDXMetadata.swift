@@ -1,39 +1,39 @@
 /// The metadata table at the start of the metadata region ([MS-VHDX] 2.6.1): 64 KiB holding a 32-byte header
 /// and up to 2047 32-byte entries that locate the metadata items within the region.
-public struct VHDXMetadataTable: Sendable, Equatable {
+struct VHDXMetadataTable: Sendable, Equatable {
     /// Size of the table.
-    public static let size = 64 << 10
+    static let size = 64 << 10
     /// Most entries.
-    public static let maxEntries = 2047
+    static let maxEntries = 2047
     /// Largest metadata item.
-    public static let maxItemLength: UInt32 = 1 << 20
+    static let maxItemLength: UInt32 = 1 << 20
 
     /// One metadata item location.
-    public struct Entry: Sendable, Equatable {
+    struct Entry: Sendable, Equatable {
         /// Item identifier.
-        public var itemID: VHDXGUID
+        var itemID: VHDXGUID
         /// Offset from the start of the metadata region (0 for an empty item, else at least 64 KiB).
-        public var offset: UInt32
+        var offset: UInt32
         /// Length in bytes (at most 1 MiB).
-        public var length: UInt32
+        var length: UInt32
         /// `IsUser`.
-        public var isUser: Bool
+        var isUser: Bool
         /// `IsVirtualDisk`.
-        public var isVirtualDisk: Bool
+        var isVirtualDisk: Bool
         /// `IsRequired`.
-        public var isRequired: Bool
+        var isRequired: Bool
     }
 
     /// Entries in stored order.
-    public var entries: [Entry]
+    var entries: [Entry]
 
     /// The system (not user) item with `id`, if present.
-    public func item(_ id: VHDXGUID) -> Entry? { entries.first { $0.itemID == id && !$0.isUser } }
+    func item(_ id: VHDXGUID) -> Entry? { entries.first { $0.itemID == id && !$0.isUser } }
 
     /// Decodes and validates the table of a region of `regionLength` bytes: signature `metadata`, at most 2047
     /// entries, each item within the region past the table, at most 1 MiB, no two items overlapping, no
     /// duplicate (id, IsUser) pair, and no unknown required system item.
-    public static func decode(_ bytes: [UInt8], regionLength: UInt32, file: String? = nil) throws -> VHDXMetadataTable {
+    static func decode(_ bytes: [UInt8], regionLength: UInt32, file: String? = nil) throws -> VHDXMetadataTable {
         let r = ByteReader(bytes, structure: "VHDX metadata table")
         guard bytes.count >= 32, try r.slice(0, 8) == Array("metadata".utf8) else {
             throw KDCTError.corrupt("metadata table has no \"metadata\" signature", file: file, field: "metadata table signature")
@@ -83,27 +83,27 @@ public struct VHDXMetadataTable: Sendable, Equatable {
 }
 
 /// The system metadata items a reader needs ([MS-VHDX] 2.6.2), decoded and validated.
-public struct VHDXDiskParameters: Sendable, Equatable {
+struct VHDXDiskParameters: Sendable, Equatable {
     /// Payload block size: a power of two from 1 MiB to 256 MiB.
-    public var blockSize: UInt32
+    var blockSize: UInt32
     /// `LeaveBlockAllocated` (a fixed disk).
-    public var leaveBlocksAllocated: Bool
+    var leaveBlocksAllocated: Bool
     /// `HasParent` (a differencing disk).
-    public var hasParent: Bool
+    var hasParent: Bool
     /// Guest size in bytes (a multiple of the logical sector size, at most 64 TiB).
-    public var virtualDiskSize: UInt64
+    var virtualDiskSize: UInt64
     /// The disk's identity (SCSI page 83).
-    public var virtualDiskID: VHDXGUID
+    var virtualDiskID: VHDXGUID
     /// Logical sector size: 512 or 4096.
-    public var logicalSectorSize: UInt32
+    var logicalSectorSize: UInt32
     /// Physical sector size: 512 or 4096.
-    public var physicalSectorSize: UInt32
+    var physicalSectorSize: UInt32
 
     /// Largest virtual disk ([MS-VHDX] 2.6.2.2).
-    public static let maxVirtualDiskSize: UInt64 = 64 << 40
+    static let maxVirtualDiskSize: UInt64 = 64 << 40
 
     /// Decodes the items from their bytes (each at least as long as its fields) and validates them.
-    public static func decode(fileParameters: [UInt8], virtualDiskSize: [UInt8], virtualDiskID: [UInt8],
+    static func decode(fileParameters: [UInt8], virtualDiskSize: [UInt8], virtualDiskID: [UInt8],
                               logicalSectorSize: [UInt8], physicalSectorSize: [UInt8],
                               file: String? = nil) throws -> VHDXDiskParameters {
         let parameters = ByteReader(fileParameters, structure: "VHDX file parameters")
@@ -134,23 +134,23 @@ public struct VHDXDiskParameters: Sendable, Equatable {
 }
 
 /// The parent locator metadata item ([MS-VHDX] 2.6.2.6): a locator type and UTF-16LE key/value pairs.
-public struct VHDXParentLocator: Sendable, Equatable {
+struct VHDXParentLocator: Sendable, Equatable {
     /// The locator type (must be the VHDX type).
-    public var locatorType: VHDXGUID
+    var locatorType: VHDXGUID
     /// Key/value pairs in stored order.
-    public var entries: [(key: String, value: String)]
+    var entries: [(key: String, value: String)]
 
     /// Same type and same key/value pairs in the same order.
-    public static func == (a: VHDXParentLocator, b: VHDXParentLocator) -> Bool {
+    static func == (a: VHDXParentLocator, b: VHDXParentLocator) -> Bool {
         a.locatorType == b.locatorType && a.entries.count == b.entries.count
             && zip(a.entries, b.entries).allSatisfy { $0.key == $1.key && $0.value == $1.value }
     }
 
     /// The value of `key`, if present.
-    public func value(_ key: String) -> String? { entries.first { $0.key == key }?.value }
+    func value(_ key: String) -> String? { entries.first { $0.key == key }?.value }
 
     /// Decodes an item: header (type, count), 12-byte entries, each key and value inside the item.
-    public static func decode(_ bytes: [UInt8], file: String? = nil) throws -> VHDXParentLocator {
+    static func decode(_ bytes: [UInt8], file: String? = nil) throws -> VHDXParentLocator {
         let r = ByteReader(bytes, structure: "VHDX parent locator")
         let type = try VHDXGUID.read(r, 0)
         let count = Int(try r.u16le(18))

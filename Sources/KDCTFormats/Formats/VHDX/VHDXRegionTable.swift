@@ -1,39 +1,39 @@
 /// The VHDX region table ([MS-VHDX] 2.2.3): 64 KiB at file offset 192 KiB (a copy at 256 KiB), locating the BAT
 /// and the metadata region.
-public struct VHDXRegionTable: Sendable, Equatable {
+struct VHDXRegionTable: Sendable, Equatable {
     /// Bytes covered by the checksum.
-    public static let size = 64 << 10
+    static let size = 64 << 10
     /// File offsets of the two copies.
-    public static let offsets: [UInt64] = [192 << 10, 256 << 10]
+    static let offsets: [UInt64] = [192 << 10, 256 << 10]
     /// Most entries a table may hold.
-    public static let maxEntries = 2047
+    static let maxEntries = 2047
 
     /// One region.
-    public struct Entry: Sendable, Equatable {
+    struct Entry: Sendable, Equatable {
         /// Region identifier.
-        public var guid: VHDXGUID
+        var guid: VHDXGUID
         /// File offset (a multiple of 1 MiB, at least 1 MiB).
-        public var fileOffset: UInt64
+        var fileOffset: UInt64
         /// Length in bytes (a multiple of 1 MiB).
-        public var length: UInt32
+        var length: UInt32
         /// The implementation must understand it to open the file.
-        public var required: Bool
+        var required: Bool
 
         /// The file range it occupies.
-        public var range: Range<UInt64> { fileOffset..<(fileOffset + UInt64(length)) }
+        var range: Range<UInt64> { fileOffset..<(fileOffset + UInt64(length)) }
     }
 
     /// All entries, in stored order.
-    public var entries: [Entry]
+    var entries: [Entry]
     /// The BAT region.
-    public var bat: Entry
+    var bat: Entry
     /// The metadata region.
-    public var metadata: Entry
+    var metadata: Entry
 
     /// Decodes and validates a 64 KiB table: signature `regi`, CRC-32C, at most 2047 entries, each offset and
     /// length a multiple of 1 MiB past the header section, no two regions (nor a region and the log `logRange`)
     /// overlapping, the BAT and metadata regions present exactly once, and no unknown region marked required.
-    public static func decode(_ bytes: [UInt8], logRange: Range<UInt64>?, file: String? = nil) throws -> VHDXRegionTable {
+    static func decode(_ bytes: [UInt8], logRange: Range<UInt64>?, file: String? = nil) throws -> VHDXRegionTable {
         guard bytes.count == size else {
             throw KDCTError(.truncated, "region table is \(bytes.count) bytes, expected \(size)", file: file, field: "region table")
         }

@@ -14,36 +14,36 @@
 /// | 32 | root: geometry / child: parent file name (1024 bytes) + parent generation |
 ///
 /// Every grain table has 4096 32-bit entries (sector of the grain, 0 = not present in this layer).
-public struct VMDKCOWDHeader: Sendable, Equatable {
+struct VMDKCOWDHeader: Sendable, Equatable {
     /// Bytes decoded (the header occupies 4 sectors).
-    public static let size = 2048
+    static let size = 2048
     /// `COWD`.
-    public static let magic: [UInt8] = Array("COWD".utf8)
+    static let magic: [UInt8] = Array("COWD".utf8)
     /// Entries in every COWD grain table (`COW_NUM_LEAF_ENTRIES`).
-    public static let entriesPerGrainTable = 4096
+    static let entriesPerGrainTable = 4096
     /// Flag: the disk was not closed cleanly.
-    public static let flagInconsistent: UInt32 = 4
+    static let flagInconsistent: UInt32 = 4
 
     /// Format version.
-    public var version: UInt32
+    var version: UInt32
     /// Flag bits.
-    public var flags: UInt32
+    var flags: UInt32
     /// Extent size in sectors.
-    public var capacity: UInt32
+    var capacity: UInt32
     /// Grain size in sectors.
-    public var grainSize: UInt32
+    var grainSize: UInt32
     /// Grain directory offset in sectors.
-    public var grainDirectoryOffset: UInt32
+    var grainDirectoryOffset: UInt32
     /// Grain directory entries.
-    public var grainDirectoryEntries: UInt32
+    var grainDirectoryEntries: UInt32
     /// Next free sector (informational; the file length is the truth).
-    public var freeSector: UInt32
+    var freeSector: UInt32
 
     /// The disk was open when the file was copied.
-    public var inconsistent: Bool { flags & Self.flagInconsistent != 0 }
+    var inconsistent: Bool { flags & Self.flagInconsistent != 0 }
 
     /// Decodes the first bytes of a COWD file (at least the 32 fixed bytes).
-    public static func decode(_ bytes: [UInt8]) throws -> VMDKCOWDHeader {
+    static func decode(_ bytes: [UInt8]) throws -> VMDKCOWDHeader {
         let reader = ByteReader(bytes, structure: "COWD header")
         guard try reader.slice(0, 4) == magic else {
             throw KDCTError(.invalidFormat, "COWD header does not start with COWD", field: "magic")
@@ -55,7 +55,7 @@ public struct VMDKCOWDHeader: Sendable, Equatable {
 
     /// The checked sparse geometry: version 1, capacity > 0, a grain size that is a power of two within
     /// `maxClusterSize`, and a grain directory inside the file covering the capacity.
-    public func layout(fileSize: UInt64, limits: ImageLimits, file: String? = nil) throws -> VMDKSparseLayout {
+    func layout(fileSize: UInt64, limits: ImageLimits, file: String? = nil) throws -> VMDKSparseLayout {
         guard version == 1 else {
             throw KDCTError(.unsupported, "COWD version \(version); only version 1 is known", file: file, field: "version")
         }

@@ -15,9 +15,9 @@
 /// Parsing is a pure function of the text. Lines are `key = value` pairs (values optionally quoted) or extent
 /// lines; `#` starts a comment. Extent lines are parsed strictly (a typo must not silently shrink the disk); other
 /// lines that are neither are kept in `ignoredLines` and reported as notes.
-public struct VMDKDescriptor: Sendable, Equatable {
+struct VMDKDescriptor: Sendable, Equatable {
     /// Who may access an extent (`RW`, `RDONLY`, `NOACCESS`).
-    public enum Access: String, Sendable, Equatable {
+    enum Access: String, Sendable, Equatable {
         /// `RW`: read-write.
         case readWrite = "RW"
         /// `RDONLY`: read-only (streamOptimized exports use it); read like `RW`.
@@ -27,7 +27,7 @@ public struct VMDKDescriptor: Sendable, Equatable {
     }
 
     /// The storage type of an extent.
-    public enum ExtentType: String, Sendable, Equatable, CaseIterable {
+    enum ExtentType: String, Sendable, Equatable, CaseIterable {
         /// A flat (raw) file, optionally at a sector offset inside it.
         case flat = "FLAT"
         /// A hosted sparse extent (KDMV) or, for old files, a COWD file.
@@ -47,46 +47,46 @@ public struct VMDKDescriptor: Sendable, Equatable {
     }
 
     /// One extent line.
-    public struct ExtentLine: Sendable, Equatable {
+    struct ExtentLine: Sendable, Equatable {
         /// The access keyword.
-        public var access: Access
+        var access: Access
         /// Size of the extent in 512-byte sectors (> 0).
-        public var sectors: UInt64
+        var sectors: UInt64
         /// The storage type.
-        public var type: ExtentType
+        var type: ExtentType
         /// The file name as written (nil for `ZERO`).
-        public var fileName: String?
+        var fileName: String?
         /// Offset in sectors inside a flat file (0 when not given).
-        public var offset: UInt64
+        var offset: UInt64
         /// 1-based line number in the descriptor, for errors.
-        public var lineNumber: Int
+        var lineNumber: Int
     }
 
     /// `version=` (1 when absent).
-    public var version: Int
+    var version: Int
     /// `CID=` (content ID, hex), nil when absent.
-    public var cid: UInt32?
+    var cid: UInt32?
     /// `parentCID=` (hex), nil when absent; `0xFFFFFFFF` means "no parent".
-    public var parentCID: UInt32?
+    var parentCID: UInt32?
     /// `createType=` as written (nil when absent).
-    public var createType: String?
+    var createType: String?
     /// `parentFileNameHint=`: the parent of a delta disk.
-    public var parentFileNameHint: String?
+    var parentFileNameHint: String?
     /// The extent lines, in guest order.
-    public var extents: [ExtentLine]
+    var extents: [ExtentLine]
     /// Every `key = value` pair other than the ones above, in order (mostly `ddb.*`).
-    public var entries: [(String, String)]
+    var entries: [(String, String)]
     /// Lines that were neither comments, pairs nor extent lines (line number, text), at most 16 kept.
-    public var ignoredLines: [(Int, String)]
+    var ignoredLines: [(Int, String)]
 
     /// The value of `key` among `entries` (case-sensitive, as VMware writes them).
-    public subscript(key: String) -> String? { entries.first { $0.0 == key }?.1 }
+    subscript(key: String) -> String? { entries.first { $0.0 == key }?.1 }
 
     /// `parentCID` value meaning "no parent".
-    public static let noParentCID: UInt32 = 0xFFFF_FFFF
+    static let noParentCID: UInt32 = 0xFFFF_FFFF
 
     /// Field-wise equality (the ignored lines are not compared).
-    public static func == (lhs: VMDKDescriptor, rhs: VMDKDescriptor) -> Bool {
+    static func == (lhs: VMDKDescriptor, rhs: VMDKDescriptor) -> Bool {
         lhs.version == rhs.version && lhs.cid == rhs.cid && lhs.parentCID == rhs.parentCID
             && lhs.createType == rhs.createType && lhs.parentFileNameHint == rhs.parentFileNameHint
             && lhs.extents == rhs.extents && lhs.entries.elementsEqual(rhs.entries, by: { $0 == $1 })
@@ -97,7 +97,7 @@ public struct VMDKDescriptor: Sendable, Equatable {
     /// `limits.maxDescriptorBytes` must already have bounded `bytes`; `limits.maxExtents` bounds the extent lines
     /// (checked as they are counted, so 100 000 lines fail at line `maxExtents + 1`). `file` names the descriptor
     /// in errors.
-    public static func parse(_ bytes: [UInt8], limits: ImageLimits, file: String? = nil) throws -> VMDKDescriptor {
+    static func parse(_ bytes: [UInt8], limits: ImageLimits, file: String? = nil) throws -> VMDKDescriptor {
         let used = bytes.prefix { $0 != 0 }
         if UInt64(used.count) > limits.maxDescriptorBytes {
             throw KDCTError.limit("descriptor size", value: UInt64(used.count), limit: limits.maxDescriptorBytes, file: file)

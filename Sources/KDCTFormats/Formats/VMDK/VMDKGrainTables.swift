@@ -1,5 +1,5 @@
 /// Where one grain of a sparse extent lives.
-public enum VMDKGrain: Sendable, Equatable {
+enum VMDKGrain: Sendable, Equatable {
     /// Not present in this layer (reads from the parent, or as zeros without one).
     case unallocated
     /// Explicitly zero (zeroed-grain GTE, seSparse zero or unmapped grain).
@@ -11,7 +11,7 @@ public enum VMDKGrain: Sendable, Equatable {
 }
 
 /// How the grain directory and grain table entries of one sparse flavour are encoded.
-public enum VMDKGrainEncoding: Sendable, Equatable {
+enum VMDKGrainEncoding: Sendable, Equatable {
     /// Hosted sparse (KDMV): 32-bit sector numbers; 0 = unallocated, 1 = zeroed grain when the header enables it.
     case hosted(zeroedGrainEntries: Bool, compressed: Bool)
     /// COWD (vmfsSparse): 32-bit sector numbers; 0 = unallocated.
@@ -150,107 +150,5 @@ final class VMDKTableBudget {
         guard bytes <= remainingEagerBytes else { return false }
         remainingEagerBytes -= bytes
         return true
-    }
-}
-
-/// The grain directory of one sparse extent and its grain tables: decoded and checked at open, then immutable.
-///
-/// When all allocated grain tables fit in what is left of the disk's `VMDKTableBudget` (`maxTableCacheBytes` in all)
-/// they are read at open (adjacent tables in one read), so lookups take no lock. Otherwise tables are read on demand
-/// into a cache bounded by the extent's share of `maxTableCacheBytes`, guarded by a lock held only for the
-/// dictionary lookup, never across I/O.
-final class VMDKGrainTables: @unchecked Sendable {
-    /// The extent's geometry.
-    let layout: VMDKSparseLayout
-    /// File offset of each grain table; 0 when the GD entry is 0 (no table: its grains are unallocated).
-    let tableOffsets: [UInt64]
-    /// Allocated grain tables.
-    let allocatedTables: Int
-    private let file: ReadOnlyFile
-    /// Eager mode: every allocated table's raw bytes, in `slots` order.
-    private let eagerBytes: [UInt8]?
-    /// Eager mode: slot of each GD entry in `eagerBytes` (-1 when unallocated).
-    private let slots: [Int32]
-    // Lazy mode.
-    private let cache: BoundedCache<Int, [UInt8]>
-
-    /// Reads the grain directory at `layout.directoryOffset` and, when small enough, every grain table.
-    init(file: ReadOnlyFile, layout: VMDKSparseLayout, encoding: VMDKGrainEncoding, budget: VMDKTableBudget) throws {
-        self.file = file
-        self.layout = layout
-        let width = layout.entryWidth
-        try budget.takeDirectory(UInt64(layout.directoryEntries) * 8, file: file.path)
-        let directoryBytes = try file.readBytes(count: layout.directoryEntries * width, at: layout.directoryOffset * 512,
-                                                what: "grain directory")
-        var offsets = [UInt64](repeating: 0, count: layout.directoryEntries)
-        var allocated = 0
-        try directoryBytes.withUnsafeBytes { bytes in
-            for index in 0..<offsets.count {
-                let entry = width == 8
-                    ? UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self))
-                    : UInt64(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: index * 4, as: UInt32.self)))
-                if let offset = try encoding.tableOffset(entry, index: index, tableBytes: layout.tableBytes,
-                                                         fileSize: file.size, file: file.path) {
-                    offsets[index] = offset
-                    allocated += 1
-                }
-            }
-        }
-        tableOffsets = offsets
-        allocatedTables = allocated
-        let tableBytes = layout.tableBytes
-        cache = BoundedCache(capacity: Int(budget.cacheBytesPerExtent / UInt64(tableBytes)))
-        let eagerTotal = UInt64(allocated) * UInt64(tableBytes)
-        guard budget.takeEager(eagerTotal) else {
-            eagerBytes = nil
-            slots = []
-            return
-        }
-        // Eager: read runs of tables that are adjacent in the file in one pread (VMware and qemu place them so).
-        var slots = [Int32](repeating: -1, count: offsets.count)
-        var bytes = [UInt8](repeating: 0, count: Int(eagerTotal))
-        var slot = 0
-        var index = 0
-        let maxRun = max(1, (8 << 20) / tableBytes)
-        try bytes.withUnsafeMutableBytes { storage in
-            while index < offsets.count {
-                let start = offsets[index]
-                guard start != 0 else { index += 1; continue }
-                var run = 1
-                while run < maxRun, index + run < offsets.count, offsets[index + run] == start + UInt64(run * tableBytes) {
-                    run += 1
-                }
-                let destination = UnsafeMutableRawBufferPointer(rebasing: storage[(slot * tableBytes)..<((slot + run) * tableBytes)])
-                try file.read(into: destination, at: start, what: "grain tables \(index)..\(index + run - 1)")
-                for i in 0..<run { slots[index + i] = Int32(slot + i) }
-                slot += run
-                index += run
-            }
-        }
-        self.slots = slots
-        eagerBytes = bytes
-    }
-
-    /// True when every grain table was read at open.
-    var isEager: Bool { eagerBytes != nil }
-
-    /// Calls `body` with the raw bytes of grain table `index` (nil when it is not allocated).
-    @inline(__always)
-    func withTable<R>(_ index: Int, _ body: (UnsafeRawBufferPointer?) throws -> R) throws -> R {
-        guard index >= 0, index < tableOffsets.count else {
-            throw KDCTError(.corrupt, "grain table \(index) is outside the grain directory (\(tableOffsets.count) entries)",
-                            file: file.path, field: "grain directory")
-        }
-        let offset = tableOffsets[index]
-        guard offset != 0 else { return try body(nil) }
-        if let eagerBytes {
-            let slot = Int(slots[index])
-            let size = layout.tableBytes
-            return try eagerBytes.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[(slot * size)..<((slot + 1) * size)])) }
-        }
-        let table = try cache.value(for: index) {
-            try file.readBytes(count: layout.tableBytes, at: offset, what: "grain table \(index)")
-        }
-        return try table.withUnsafeBytes { try body($0) }
     }
 }

@@ -5,34 +5,50 @@
 /// Supported: createType monolithicSparse, monolithicFlat, twoGbMaxExtentSparse, twoGbMaxExtentFlat,
 /// streamOptimized, vmfs, vmfsThin, vmfsPreallocated, vmfsEagerZeroedThick, vmfsSparse, seSparse and custom; extents
 /// FLAT, VMFS, SPARSE (KDMV or COWD), VMFSSPARSE, SESPARSE, ZERO (and NOACCESS, read as zeros). See FORMATS.md, "VMDK".
-public final class VMDKImage: BlockDevice {
+final class VMDKImage: MappedDevice {
     /// One extent placed in the guest.
     struct Piece: Sendable {
         /// Guest offset of the extent's first byte.
         let start: UInt64
         /// The opened extent.
         let reader: any VMDKExtentReader
+        /// The file name the descriptor gives it (nil for the image file itself, or an extent without a file).
+        let name: String?
     }
 
     /// The sum of the extents' sizes.
-    public let virtualSize: UInt64
+    let virtualSize: UInt64
     /// createType, CIDs, extents, producer hints (see `InfoBuilder`).
-    public let info: ImageInfo
+    let info: ImageInfo
     /// The descriptor's content ID (`CID`), which a child's `parentCID` must match.
-    public let cid: UInt32?
+    let cid: UInt32?
     /// The descriptor, as parsed.
-    public let descriptor: VMDKDescriptor
+    let descriptor: VMDKDescriptor
     let pieces: [Piece]
+    let hostFileNames: HostFileNames
 
-    init(virtualSize: UInt64, info: ImageInfo, descriptor: VMDKDescriptor, pieces: [Piece]) {
+    init(file: ReadOnlyFile, virtualSize: UInt64, info: ImageInfo, descriptor: VMDKDescriptor, pieces: [Piece]) {
         self.virtualSize = virtualSize
         self.info = info
         self.cid = descriptor.cid
         self.descriptor = descriptor
         self.pieces = pieces
+        var files: [(file: any HostFile, reference: String)] = [(file, "")]
+        for piece in pieces {
+            if let extentFile = piece.reader.file { files.append((extentFile, piece.name ?? "")) }
+        }
+        hostFileNames = HostFileNames(root: file.path, files: files)
     }
 
-    // MARK: BlockDevice
+    // MARK: Mapping
+
+    /// The run at guest `offset` inside the extent holding it; the driver merges runs across extents.
+    func mapping(at offset: UInt64, upTo end: UInt64) throws -> MappedRun {
+        let index = pieceIndex(for: offset)
+        let piece = pieces[index]
+        let pieceEnd = index + 1 < pieces.count ? pieces[index + 1].start : virtualSize
+        return try piece.reader.mapping(at: offset - piece.start, upTo: min(end, pieceEnd) - piece.start)
+    }
 
     /// Index of the piece holding guest `offset` (< virtualSize).
     private func pieceIndex(for offset: UInt64) -> Int {
@@ -43,55 +59,6 @@ public final class VMDKImage: BlockDevice {
             if pieces[middle].start <= offset { low = middle } else { high = middle - 1 }
         }
         return low
-    }
-
-    private func pieceEnd(_ index: Int) -> UInt64 {
-        index + 1 < pieces.count ? pieces[index + 1].start : virtualSize
-    }
-
-    /// The run at `offset`, merged across extent boundaries when the status continues.
-    public func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent {
-        guard offset < virtualSize, maxLength > 0 else {
-            throw KDCTError(.invalidArgument, "extent query at \(offset) outside the guest (\(virtualSize) bytes)", file: info.filename)
-        }
-        var index = pieceIndex(for: offset)
-        var result = try pieceExtent(index, at: offset, maxLength: maxLength)
-        // Merge into the following extents while the run continues with the same status (ZERO after ZERO...).
-        while result.end == pieceEnd(index), index + 1 < pieces.count, result.length < maxLength {
-            let next = try pieceExtent(index + 1, at: result.end, maxLength: maxLength - result.length)
-            guard result.canMerge(with: next) else { break }
-            result.length += next.length
-            index += 1
-        }
-        return result
-    }
-
-    /// The run at guest `offset` inside piece `index`, in guest offsets.
-    private func pieceExtent(_ index: Int, at offset: UInt64, maxLength: UInt64) throws -> Extent {
-        let piece = pieces[index]
-        let length = min(maxLength, pieceEnd(index) - offset)
-        var result = try piece.reader.extent(at: offset - piece.start, maxLength: length)
-        guard result.length > 0, result.length <= length else {
-            throw KDCTError(.corrupt, "extent \(index) returned an invalid run at guest offset \(offset)", file: info.filename)
-        }
-        result.offset = offset
-        return result
-    }
-
-    /// Reads guest bytes, extent by extent.
-    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
-        try checkRange(offset, buffer.count)
-        var done = 0
-        var index = buffer.isEmpty ? 0 : pieceIndex(for: offset)
-        while done < buffer.count {
-            let position = offset + UInt64(done)
-            let piece = pieces[index]
-            let count = Int(min(UInt64(buffer.count - done), pieceEnd(index) - position))
-            try piece.reader.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + count)]),
-                                  at: position - piece.start)
-            done += count
-            index += 1
-        }
     }
 
     // MARK: Opening
@@ -116,11 +83,11 @@ public final class VMDKImage: BlockDevice {
         if let hint = parts.descriptor.parentFileNameHint, !hint.isEmpty {
             reference = ImageReference(kind: .parent, name: hint, resolvedPath: parent?.info.filename, opened: parent != nil)
         }
-        let image = VMDKImage(virtualSize: parts.virtualSize,
+        let image = VMDKImage(file: file, virtualSize: parts.virtualSize,
                               info: parts.builder.build(virtualSize: parts.virtualSize, parent: reference),
                               descriptor: parts.descriptor, pieces: parts.pieces)
-        guard let parent else { return image }
-        return ChainedBlockDevice(top: image, base: parent)
+        guard let parent, let hint = parts.descriptor.parentFileNameHint else { return image }
+        return try ChainedBlockDevice(top: image, opened: parent, reference: hint)
     }
 
     /// A disk's descriptor and opened extents, before the parent is attached.
@@ -171,7 +138,7 @@ public final class VMDKImage: BlockDevice {
             throw extentWithoutDescriptor(file, kind: "hosted sparse (KDMV)")
         }
         var descriptor = try VMDKDescriptor.parse(text, limits: limits, file: file.path)
-        let extent = try openHostedSparseExtent(file, header: header, byteCount: nil, guestBase: 0, reportsHostOffsets: true,
+        let extent = try openHostedSparseExtent(file, header: header, byteCount: nil, guestBase: 0,
                                                 budget: VMDKTableBudget(limits: limits, sparseExtents: 1))
         if descriptor.createType == nil { descriptor.createType = extent.isCompressed ? "streamOptimized" : "monolithicSparse" }
         let createType = descriptor.createType ?? "monolithicSparse"
@@ -182,7 +149,7 @@ public final class VMDKImage: BlockDevice {
         var builder = InfoBuilder(file: file, descriptor: descriptor)
         builder.addSparse(extent, header: header, name: FilePaths.lastComponent(of: file.path),
                           access: descriptor.extents.first?.access.rawValue ?? "RW", type: "SPARSE", file: nil)
-        return Parts(descriptor: descriptor, pieces: [Piece(start: 0, reader: extent)], virtualSize: extent.byteCount,
+        return Parts(descriptor: descriptor, pieces: [Piece(start: 0, reader: extent, name: nil)], virtualSize: extent.byteCount,
                      builder: builder)
     }
 
@@ -213,8 +180,7 @@ public final class VMDKImage: BlockDevice {
     /// with its grain directory at the end has its footer read and used in place of the header (as qemu does).
     /// `byteCount` is the descriptor's extent size (nil: the header's capacity).
     static func openHostedSparseExtent(_ file: ReadOnlyFile, header: VMDKSparseHeader, byteCount: UInt64?,
-                                       guestBase: UInt64, reportsHostOffsets: Bool,
-                                       budget: VMDKTableBudget) throws -> VMDKSparseExtent {
+                                       guestBase: UInt64, budget: VMDKTableBudget) throws -> VMDKSparseExtent {
         let limits = budget.limits
         var effective = header
         if header.grainDirectoryInFooter {
@@ -237,7 +203,7 @@ public final class VMDKImage: BlockDevice {
                                     encoding: .hosted(zeroedGrainEntries: effective.hasZeroedGrainEntries,
                                                       compressed: effective.isCompressed),
                                     hasMarkers: effective.hasMarkers, byteCount: count, guestBase: guestBase,
-                                    reportsHostOffsets: reportsHostOffsets, budget: budget)
+                                    budget: budget)
     }
 
     /// createType values this reader accepts in a descriptor file.
@@ -288,7 +254,6 @@ public final class VMDKImage: BlockDevice {
             total = sum
             try ImageLimits.check("virtual size", total, max: limits.maxVirtualSize, file: file.path)
         }
-        let fileExtents = descriptor.extents.filter { $0.fileName != nil && $0.access != .noAccess }.count
         let sparseTypes: Set<VMDKDescriptor.ExtentType> = [.sparse, .vmfsSparse, .seSparse]
         let budget = VMDKTableBudget(limits: limits, sparseExtents: descriptor.extents.filter {
             sparseTypes.contains($0.type) && $0.access != .noAccess
@@ -299,9 +264,8 @@ public final class VMDKImage: BlockDevice {
         for line in descriptor.extents {
             let byteCount = line.sectors * 512
             let reader = try openExtent(line, byteCount: byteCount, guestBase: start, descriptorFile: file,
-                                        reportsHostOffsets: fileExtents == 1, context: context, budget: budget,
-                                        builder: &builder)
-            pieces.append(Piece(start: start, reader: reader))
+                                        context: context, budget: budget, builder: &builder)
+            pieces.append(Piece(start: start, reader: reader, name: line.fileName))
             start += byteCount
         }
         return Parts(descriptor: descriptor, pieces: pieces, virtualSize: total, builder: builder)
@@ -309,9 +273,8 @@ public final class VMDKImage: BlockDevice {
 
     /// Opens the extent of one descriptor line.
     static func openExtent(_ line: VMDKDescriptor.ExtentLine, byteCount: UInt64, guestBase: UInt64,
-                           descriptorFile: ReadOnlyFile, reportsHostOffsets: Bool, context: OpenContext,
+                           descriptorFile: ReadOnlyFile, context: OpenContext,
                            budget: VMDKTableBudget, builder: inout InfoBuilder) throws -> any VMDKExtentReader {
-        let limits = context.limits
         let where_ = "extent line \(line.lineNumber)"
         guard let name = line.fileName else {
             builder.addPlain(line, file: nil)
@@ -334,55 +297,62 @@ public final class VMDKImage: BlockDevice {
         }
         builder.addReference(name, resolved: extentFile.path, opened: true)
         do {
-            switch line.type {
-            case .flat, .vmfs:
-                let (offset, overflow) = line.offset.multipliedReportingOverflow(by: 512)
-                if overflow {
-                    throw KDCTError(.corrupt, "\(where_): offset \(line.offset) sectors overflows", file: descriptorFile.path, field: where_)
-                }
-                let flat = try VMDKFlatExtent(file: extentFile, startOffset: offset, byteCount: byteCount,
-                                              reportsHostOffsets: reportsHostOffsets, lineNumber: line.lineNumber,
-                                              descriptorPath: descriptorFile.path)
-                builder.addPlain(line, file: extentFile)
-                return flat
-            case .sparse, .vmfsSparse:
-                let head = try extentFile.readBytes(count: Int(min(extentFile.size, UInt64(VMDKCOWDHeader.size))), at: 0,
-                                                    what: "sparse extent header")
-                switch VMDKFileKind(head) {
-                case .hostedSparse:
-                    let header = try VMDKSparseHeader.decode(Array(head.prefix(VMDKSparseHeader.size)))
-                    let extent = try openHostedSparseExtent(extentFile, header: header, byteCount: byteCount, guestBase: guestBase,
-                                                            reportsHostOffsets: reportsHostOffsets, budget: budget)
-                    builder.addSparse(extent, header: header, name: name, access: line.access.rawValue,
-                                      type: line.type.rawValue, file: extentFile)
-                    return extent
-                case .cowd:
-                    let header = try VMDKCOWDHeader.decode(head)
-                    let layout = try header.layout(fileSize: extentFile.size, limits: limits, file: extentFile.path)
-                    try checkCapacity(layout, byteCount: byteCount, file: extentFile)
-                    let extent = try VMDKSparseExtent(file: extentFile, layout: layout, encoding: .cowd, hasMarkers: false,
-                                                      byteCount: byteCount, guestBase: guestBase,
-                                                      reportsHostOffsets: reportsHostOffsets, budget: budget)
-                    builder.addCOWD(extent, header: header, name: name, line: line, file: extentFile)
-                    return extent
-                default:
-                    throw KDCTError(.corrupt, "\(where_) names \"\(name)\" as \(line.type.rawValue) but it is not a sparse (KDMV or COWD) file",
-                                    file: descriptorFile.path, field: where_)
-                }
-            case .seSparse:
-                guard VMDKFileKind(Array(try extentFile.readBytes(count: Int(min(extentFile.size, 8)), at: 0, what: "seSparse header"))) == .seSparse else {
-                    throw KDCTError(.corrupt, "\(where_) names \"\(name)\" as SESPARSE but it is not a seSparse file",
-                                    file: descriptorFile.path, field: where_)
-                }
-                let extent = try openSESparseExtent(extentFile, byteCount: byteCount, guestBase: guestBase,
-                                                    reportsHostOffsets: reportsHostOffsets, budget: budget)
-                builder.addSESparse(extent, name: name, line: line, file: extentFile)
-                return extent
-            case .zero, .vmfsRDM, .vmfsRaw:
-                throw KDCTError(.corrupt, "\(where_): unexpected file for \(line.type.rawValue)", file: descriptorFile.path, field: where_)
-            }
+            return try openExtentFile(extentFile, line: line, name: name, byteCount: byteCount, guestBase: guestBase,
+                                      descriptorPath: descriptorFile.path, limits: context.limits, budget: budget,
+                                      builder: &builder)
         } catch let error as KDCTError {
             throw error.inFile(extentFile.path)
+        }
+    }
+
+    /// Opens `file`, named `name` by descriptor line `line`, as the extent type the line says.
+    static func openExtentFile(_ file: ReadOnlyFile, line: VMDKDescriptor.ExtentLine, name: String, byteCount: UInt64,
+                               guestBase: UInt64, descriptorPath: String, limits: ImageLimits, budget: VMDKTableBudget,
+                               builder: inout InfoBuilder) throws -> any VMDKExtentReader {
+        let where_ = "extent line \(line.lineNumber)"
+        switch line.type {
+        case .flat, .vmfs:
+            let (offset, overflow) = line.offset.multipliedReportingOverflow(by: 512)
+            if overflow {
+                throw KDCTError(.corrupt, "\(where_): offset \(line.offset) sectors overflows", file: descriptorPath, field: where_)
+            }
+            let flat = try VMDKFlatExtent(file: file, startOffset: offset, byteCount: byteCount,
+                                          lineNumber: line.lineNumber, descriptorPath: descriptorPath)
+            builder.addPlain(line, file: file)
+            return flat
+        case .sparse, .vmfsSparse:
+            let head = try file.readBytes(count: Int(min(file.size, UInt64(VMDKCOWDHeader.size))), at: 0,
+                                          what: "sparse extent header")
+            switch VMDKFileKind(head) {
+            case .hostedSparse:
+                let header = try VMDKSparseHeader.decode(Array(head.prefix(VMDKSparseHeader.size)))
+                let extent = try openHostedSparseExtent(file, header: header, byteCount: byteCount, guestBase: guestBase,
+                                                        budget: budget)
+                builder.addSparse(extent, header: header, name: name, access: line.access.rawValue,
+                                  type: line.type.rawValue, file: file)
+                return extent
+            case .cowd:
+                let header = try VMDKCOWDHeader.decode(head)
+                let layout = try header.layout(fileSize: file.size, limits: limits, file: file.path)
+                try checkCapacity(layout, byteCount: byteCount, file: file)
+                let extent = try VMDKSparseExtent(file: file, layout: layout, encoding: .cowd, hasMarkers: false,
+                                                  byteCount: byteCount, guestBase: guestBase, budget: budget)
+                builder.addCOWD(extent, header: header, name: name, line: line, file: file)
+                return extent
+            default:
+                throw KDCTError(.corrupt, "\(where_) names \"\(name)\" as \(line.type.rawValue) but it is not a sparse (KDMV or COWD) file",
+                                file: descriptorPath, field: where_)
+            }
+        case .seSparse:
+            guard VMDKFileKind(Array(try file.readBytes(count: Int(min(file.size, 8)), at: 0, what: "seSparse header"))) == .seSparse else {
+                throw KDCTError(.corrupt, "\(where_) names \"\(name)\" as SESPARSE but it is not a seSparse file",
+                                file: descriptorPath, field: where_)
+            }
+            let extent = try openSESparseExtent(file, byteCount: byteCount, guestBase: guestBase, budget: budget)
+            builder.addSESparse(extent, name: name, line: line, file: file)
+            return extent
+        case .zero, .vmfsRDM, .vmfsRaw:
+            throw KDCTError(.corrupt, "\(where_): unexpected file for \(line.type.rawValue)", file: descriptorPath, field: where_)
         }
     }
 
@@ -396,7 +366,7 @@ public final class VMDKImage: BlockDevice {
     }
 
     /// Opens a seSparse extent: constant header, volatile header (no journal to replay), grain directory.
-    static func openSESparseExtent(_ file: ReadOnlyFile, byteCount: UInt64, guestBase: UInt64, reportsHostOffsets: Bool,
+    static func openSESparseExtent(_ file: ReadOnlyFile, byteCount: UInt64, guestBase: UInt64,
                                    budget: VMDKTableBudget) throws -> VMDKSparseExtent {
         let limits = budget.limits
         let header = try VMDKSESparseHeader.decode(try file.readBytes(count: 512, at: 0, what: "seSparse constant header"),
@@ -421,8 +391,7 @@ public final class VMDKImage: BlockDevice {
         return try VMDKSparseExtent(file: file, layout: layout,
                                     encoding: .seSparse(grainTablesOffset: tablesOffset, grainTablesBytes: tablesBytes,
                                                         grainsOffset: header.grainsOffset * 512),
-                                    hasMarkers: false, byteCount: byteCount, guestBase: guestBase,
-                                    reportsHostOffsets: reportsHostOffsets, budget: budget)
+                                    hasMarkers: false, byteCount: byteCount, guestBase: guestBase, budget: budget)
     }
 
     // MARK: Delta chains

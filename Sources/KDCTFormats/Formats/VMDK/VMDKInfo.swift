@@ -59,8 +59,8 @@ struct InfoBuilder {
 
     private func tableFields(_ extent: VMDKSparseExtent) -> [(String, InfoValue)] {
         [("cluster-size", .unsigned(extent.layout.grainBytes)),
-         ("grain-tables", .unsigned(UInt64(extent.tables.allocatedTables))),
-         ("grain-tables-loaded-at-open", .bool(extent.tables.isEager))]
+         ("grain-tables", .unsigned(UInt64(extent.allocatedTables))),
+         ("grain-tables-loaded-at-open", .bool(extent.tablesLoadedAtOpen))]
     }
 
     /// A hosted sparse (KDMV) extent; `file` is nil when it is the image file itself.

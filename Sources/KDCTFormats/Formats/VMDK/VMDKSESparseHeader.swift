@@ -8,38 +8,38 @@
 /// bitmap, back map, grains; the rest of the sector is zero.
 ///
 /// Volatile header (at its offset): magic `0xCAFECAFE`, free GT number, next transaction, replay-journal flag.
-public struct VMDKSESparseHeader: Sendable, Equatable {
+struct VMDKSESparseHeader: Sendable, Equatable {
     /// Magic of the constant header.
-    public static let constMagic: UInt64 = 0xCAFE_BABE
+    static let constMagic: UInt64 = 0xCAFE_BABE
     /// Magic of the volatile header.
-    public static let volatileMagic: UInt64 = 0xCAFE_CAFE
+    static let volatileMagic: UInt64 = 0xCAFE_CAFE
     /// The only version known.
-    public static let knownVersion: UInt64 = 0x2_0000_0001
+    static let knownVersion: UInt64 = 0x2_0000_0001
 
     /// Capacity in sectors.
-    public var capacity: UInt64
+    var capacity: UInt64
     /// Grain size in sectors (8).
-    public var grainSize: UInt64
+    var grainSize: UInt64
     /// Grain table size in sectors (64).
-    public var grainTableSize: UInt64
+    var grainTableSize: UInt64
     /// Volatile header offset in sectors.
-    public var volatileHeaderOffset: UInt64
+    var volatileHeaderOffset: UInt64
     /// Grain directory offset in sectors.
-    public var grainDirectoryOffset: UInt64
+    var grainDirectoryOffset: UInt64
     /// Grain directory size in sectors.
-    public var grainDirectorySize: UInt64
+    var grainDirectorySize: UInt64
     /// Grain tables area offset in sectors.
-    public var grainTablesOffset: UInt64
+    var grainTablesOffset: UInt64
     /// Grain tables area size in sectors.
-    public var grainTablesSize: UInt64
+    var grainTablesSize: UInt64
     /// Grains area offset in sectors.
-    public var grainsOffset: UInt64
+    var grainsOffset: UInt64
     /// Grains area size in sectors.
-    public var grainsSize: UInt64
+    var grainsSize: UInt64
 
     /// Decodes and checks the 512-byte constant header (qemu's strict checks: version, grain size 8, grain table
     /// size 64, flags and reserved words 0, zero padding).
-    public static func decode(_ bytes: [UInt8], file: String? = nil) throws -> VMDKSESparseHeader {
+    static func decode(_ bytes: [UInt8], file: String? = nil) throws -> VMDKSESparseHeader {
         let reader = ByteReader(bytes, structure: "seSparse constant header")
         guard try reader.u64le(0) == constMagic else {
             throw KDCTError(.invalidFormat, "seSparse constant header has a bad magic", file: file, field: "magic")
@@ -71,7 +71,7 @@ public struct VMDKSESparseHeader: Sendable, Equatable {
 
     /// Checks the 512-byte volatile header: magic, no journal to replay (a dirty seSparse file is refused, as qemu
     /// does: replaying its journal is not implemented), zero padding.
-    public static func checkVolatileHeader(_ bytes: [UInt8], file: String? = nil) throws {
+    static func checkVolatileHeader(_ bytes: [UInt8], file: String? = nil) throws {
         let reader = ByteReader(bytes, structure: "seSparse volatile header")
         guard try reader.u64le(0) == volatileMagic else {
             throw KDCTError(.corrupt, "seSparse volatile header has a bad magic", file: file, field: "volatile header magic")
@@ -87,7 +87,7 @@ public struct VMDKSESparseHeader: Sendable, Equatable {
 
     /// The checked sparse geometry (8-byte entries, 4096 per grain table). The grain directory must lie in the file;
     /// grain tables and grains are checked against the file size as they are used.
-    public func layout(fileSize: UInt64, limits: ImageLimits, file: String? = nil) throws -> VMDKSparseLayout {
+    func layout(fileSize: UInt64, limits: ImageLimits, file: String? = nil) throws -> VMDKSparseLayout {
         guard capacity > 0 else { throw KDCTError(.corrupt, "seSparse capacity is 0 sectors", file: file, field: "capacity") }
         guard capacity <= UInt64.max / 512 else {
             throw KDCTError(.corrupt, "seSparse capacity \(capacity) sectors overflows a byte count", file: file, field: "capacity")

@@ -17,67 +17,67 @@
 /// | 72 | unclean shutdown (1 while the disk is open) |
 /// | 73 | newline check bytes `\n \r\n` |
 /// | 77 | compression algorithm (0 none, 1 deflate) |
-public struct VMDKSparseHeader: Sendable, Equatable {
+struct VMDKSparseHeader: Sendable, Equatable {
     /// Size of the header (and of every marker and the footer) on disk.
-    public static let size = 512
+    static let size = 512
     /// `KDMV`.
-    public static let magic: [UInt8] = Array("KDMV".utf8)
+    static let magic: [UInt8] = Array("KDMV".utf8)
     /// `gdOffset` value meaning "the grain directory is described by the footer at the end of the file".
-    public static let gdAtEnd: UInt64 = 0xFFFF_FFFF_FFFF_FFFF
+    static let gdAtEnd: UInt64 = 0xFFFF_FFFF_FFFF_FFFF
 
     /// Flag bit 0: the newline check bytes are valid.
-    public static let flagNewlineCheck: UInt32 = 1 << 0
+    static let flagNewlineCheck: UInt32 = 1 << 0
     /// Flag bit 1: a redundant grain directory is kept.
-    public static let flagRedundantGrainDirectory: UInt32 = 1 << 1
+    static let flagRedundantGrainDirectory: UInt32 = 1 << 1
     /// Flag bit 2: a grain table entry of 1 means "zeroed grain".
-    public static let flagZeroedGrainEntries: UInt32 = 1 << 2
+    static let flagZeroedGrainEntries: UInt32 = 1 << 2
     /// Flag bit 16: grains are compressed.
-    public static let flagCompressedGrains: UInt32 = 1 << 16
+    static let flagCompressedGrains: UInt32 = 1 << 16
     /// Flag bit 17: the file holds markers (streamOptimized).
-    public static let flagMarkers: UInt32 = 1 << 17
+    static let flagMarkers: UInt32 = 1 << 17
     /// Every flag bit this reader understands.
-    public static let knownFlags: UInt32 = flagNewlineCheck | flagRedundantGrainDirectory | flagZeroedGrainEntries
+    static let knownFlags: UInt32 = flagNewlineCheck | flagRedundantGrainDirectory | flagZeroedGrainEntries
         | flagCompressedGrains | flagMarkers
 
     /// Format version (1 to 3).
-    public var version: UInt32
+    var version: UInt32
     /// Flag bits.
-    public var flags: UInt32
+    var flags: UInt32
     /// Extent size in sectors.
-    public var capacity: UInt64
+    var capacity: UInt64
     /// Grain size in sectors.
-    public var grainSize: UInt64
+    var grainSize: UInt64
     /// Embedded descriptor offset in sectors (0 when none).
-    public var descriptorOffset: UInt64
+    var descriptorOffset: UInt64
     /// Embedded descriptor size in sectors (0 when none).
-    public var descriptorSize: UInt64
+    var descriptorSize: UInt64
     /// Grain table entries per grain table.
-    public var entriesPerGrainTable: UInt32
+    var entriesPerGrainTable: UInt32
     /// Redundant grain directory offset in sectors.
-    public var redundantGrainDirectoryOffset: UInt64
+    var redundantGrainDirectoryOffset: UInt64
     /// Grain directory offset in sectors, or `gdAtEnd`.
-    public var grainDirectoryOffset: UInt64
+    var grainDirectoryOffset: UInt64
     /// Sectors of metadata before the first grain.
-    public var overhead: UInt64
+    var overhead: UInt64
     /// The disk was open (or the writer crashed) when the file was copied.
-    public var uncleanShutdown: Bool
+    var uncleanShutdown: Bool
     /// The four newline check bytes (`0A 20 0D 0A` when intact).
-    public var newlineCheck: [UInt8]
+    var newlineCheck: [UInt8]
     /// 0 = none, 1 = deflate (zlib streams).
-    public var compressAlgorithm: UInt16
+    var compressAlgorithm: UInt16
 
     /// Grains are zlib streams.
-    public var isCompressed: Bool { compressAlgorithm == 1 }
+    var isCompressed: Bool { compressAlgorithm == 1 }
     /// The file contains stream markers before grains and metadata.
-    public var hasMarkers: Bool { flags & Self.flagMarkers != 0 }
+    var hasMarkers: Bool { flags & Self.flagMarkers != 0 }
     /// A grain table entry of 1 means a zeroed grain.
-    public var hasZeroedGrainEntries: Bool { flags & Self.flagZeroedGrainEntries != 0 }
+    var hasZeroedGrainEntries: Bool { flags & Self.flagZeroedGrainEntries != 0 }
     /// The grain directory lives in the footer.
-    public var grainDirectoryInFooter: Bool { grainDirectoryOffset == Self.gdAtEnd }
+    var grainDirectoryInFooter: Bool { grainDirectoryOffset == Self.gdAtEnd }
 
     /// Decodes the first 512 bytes of a hosted sparse extent (or of its footer). Checks only the magic; `validate`
     /// checks the values.
-    public static func decode(_ bytes: [UInt8], structure: String = "VMDK sparse header") throws -> VMDKSparseHeader {
+    static func decode(_ bytes: [UInt8], structure: String = "VMDK sparse header") throws -> VMDKSparseHeader {
         let reader = ByteReader(bytes, structure: structure)
         guard try reader.slice(0, 4) == magic else {
             throw KDCTError(.invalidFormat, "\(structure) does not start with KDMV", field: "magic")
@@ -104,7 +104,7 @@ public struct VMDKSparseHeader: Sendable, Equatable {
     /// rewritten); known compression; capacity fits in bytes and is not 0; grain size a power of two within
     /// `maxClusterSize`; 1-512 entries per grain table (qemu's cap; VMware writes 512); the grain directory
     /// within `maxTableBytes`; offsets inside the file. `gdAtEnd` must already be replaced by the footer's values.
-    public func layout(fileSize: UInt64, limits: ImageLimits, file: String? = nil) throws -> VMDKSparseLayout {
+    func layout(fileSize: UInt64, limits: ImageLimits, file: String? = nil) throws -> VMDKSparseLayout {
         func corrupt(_ field: String, _ message: String) -> KDCTError {
             KDCTError(.corrupt, message, file: file, field: field)
         }
@@ -155,30 +155,30 @@ public struct VMDKSparseHeader: Sendable, Equatable {
 
 /// Geometry of a sparse extent's two-level map: grain directory (GD) -> grain tables (GT) -> grains. Shared by
 /// hosted sparse (KDMV), COWD and seSparse extents.
-public struct VMDKSparseLayout: Sendable, Equatable {
+struct VMDKSparseLayout: Sendable, Equatable {
     /// Extent size in bytes.
-    public var capacityBytes: UInt64
+    var capacityBytes: UInt64
     /// Grain size in bytes.
-    public var grainBytes: UInt64
+    var grainBytes: UInt64
     /// Entries in one grain table.
-    public var entriesPerTable: Int
+    var entriesPerTable: Int
     /// Bytes per grain table entry (4 for KDMV and COWD, 8 for seSparse); the GD uses the same width.
-    public var entryWidth: Int
+    var entryWidth: Int
     /// Number of grain directory entries needed to cover the capacity.
-    public var directoryEntries: Int
+    var directoryEntries: Int
     /// Grain directory offset in sectors.
-    public var directoryOffset: UInt64
+    var directoryOffset: UInt64
 
     /// Guest bytes one grain table covers.
-    public var bytesPerTable: UInt64 { grainBytes * UInt64(entriesPerTable) }
+    var bytesPerTable: UInt64 { grainBytes * UInt64(entriesPerTable) }
     /// On-disk size of one grain table.
-    public var tableBytes: Int { entriesPerTable * entryWidth }
+    var tableBytes: Int { entriesPerTable * entryWidth }
     /// Number of grains covering the capacity.
-    public var grainCount: UInt64 { (capacityBytes + grainBytes - 1) / grainBytes }
+    var grainCount: UInt64 { (capacityBytes + grainBytes - 1) / grainBytes }
 
     /// Computes and checks the geometry: the directory must lie inside the file and fit `maxTableBytes`.
     /// `declaredDirectoryEntries`, when the format stores it (COWD), must cover the capacity.
-    public init(capacityBytes: UInt64, grainBytes: UInt64, entriesPerTable: Int, entryWidth: Int,
+    init(capacityBytes: UInt64, grainBytes: UInt64, entriesPerTable: Int, entryWidth: Int,
                 directoryOffset: UInt64, fileSize: UInt64, limits: ImageLimits, directoryField: String,
                 declaredDirectoryEntries: UInt64? = nil, file: String? = nil) throws {
         let (span, overflow) = grainBytes.multipliedReportingOverflow(by: UInt64(entriesPerTable))

@@ -6,9 +6,9 @@
 /// footer, and an end-of-stream marker last. A writer that streams does not know the grain directory offset when it
 /// writes the header, so it stores `gdOffset = 0xFFFFFFFFFFFFFFFF` there and repeats the header, with the real
 /// offset, as the footer: the last three sectors are footer marker, footer, end-of-stream marker.
-public enum VMDKStreamMarkers {
+enum VMDKStreamMarkers {
     /// Metadata marker types.
-    public enum MarkerType: UInt32, Sendable {
+    enum MarkerType: UInt32, Sendable {
         /// The last sector of a stream.
         case endOfStream = 0
         /// Precedes a grain table.
@@ -20,18 +20,18 @@ public enum VMDKStreamMarkers {
     }
 
     /// Size of the `{lba, size}` prefix of a grain marker; the compressed bytes follow it.
-    public static let grainMarkerHeaderSize = 12
+    static let grainMarkerHeaderSize = 12
 
     /// A decoded grain marker prefix.
-    public struct GrainMarker: Sendable, Equatable {
+    struct GrainMarker: Sendable, Equatable {
         /// Extent-relative sector of the grain's first byte.
-        public var lba: UInt64
+        var lba: UInt64
         /// Compressed byte count following the prefix.
-        public var size: UInt32
+        var size: UInt32
     }
 
     /// Decodes the 12-byte prefix of a grain marker.
-    public static func grainMarker(_ bytes: UnsafeRawBufferPointer) -> GrainMarker? {
+    static func grainMarker(_ bytes: UnsafeRawBufferPointer) -> GrainMarker? {
         guard bytes.count >= grainMarkerHeaderSize else { return nil }
         var lba: UInt64 = 0
         for i in (0..<8).reversed() { lba = lba << 8 | UInt64(bytes[i]) }
@@ -41,12 +41,12 @@ public enum VMDKStreamMarkers {
     }
 
     /// Bytes read from the end of a stream to find its footer: footer marker, footer, end-of-stream marker.
-    public static let trailerSize = 3 * VMDKSparseHeader.size
+    static let trailerSize = 3 * VMDKSparseHeader.size
 
     /// Decodes the footer from the last 1536 bytes of a stream (footer marker, footer header, end-of-stream marker),
     /// checking both markers as qemu does. A damaged trailer is `corrupt`; a trailer whose last sector is not an
     /// end-of-stream marker at all is reported as `truncated` (a stream cut short has grain data there).
-    public static func footer(fromTrailer bytes: [UInt8], file: String? = nil) throws -> VMDKSparseHeader {
+    static func footer(fromTrailer bytes: [UInt8], file: String? = nil) throws -> VMDKSparseHeader {
         guard bytes.count == trailerSize else {
             throw KDCTError(.truncated, "the file is too short to hold a streamOptimized footer", file: file, field: "footer")
         }
