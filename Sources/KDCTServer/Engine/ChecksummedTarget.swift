@@ -28,7 +28,7 @@ final class ChecksummedTarget: OutputTarget {
 
     /// Hashes the finished file (read as raw bytes, holes as zeros without reading them), then commits it.
     func commit() throws {
-        let file = CancellableDevice(RawImage(file: try ReadOnlyFile(path: base.temporaryPath)), isCancelled: isCancelled)
+        let file = FileBytes(file: try ReadOnlyFile(path: base.temporaryPath), isCancelled: isCancelled)
         let (total, report) = (file.virtualSize, self.report)
         report(ProgressUpdate(phase: "hashing", processed: 0, total: total, moved: 0))
         sha256 = try GuestDigest.sha256(of: file) { done in
@@ -38,22 +38,27 @@ final class ChecksummedTarget: OutputTarget {
     }
 }
 
-/// A device whose reads fail with `cancelled` once `isCancelled` says so.
-private struct CancellableDevice: BlockDevice {
-    let base: any BlockDevice
+/// A file's bytes as a device (byte N is file byte N, holes are zero runs), whose reads fail with `cancelled`
+/// once `isCancelled` says so.
+private struct FileBytes: BlockDevice {
+    let file: ReadOnlyFile
     let isCancelled: @Sendable () -> Bool
 
-    init(_ base: any BlockDevice, isCancelled: @escaping @Sendable () -> Bool) {
-        self.base = base
-        self.isCancelled = isCancelled
+    var virtualSize: UInt64 { file.size }
+    var info: ImageInfo { ImageInfo(format: .raw, filename: file.path, virtualSize: file.size) }
+
+    func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent {
+        let limit = min(file.size, offset + maxLength)
+        guard let data = try file.nextData(from: offset), data < limit else {
+            return Extent(offset: offset, length: limit - offset, status: .zero)
+        }
+        if data > offset { return Extent(offset: offset, length: data - offset, status: .zero) }
+        let end = max(min(try file.nextHole(from: offset), limit), offset + 1)
+        return Extent(offset: offset, length: end - offset, status: .data, hostOffset: offset)
     }
 
-    var virtualSize: UInt64 { base.virtualSize }
-    var info: ImageInfo { base.info }
-    func extent(at offset: UInt64, maxLength: UInt64) throws -> Extent { try base.extent(at: offset, maxLength: maxLength) }
-
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
-        if isCancelled() { throw KDCTError(.cancelled, "cancelled", file: base.info.filename) }
-        try base.read(into: buffer, at: offset)
+        if isCancelled() { throw KDCTError(.cancelled, "cancelled", file: file.path) }
+        try file.read(into: buffer, at: offset)
     }
 }

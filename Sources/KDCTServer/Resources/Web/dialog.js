@@ -17,6 +17,10 @@ export function openDialog(title, body, buttons, { wide = false, onOpen = null, 
     };
     const footer = h("div", { class: "actions" });
     for (const button of buttons) {
+      if (button.href) {
+        footer.append(h("a", { class: "button", href: button.href, download: "", id: button.id || null }, button.label));
+        continue;
+      }
       footer.append(h("button", {
         type: "button",
         class: button.primary ? "primary" : button.danger ? "danger" : null,
@@ -52,12 +56,10 @@ export async function confirmAction(title, text, confirmLabel, { danger = false,
 
 /// Shows a text (the domain XML) with a download link.
 export function showText(title, text, downloadURL, hint) {
-  const body = [
-    hint ? h("p", { class: "hint" }, hint) : null,
-    h("pre", { class: "code", tabindex: "0" }, text),
-    downloadURL ? h("p", {}, h("a", { href: downloadURL, download: "" }, t("common.download"))) : null,
-  ];
-  return openDialog(title, body, [{ label: t("common.close"), value: null }], { wide: true });
+  const body = [hint ? h("p", { class: "hint" }, hint) : null, h("pre", { class: "code", tabindex: "0" }, text)];
+  const buttons = [{ label: t("common.close"), value: null }];
+  if (downloadURL) buttons.push({ label: t("common.download"), href: downloadURL, id: "dialog-download" });
+  return openDialog(title, body, buttons, { wide: true });
 }
 
 /// Chooses a file (`kind` "file") or a folder (`kind` "folder") inside the roots, starting in `start` (a

@@ -129,7 +129,7 @@ export function renderInfo(entry, info, actions, parents = []) {
     [t("info.file"), info.filename],
     [t("info.format"), formatName(info.format)],
     [t("info.subformat"), info.subformat],
-    [t("info.producer"), info.producer],
+    [t("info.producer"), producerText(info.producer)],
     [t("info.virtualSize"), formatBytesExact(info["virtual-size"])],
     [t("info.actualSize"), typeof info["actual-size"] === "number" ? formatBytesExact(info["actual-size"]) : null],
     [t("info.clusterSize"), typeof info["cluster-size"] === "number" ? formatBytes(info["cluster-size"]) : null],
@@ -160,7 +160,7 @@ export function renderInfo(entry, info, actions, parents = []) {
   if (chain.length > 1) {
     parts.push(h("h4", {}, t("info.chain")), h("ol", { class: "chain" }, chain.map((layer) => h("li", {},
       h("strong", {}, baseName(layer.filename)), ` — ${formatName(layer.format)}`,
-      layer.producer ? `, ${layer.producer}` : "", `, ${formatBytes(layer["virtual-size"])}`,
+      layer.producer ? `, ${producerText(layer.producer)}` : "", `, ${formatBytes(layer["virtual-size"])}`,
       h("div", { class: "muted path" }, layer.filename)))));
   }
 
@@ -241,6 +241,11 @@ function renderValue(value, key = "") {
   if (typeof value === "boolean") return value ? t("common.yes") : t("common.no");
   if (typeof value === "number" && /size|length|capacity/.test(key)) return formatBytesExact(value);
   return String(value);
+}
+
+/// A producer as written in the image, without the decoration some writers add (VDI's `<<< ... >>>`).
+function producerText(text) {
+  return text ? String(text).replace(/^<<<\s*/, "").replace(/\s*>>>$/, "") : text;
 }
 
 function words(key) {

@@ -191,21 +191,24 @@ function summary(job) {
 function renderCard(job, actions) {
   const request = job.request || {};
   const stateText = hasText(`jobs.state.${job.state}`) ? t(`jobs.state.${job.state}`) : job.state;
+  const buttons = h("div", { class: "job-tools" });
   const card = h("li", { class: `job ${job.state}`, "data-job": job.id, "data-number": job.number, "data-state": job.state,
                          tabindex: "-1", "aria-labelledby": `job-title-${job.id}` },
     h("div", { class: "job-head" },
       h("h3", { id: `job-title-${job.id}` }, h("span", { class: "job-number" }, `#${job.number}`), " ", summary(job)),
-      h("span", { class: `badge ${job.state}` }, stateText)),
+      buttons),
     h("p", { class: "job-route" },
       h("span", { class: "muted" }, `${t("jobs.from")} `), h("span", { class: "path" }, request.source || ""),
       h("br"),
-      h("span", { class: "muted" }, `${t("jobs.to")} `), h("span", { class: "path" }, request.destination || "")));
+      h("span", { class: "muted" }, `${t("jobs.to")} `), h("span", { class: "path" }, request.destination || ""),
+      h("br"),
+      h("span", { class: "when small" }, job.started_at ? t("jobs.started", { time: formatTime(job.started_at) })
+                                                       : t("jobs.created", { time: formatTime(job.created_at) }))));
 
   if (job.state === "queued" || job.state === "running" || job.state === "succeeded") card.append(renderProgress(job));
   if (job.state === "succeeded" && job.result) card.append(...renderResult(job));
   if (job.state === "failed" || job.state === "cancelled" || job.state === "interrupted") card.append(...renderProblem(job));
 
-  const buttons = h("div", { class: "actions" });
   if (!finished.has(job.state)) {
     buttons.append(h("button", { type: "button", class: "danger", "data-action": "cancel", onclick: () => actions.cancel(job) }, t("jobs.cancel")));
   }
@@ -215,9 +218,7 @@ function renderCard(job, actions) {
   if (job.state === "failed" || job.state === "cancelled" || job.state === "interrupted") {
     buttons.append(h("button", { type: "button", "data-action": "retry", onclick: () => actions.retry(job) }, t("jobs.retry")));
   }
-  if (buttons.childElementCount > 0) card.append(buttons);
-  card.append(h("p", { class: "muted small" }, job.started_at ? t("jobs.started", { time: formatTime(job.started_at) })
-                                                               : t("jobs.created", { time: formatTime(job.created_at) })));
+  buttons.append(h("span", { class: `badge ${job.state}` }, stateText));
   return card;
 }
 
@@ -231,7 +232,7 @@ function renderProgress(job) {
   if (job.state === "queued") {
     parts.push(t("jobs.queuePosition"));
   } else if (done) {
-    parts.push("100 %");
+    return h("div", { class: "progress" }, bar);
   } else {
     const phase = progress.phase && hasText(`jobs.phase.${progress.phase}`) ? t(`jobs.phase.${progress.phase}`) : null;
     const total = Number(progress.total) || 0;
