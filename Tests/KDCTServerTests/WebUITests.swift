@@ -117,6 +117,10 @@ import Testing
         let sent = try runProcess(["cmp", outcome["exported_source"]?.stringValue ?? "", outcome["remote_file"]?.stringValue ?? ""])
         #expect(sent.status == 0, "the host's copy differs: \(sent.stdout) \(sent.stderr)")
 
+        // Resume: the host's copy of the export stopped half-way and resumed is the file, byte for byte.
+        let resumed = try runProcess(["cmp", outcome["resumed_source"]?.stringValue ?? "", outcome["resumed_remote_file"]?.stringValue ?? ""])
+        #expect(resumed.status == 0, "the resumed copy differs: \(resumed.stdout) \(resumed.stderr)")
+
         // Cancel: no output, no temporary file.
         #expect(!FileManager.default.fileExists(atPath: outcome["cancelled_output"]?.stringValue ?? "/"))
         #expect(!listing(converted).contains { $0.hasPrefix(".") }, "\(listing(converted))")

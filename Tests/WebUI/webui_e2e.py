@@ -539,6 +539,8 @@ def fill_export(browser, source_folder, source_name, remote_name):
     browser.find("#export-user").send_keys(ENV["KDCT_SSH_USER"])
     browser.find("#export-password").clear()
     browser.find("#export-password").send_keys(ENV["KDCT_SSH_PASSWORD"])
+    typed = browser.find("#export-password").get_attribute("value")
+    check(typed == ENV["KDCT_SSH_PASSWORD"], f"the password field holds {len(typed)} characters, not {len(ENV['KDCT_SSH_PASSWORD'])}")
     browser.find("#export-path").clear()
     browser.find("#export-path").send_keys(os.path.join(ENV["KDCT_SSH_REMOTE_DIR"], remote_name))
 
@@ -589,6 +591,32 @@ def step_export(browser, results):
     open_screen(browser, "jobs")
     check(newest_job_number(browser) == jobs_before, "a job was created for a refused host")
 
+    # An export stopped half-way offers Resume; the password (never stored) is asked again, and the upload
+    # continues from what the host already has.
+    fill_export(browser, "images", "large.raw", "large.raw")
+    browser.click("#export-submit")
+    browser.find("#screen-jobs")
+    number = newest_job_number(browser)
+    check(number == jobs_before + 1, "the export was not queued")
+    browser.wait(lambda: "Sending" in (job(browser, number) or {}).get("text", "") and job(browser, number)["percent"] > 5,
+                 120, "the export never showed its upload")
+    browser.click(f'li.job[data-number="{number}"] [data-action="cancel"]')
+    browser.click("dialog[open] #dialog-confirm")
+    card = wait_for_state(browser, number, ("cancelled", "succeeded", "failed"), 120)
+    check(card["state"] == "cancelled" and "Resume" in card["text"], f"the stopped export offers no resume: {card['text']}")
+    browser.check_page("jobs-resumable")
+    browser.screenshot("jobs-resumable")
+    browser.click(f'li.job[data-number="{number}"] [data-action="resume"]')
+    secret = browser.find("dialog[open] #dialog-secret")
+    secret.send_keys(ENV["KDCT_SSH_PASSWORD"], Keys.ENTER)
+    if browser.driver.find_elements(By.CSS_SELECTOR, "dialog[open]"):
+        browser.press("Continue", "dialog[open]")
+    card = wait_for_state(browser, number, ("succeeded", "failed", "cancelled"), 300)
+    check(card["state"] == "succeeded", f"the resumed export did not finish: {card['text']}")
+    check("Continued after" in card["text"], f"the export started over instead of resuming: {card['text']}")
+    results["resumed_remote_file"] = os.path.join(ENV["KDCT_SSH_REMOTE_DIR"], "large.raw")
+    results["resumed_source"] = os.path.join(IMAGES, "large.raw")
+
 
 def step_cancel(browser, results):
     open_screen(browser, "convert")
@@ -628,7 +656,7 @@ def step_history(browser, results, service):
     browser.wait(lambda: len(browser.driver.find_elements(By.CSS_SELECTOR, "#job-list li.job")) >= len(before), 30, "history lost on reload")
     after = jobs_shown(browser)
     check(after == before, f"after a reload the jobs are {after}, were {before}")
-    check(sorted(set(after.values())) == ["cancelled", "succeeded"], f"unexpected states {after}")
+    check(sorted(set(after.values())) == ["cancelled", "succeeded"] and len(after) == 5, f"unexpected jobs {after}")
     browser.check_page("jobs-history")
     browser.screenshot("jobs")
 

@@ -34,6 +34,13 @@ export function openDialog(title, body, buttons, { wide = false, onOpen = null, 
     }
     element.className = wide ? "wide" : "";
     element.replaceChildren(h("h2", { id: "dialog-title" }, title), h("div", { class: "dialog-body" }, body), footer);
+    // Enter in a text or password field presses the primary button.
+    element.onkeydown = (event) => {
+      if (event.key === "Enter" && event.target.tagName === "INPUT") {
+        event.preventDefault();
+        element.querySelector(".actions button.primary")?.click();
+      }
+    };
     element.oncancel = (event) => {
       event.preventDefault();
       finish(null);

@@ -303,11 +303,12 @@ function renderProblem(job) {
       h("strong", {}, `${t("jobs.error")}: `), error.message || t("common.unknown"),
       error.file ? h("div", { class: "small" }, t("jobs.errorFile", { file: error.file })) : null,
       error.field ? h("div", { class: "small" }, t("jobs.errorField", { field: error.field })) : null));
-  } else if (job.state === "cancelled") {
-    parts.push(h("p", { class: "message info" }, t("jobs.cancelled")));
+  } else if (job.resumable) {
+    // A stopped export keeps what it sent on the host (under a temporary name), for Resume.
+    parts.push(h("p", { class: "message info" }, t(job.state === "cancelled" ? "jobs.cancelledResumable" : "jobs.interruptedResumable")));
   } else {
-    parts.push(h("p", { class: "message info" }, t("jobs.interrupted")));
+    parts.push(h("p", { class: "message info" }, t(job.state === "cancelled" ? "jobs.cancelled" : "jobs.interrupted")));
   }
-  if (job.resumable) parts.push(h("p", { class: "hint" }, t("jobs.resumable")));
+  if (job.resumable && job.state === "failed") parts.push(h("p", { class: "hint" }, t("jobs.resumable")));
   return parts;
 }

@@ -273,6 +273,8 @@ export const strings = {
   "jobs.cancelled": "Cancelled; no output file was left behind.",
   "jobs.interrupted": "The service stopped while this job ran; no partial output was kept under its name.",
   "jobs.resumable": "The part already sent is kept on the host: Resume continues from there.",
+  "jobs.cancelledResumable": "Cancelled. The part already sent is kept on the host under a temporary name: Resume continues from there.",
+  "jobs.interruptedResumable": "The service stopped during the transfer. The part already sent is kept on the host under a temporary name: Resume continues from there.",
   "jobs.credentialsTitle": "Sign in again",
   "jobs.credentialsText": "Passwords are never stored, so this job needs it again to continue.",
   "jobs.credentialsConfirm": "Continue",
