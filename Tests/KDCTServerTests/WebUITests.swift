@@ -65,6 +65,11 @@ import Testing
             snapshot = ("vm-snapshot.vdi", "vm-base.vdi")
         }
 
+        // The test sshd's client key, for "Key file" (a key file must be inside the roots too).
+        try FileManager.default.createDirectory(atPath: fixture.path("keys"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: sshd.clientKey, toPath: fixture.path("keys/id_ed25519"))
+        chmod(fixture.path("keys/id_ed25519"), 0o600)
+
         let results = fixture.directory.file("results.json")
         try FileManager.default.createDirectory(atPath: Self.artifacts, withIntermediateDirectories: true)
         var environment = ProcessInfo.processInfo.environment

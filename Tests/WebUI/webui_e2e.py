@@ -8,7 +8,7 @@ on a loopback port itself (so it can restart it), opens the token URL and does e
 
   inspect a VMDK (producer and sizes shown); convert it to QCOW2 with deflate compression, watching the bar
   reach 100 %; convert an OVA (zstd) and read its domain XML; export to the sshd after trusting its host key in the dialog,
-  then see a changed key refused; cancel a long job; reload and restart the service to find the history.
+  then see a changed key refused; stop an export and resume it; cancel a long job; reload and restart the service to find the history.
 
 It fails on any request to a non-loopback address, on any console error (a CSP violation is one), on an
 inline script or event-handler attribute, on a control without a label, and on raw JSON shown on a page.
@@ -17,7 +17,7 @@ $KDCT_DOCS_SCREENSHOTS when set (docs/screenshots, committed). What the Swift te
 written to $KDCT_RESULTS as JSON.
 
 Environment: KDCT_BINARY, KDCT_ROOT, KDCT_STATE, KDCT_KNOWN_HOSTS, KDCT_SSH_PORT, KDCT_SSH_USER,
-KDCT_SSH_PASSWORD, KDCT_SSH_REMOTE_DIR, KDCT_SSH_FINGERPRINT, KDCT_VMDK_PRODUCER, KDCT_ARTIFACTS, KDCT_RESULTS,
+KDCT_SSH_PASSWORD, KDCT_SSH_REMOTE_DIR, (the client key in $KDCT_ROOT/keys/id_ed25519), KDCT_SSH_FINGERPRINT, KDCT_VMDK_PRODUCER, KDCT_ARTIFACTS, KDCT_RESULTS,
 optional KDCT_DOCS_SCREENSHOTS, KDCT_CHROMIUM (default /usr/bin/chromium), KDCT_CHROMEDRIVER
 (default /usr/bin/chromedriver).
 """
@@ -527,7 +527,10 @@ def step_appliance(browser, results):
     results["appliance_folder"] = os.path.join(OUTPUT, "webserver")
 
 
-def fill_export(browser, source_folder, source_name, remote_name):
+def fill_export(browser, source_folder, source_name, remote_name, auth="key"):
+    """The export form: the file chosen in the chooser, the test sshd, signing in with the key file in the
+    root's keys folder (or the password: other test runs on a shared machine may change the test account's
+    password while this one runs, so the steps that must pass use the key)."""
     open_screen(browser, "export")
     browser.click("#export-source-choose")
     choose_in_picker(browser, os.path.join(ROOT, source_folder), source_name)
@@ -537,10 +540,14 @@ def fill_export(browser, source_folder, source_name, remote_name):
     browser.find("#export-port").send_keys(ENV["KDCT_SSH_PORT"])
     browser.find("#export-user").clear()
     browser.find("#export-user").send_keys(ENV["KDCT_SSH_USER"])
-    browser.find("#export-password").clear()
-    browser.find("#export-password").send_keys(ENV["KDCT_SSH_PASSWORD"])
-    typed = browser.find("#export-password").get_attribute("value")
-    check(typed == ENV["KDCT_SSH_PASSWORD"], f"the password field holds {len(typed)} characters, not {len(ENV['KDCT_SSH_PASSWORD'])}")
+    browser.click(f"input[name=auth][value={auth}]")
+    if auth == "password":
+        browser.find("#export-password").clear()
+        browser.find("#export-password").send_keys(ENV["KDCT_SSH_PASSWORD"])
+    else:
+        browser.click("#export-key-choose")
+        choose_in_picker(browser, os.path.join(ROOT, "keys"), "id_ed25519")
+        check(browser.find("#export-key").get_attribute("value") == os.path.join(ROOT, "keys", "id_ed25519"), "the key file is not used")
     browser.find("#export-path").clear()
     browser.find("#export-path").send_keys(os.path.join(ENV["KDCT_SSH_REMOTE_DIR"], remote_name))
 
@@ -577,7 +584,7 @@ def step_export(browser, results):
     # (The file holds only this host's entry, hashed: it is replaced by a plain one with the other key.)
     open(ENV["KDCT_KNOWN_HOSTS"], "w").write(f"{name} {other[0]} {other[1]}\n")
     jobs_before = newest_job_number(browser)
-    fill_export(browser, "images", "pattern.vdi", "refused.vdi")
+    fill_export(browser, "images", "pattern.vdi", "refused.vdi", auth="password")
     browser.click("#export-submit")
     browser.wait(lambda: "has changed" in browser.text("#export-message"), 60, "the changed key was not refused")
     refusal = browser.text("#export-message")
@@ -607,10 +614,13 @@ def step_export(browser, results):
     browser.check_page("jobs-resumable")
     browser.screenshot("jobs-resumable")
     browser.click(f'li.job[data-number="{number}"] [data-action="resume"]')
+    # Signed in with a key: the dialog asks for its passphrase (none here).
     secret = browser.find("dialog[open] #dialog-secret")
-    secret.send_keys(ENV["KDCT_SSH_PASSWORD"], Keys.ENTER)
+    check("passphrase" in browser.text("dialog[open]"), "the resume dialog does not ask for the key's passphrase")
+    secret.send_keys(Keys.ENTER)
     if browser.driver.find_elements(By.CSS_SELECTOR, "dialog[open]"):
         browser.press("Continue", "dialog[open]")
+    wait_for_state(browser, number, ("queued", "running", "succeeded", "failed"), 60)
     card = wait_for_state(browser, number, ("succeeded", "failed", "cancelled"), 300)
     check(card["state"] == "succeeded", f"the resumed export did not finish: {card['text']}")
     check("Continued after" in card["text"], f"the export started over instead of resuming: {card['text']}")

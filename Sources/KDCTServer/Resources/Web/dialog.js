@@ -142,6 +142,6 @@ export function askCredentials(usesKey) {
   return openDialog(t("jobs.credentialsTitle"), [h("p", {}, t("jobs.credentialsText")), h("div", { class: "field" }, label, input)], [
     { label: t("common.cancel"), value: null },
     { label: t("jobs.credentialsConfirm"), value: true, primary: true },
-  ], { read: () => (usesKey ? { passphrase: input.value } : { password: input.value }) });
+  ], { read: () => (usesKey ? (input.value ? { passphrase: input.value } : {}) : { password: input.value }) });
 }
 
