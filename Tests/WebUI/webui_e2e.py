@@ -51,6 +51,8 @@ IMAGES = os.path.join(ROOT, "images")
 OUTPUT = os.path.join(ROOT, "converted")
 ARTIFACTS = ENV["KDCT_ARTIFACTS"]
 DOCS = ENV.get("KDCT_DOCS_SCREENSHOTS")
+KNOWN_HOSTS = os.path.normpath(ENV["KDCT_KNOWN_HOSTS"])
+REMOTE_DIR = os.path.normpath(ENV["KDCT_SSH_REMOTE_DIR"])
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
 
@@ -79,7 +81,7 @@ class Service_:
         self.log = open(log_path, "ab")
         self.process = subprocess.Popen(
             [ENV["KDCT_BINARY"], "serve", "--listen", "127.0.0.1:0", "--root", ROOT, "--state", ENV["KDCT_STATE"],
-             "--known-hosts", ENV["KDCT_KNOWN_HOSTS"], "--output", "json", "-m", "2"],
+             "--known-hosts", KNOWN_HOSTS, "--output", "json", "-m", "2"],
             stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL)
         line = self.process.stdout.readline().decode()
         check(line.strip(), "kdct-native serve printed no startup line (see serve.log)")
@@ -549,7 +551,7 @@ def fill_export(browser, source_folder, source_name, remote_name, auth="key"):
         choose_in_picker(browser, os.path.join(ROOT, "keys"), "id_ed25519")
         check(browser.find("#export-key").get_attribute("value") == os.path.join(ROOT, "keys", "id_ed25519"), "the key file is not used")
     browser.find("#export-path").clear()
-    browser.find("#export-path").send_keys(os.path.join(ENV["KDCT_SSH_REMOTE_DIR"], remote_name))
+    browser.find("#export-path").send_keys(os.path.join(REMOTE_DIR, remote_name))
 
 
 def step_export(browser, results):
@@ -570,31 +572,31 @@ def step_export(browser, results):
     sha = hashlib.sha256(open(os.path.join(OUTPUT, "debian12.qcow2"), "rb").read()).hexdigest()
     check(sha in card["text"], f"the export's SHA-256 is not shown: {card['text']}")
     name = f"[127.0.0.1]:{ENV['KDCT_SSH_PORT']}"
-    found = subprocess.run(["ssh-keygen", "-F", name, "-f", ENV["KDCT_KNOWN_HOSTS"]], capture_output=True, text=True).stdout
+    found = subprocess.run(["ssh-keygen", "-F", name, "-f", KNOWN_HOSTS], capture_output=True, text=True).stdout
     check(sum(line.startswith("# Host") for line in found.splitlines()) == 1, f"the key was not recorded once: {found}")
     browser.check_page("jobs-export")
-    results["remote_file"] = os.path.join(ENV["KDCT_SSH_REMOTE_DIR"], "debian12.qcow2")
+    results["remote_file"] = os.path.join(REMOTE_DIR, "debian12.qcow2")
     results["exported_source"] = os.path.join(OUTPUT, "debian12.qcow2")
 
     # The recorded key replaced by another: the next export is refused in plain words, and nothing is sent.
-    known = open(ENV["KDCT_KNOWN_HOSTS"]).read()
+    known = open(KNOWN_HOSTS).read()
     with tempfile.TemporaryDirectory() as scratch:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", os.path.join(scratch, "other")], check=True)
         other = open(os.path.join(scratch, "other.pub")).read().split()[:2]
     # (The file holds only this host's entry, hashed: it is replaced by a plain one with the other key.)
-    open(ENV["KDCT_KNOWN_HOSTS"], "w").write(f"{name} {other[0]} {other[1]}\n")
+    open(KNOWN_HOSTS, "w").write(f"{name} {other[0]} {other[1]}\n")
     jobs_before = newest_job_number(browser)
     fill_export(browser, "images", "pattern.vdi", "refused.vdi", auth="password")
     browser.click("#export-submit")
     browser.wait(lambda: "has changed" in browser.text("#export-message"), 60, "the changed key was not refused")
     refusal = browser.text("#export-message")
     log(f"refusal: {refusal!r}")
-    check(ENV["KDCT_KNOWN_HOSTS"] in refusal and ENV["KDCT_SSH_FINGERPRINT"] in refusal, f"the refusal lacks the file or key: {refusal}")
+    check(KNOWN_HOSTS in refusal and ENV["KDCT_SSH_FINGERPRINT"] in refusal, f"the refusal lacks the file or key: {refusal}")
     check(not browser.driver.find_elements(By.CSS_SELECTOR, "dialog[open]"), "a changed key must not offer to trust")
-    check(not os.path.exists(os.path.join(ENV["KDCT_SSH_REMOTE_DIR"], "refused.vdi")), "a file was sent to a host with a changed key")
+    check(not os.path.exists(os.path.join(REMOTE_DIR, "refused.vdi")), "a file was sent to a host with a changed key")
     browser.check_page("export-refused")
     browser.screenshot("export-changed-key")
-    open(ENV["KDCT_KNOWN_HOSTS"], "w").write(known)
+    open(KNOWN_HOSTS, "w").write(known)
     open_screen(browser, "jobs")
     check(newest_job_number(browser) == jobs_before, "a job was created for a refused host")
 
@@ -624,7 +626,7 @@ def step_export(browser, results):
     card = wait_for_state(browser, number, ("succeeded", "failed", "cancelled"), 300)
     check(card["state"] == "succeeded", f"the resumed export did not finish: {card['text']}")
     check("Continued after" in card["text"], f"the export started over instead of resuming: {card['text']}")
-    results["resumed_remote_file"] = os.path.join(ENV["KDCT_SSH_REMOTE_DIR"], "large.raw")
+    results["resumed_remote_file"] = os.path.join(REMOTE_DIR, "large.raw")
     results["resumed_source"] = os.path.join(IMAGES, "large.raw")
 
 
