@@ -53,7 +53,7 @@ import Testing
         try "Disks exported from the old hypervisor.\n".write(toFile: images + "/README.txt", atomically: true, encoding: .utf8)
         try writeRandomData(images + "/large.raw", megabytes: 768)
 
-        // From the corpus: a VirtualBox snapshot whose parent (found by UUID) is in another folder.
+        // From the corpus: a VirtualBox snapshot whose parent (found by UUID) is in another folder, and a dirty VHDX.
         var snapshot: (child: String, parent: String)?
         if let corpus = Corpus.load() {
             let folder = corpus.directory + "/bwlp-master-sync-shared/"
@@ -63,6 +63,9 @@ import Testing
             try FileManager.default.copyItem(atPath: folder + "image-default_snapshot.vdi", toPath: fixture.path("snapshots/vm-snapshot.vdi"))
             try FileManager.default.copyItem(atPath: folder + "image-default.vdi", toPath: fixture.path("base-images/vm-base.vdi"))
             snapshot = ("vm-snapshot.vdi", "vm-base.vdi")
+            // A Hyper-V VHDX closed with entries in its log (replayed in memory when read).
+            try FileManager.default.copyItem(atPath: corpus.directory + "/discutils/vhdx-log-replay.vhdx",
+                                             toPath: fixture.path("snapshots/hyperv-dirty.vhdx"))
         }
 
         // The test sshd's client key, for "Key file" (a key file must be inside the roots too).

@@ -229,27 +229,25 @@ class Browser:
                 return element
         return None
 
-    def click(self, selector, timeout=30):
-        """Clicks the visible element `selector` (found again if the page redrew it meanwhile)."""
+    @staticmethod
+    def _click_found(find, what):
+        """Clicks what `find()` returns, finding it again if the page redrew it in between."""
         for _ in range(10):
             try:
-                element = self.find(selector, timeout)
+                element = find()
                 element.click()
                 return element
             except StaleElementReferenceException:
                 time.sleep(0.1)
-        raise Failure(f"{selector} kept being redrawn")
+        raise Failure(f"{what} kept being redrawn")
+
+    def click(self, selector, timeout=30):
+        """Clicks the visible element `selector`."""
+        return self._click_found(lambda: self.find(selector, timeout), selector)
 
     def press(self, text, within="body", timeout=30):
         """Clicks the visible button or link whose text is `text`."""
-        for _ in range(10):
-            try:
-                element = self.button_with_text(text, within, timeout)
-                element.click()
-                return element
-            except StaleElementReferenceException:
-                time.sleep(0.1)
-        raise Failure(f"'{text}' kept being redrawn")
+        return self._click_found(lambda: self.button_with_text(text, within, timeout), f"'{text}'")
 
     def button_with_text(self, text, within="body", timeout=30):
         def find():
@@ -438,6 +436,13 @@ def step_disks(browser, results):
               f"the chosen parent did not complete the chain: {details}")
         browser.check_page("disks-chain")
         browser.screenshot("disks-vdi-snapshot")
+        browser.press("hyperv-dirty.vhdx", "#disk-browser")
+        browser.wait(lambda: "Closed cleanly" in browser.text("#disk-details"), 30, "the dirty VHDX is not described")
+        details = browser.text("#disk-details")
+        log(f"dirty VHDX: {details!r}")
+        check("replayed in memory" in details and "Closed cleanly\nNo" in details, f"the dirty log is not explained: {details}")
+        browser.check_page("disks-dirty")
+        browser.screenshot("disks-dirty-vhdx")
         open_images_folder(browser)
     else:
         log("CORPUS SKIPPED: no VirtualBox snapshot to choose a parent for")
@@ -676,6 +681,11 @@ def step_history(browser, results, service):
     service.stop()
     service = Service_()
     results["token"], results["port"] = service.token, service.port
+    # While the service was down the page's refreshes failed to connect (and said so on the page); nothing else
+    # may have gone wrong.
+    for entry in browser.driver.get_log("browser"):
+        check("ERR_CONNECTION_REFUSED" in entry.get("message", "") or entry.get("level") != "SEVERE",
+              f"console error around the restart: {entry}")
     browser.driver.get(service.url)
     browser.find("#nav-jobs")
     open_screen(browser, "jobs")

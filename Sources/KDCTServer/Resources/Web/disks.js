@@ -138,7 +138,8 @@ export function renderInfo(entry, info, actions, parents = []) {
   ], { id: "disk-facts" }));
 
   parts.push(h("h4", {}, t("info.warnings")));
-  const warnings = info.warnings || [];
+  // The image's notes come as warnings with code "note" too: they are listed once, under Notes.
+  const warnings = (info.warnings || []).filter((warning) => warning.code !== "note");
   // A parent that could not be opened. A VDI snapshot finds its parent by UUID, so the user may name the file
   // (the CLI's --parent); the other formats name the parent's file, which must then be where they say.
   const missingParent = (warning) => warning.field === "parent" || warning.field === "backing-file";
