@@ -49,6 +49,9 @@ struct Serve: ParsableCommand {
     @Option(name: .customShort("m"), help: "Conversion worker threads per job (default: the number of CPUs).")
     var workers: Int?
 
+    @Flag(help: "Open the web app in the desktop's browser (xdg-open) once the service runs; only in a desktop session (DISPLAY or WAYLAND_DISPLAY set).")
+    var open = false
+
     @Option(help: "How the startup line is printed: human or json.")
     var output: OutputStyle = .human
 
@@ -78,9 +81,12 @@ struct Serve: ParsableCommand {
         }
         LoggingSystem.bootstrap(StreamLogHandler.standardError)
         let service = ConversionService(configuration: configuration, logger: Logger(label: "kdct-native.serve"))
-        let json = output == .json
+        let (json, open) = (output == .json, self.open)
         try service.runUntilStopped { endpoint in
             Console.out(json ? endpoint.jsonLine + "\n" : "kdct-native serve: open \(endpoint.url)\n")
+            if open {
+                Console.error(BrowserLauncher.open(url: endpoint.url, stateDirectory: endpoint.stateDirectory) + "\n")
+            }
         }
     }
 }

@@ -17,9 +17,9 @@ final class ServeProcess: @unchecked Sendable {
     let logPath: String
     let stateDirectory: String
 
-    /// Starts the server with `roots` and `state`; `extra` are more arguments.
+    /// Starts the server with `roots` and `state`; `extra` are more arguments, `environment` replaces the test's.
     init(roots: [String], state: String, knownHosts: String? = nil, listen: String = "127.0.0.1:0", extra: [String] = [],
-         logPath: String? = nil) throws {
+         logPath: String? = nil, environment: [String: String]? = nil) throws {
         stateDirectory = state
         self.logPath = logPath ?? state + "-serve-\(UUID().uuidString.prefix(8)).log"
         guard FileManager.default.createFile(atPath: self.logPath, contents: nil) else { throw ServeTestError("cannot create \(self.logPath)") }
@@ -29,6 +29,7 @@ final class ServeProcess: @unchecked Sendable {
         for root in roots { arguments += ["--root", root] }
         arguments += ["--known-hosts", knownHosts ?? state + "-known_hosts"]
         process.arguments = arguments + extra
+        if let environment { process.environment = environment }
         let output = Pipe()
         process.standardOutput = output
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: self.logPath))

@@ -235,17 +235,20 @@ struct LibraryEngine: Sendable {
             target.abort()
             throw error
         }
-        let result = try DiskConverter.convert(device, to: target, options: options)
+        let hashed = request.checksum ? ChecksummedTarget(target, isCancelled: context.isCancelled, report: context.report) : nil
+        let result = try DiskConverter.convert(device, to: hashed ?? target, options: options)
         var st = stat()
         _ = stat(request.destination, &st)
-        return .object([
+        var pairs: [(String, JSONValue)] = [
             ("output", .string(request.destination)),
             ("output-format", .string(request.outputFormat)),
             ("virtual-size", .uint(result.virtualSize)),
             ("size", .int(Int64(st.st_size))),
             ("allocated-size", .int(Int64(st.st_blocks) * 512)),
             ("data-read", .uint(result.dataBytesRead)),
-        ])
+        ]
+        if let sha256 = hashed?.sha256 { pairs.append(("sha256", .string(sha256))) }
+        return .object(pairs)
     }
 
     private func convertAppliance(_ request: JobRequest, context: JobContext) throws -> JSONValue {

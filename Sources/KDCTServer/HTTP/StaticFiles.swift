@@ -10,8 +10,17 @@ enum StaticFiles {
     /// `PackageResources.NAME_EXT` is the generated name of `NAME.EXT`.
     static let files: [String: [UInt8]] = [
         "/index.html": PackageResources.index_html,
-        "/app.js": PackageResources.app_js,
         "/style.css": PackageResources.style_css,
+        "/icon.svg": PackageResources.icon_svg,
+        "/app.js": PackageResources.app_js,
+        "/strings.js": PackageResources.strings_js,
+        "/dom.js": PackageResources.dom_js,
+        "/api.js": PackageResources.api_js,
+        "/dialog.js": PackageResources.dialog_js,
+        "/disks.js": PackageResources.disks_js,
+        "/convert.js": PackageResources.convert_js,
+        "/export.js": PackageResources.export_js,
+        "/jobs.js": PackageResources.jobs_js,
     ]
 
     /// The content type for a file name's extension.

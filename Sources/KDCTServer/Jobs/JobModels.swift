@@ -44,6 +44,8 @@ struct JobRequest: Sendable {
     var clusterSize: Int?
     var preallocation: String?
     var force = false
+    /// Report the output file's SHA-256 (a convert job hashes its output before renaming it into place).
+    var checksum = false
     /// How the source is opened (the CLI's `-f`, `--references`, `--parent`, `--untrusted`).
     var sourceFormat: String?
     var references = "same-dir"
@@ -65,6 +67,7 @@ struct JobRequest: Sendable {
         "kind", "source", "destination", "output_format", "compress", "compression_type", "cluster_size",
         "preallocation", "force", "source_format", "references", "parents", "untrusted", "configuration",
         "disk_bus", "nic_model", "verify_manifest", "password", "identity", "passphrase", "agent", "verify", "resume",
+        "checksum",
     ]
     private static let conversionFields: Set<String> = ["output_format", "compress", "compression_type", "cluster_size"]
     private static let sourceFields: Set<String> = ["source_format", "references", "parents", "untrusted"]
@@ -73,7 +76,7 @@ struct JobRequest: Sendable {
     /// The fields that apply to each kind (besides kind, source and destination).
     static func fields(for kind: JobKind) -> Set<String> {
         switch kind {
-        case .convert: return conversionFields.union(sourceFields).union(["preallocation", "force"])
+        case .convert: return conversionFields.union(sourceFields).union(["preallocation", "force", "checksum"])
         case .appliance:
             return conversionFields.union(["preallocation", "force", "references", "untrusted", "configuration",
                                            "disk_bus", "nic_model", "verify_manifest"])
@@ -112,6 +115,7 @@ struct JobRequest: Sendable {
         }
         request.preallocation = try all.choice("preallocation", ["off", "falloc", "full"])
         request.force = try all.bool("force", default: false)
+        request.checksum = try all.bool("checksum", default: false)
         try request.readSourceOptions(all, roots: roots, engine: engine)
         request.diskBus = try all.choice("disk_bus", engine.diskBuses)
         request.nicModel = try all.choice("nic_model", engine.nicModels)
@@ -180,6 +184,7 @@ struct JobRequest: Sendable {
         add("cluster_size", clusterSize.map { .int(Int64($0)) })
         add("preallocation", preallocation.map { .string($0) })
         add("force", .bool(force))
+        add("checksum", .bool(checksum))
         add("source_format", sourceFormat.map { .string($0) })
         add("references", .string(references))
         add("parents", parents.isEmpty ? nil : .array(parents.map { .string($0) }))
