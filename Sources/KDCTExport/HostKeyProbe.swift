@@ -31,8 +31,9 @@ extension KnownHostsFile {
 
 /// What a host presented before any authentication.
 public struct HostKeyProbeResult: Sendable {
-    /// The host and port probed.
+    /// The host probed, as given.
     public var host: String
+    /// The TCP port probed.
     public var port: Int
     /// The name known_hosts files the host under (`host`, or `[host]:port` for another port than 22).
     public var knownHostsName: String

@@ -7,7 +7,18 @@ import Glibc
 
 /// A host key type: what libssh2 reports for the key a server presented, with the names OpenSSH uses.
 public enum HostKeyType: Sendable, CaseIterable {
-    case ed25519, ecdsa256, ecdsa384, ecdsa521, rsa, dss
+    /// `ssh-ed25519`.
+    case ed25519
+    /// `ecdsa-sha2-nistp256`.
+    case ecdsa256
+    /// `ecdsa-sha2-nistp384`.
+    case ecdsa384
+    /// `ecdsa-sha2-nistp521`.
+    case ecdsa521
+    /// `ssh-rsa` (also used with the rsa-sha2-256/512 signatures).
+    case rsa
+    /// `ssh-dss` (DSA; OpenSSH no longer accepts it by default).
+    case dss
 
     /// From `libssh2_session_hostkey`'s type, or nil for a type libssh2 cannot name.
     init?(libssh2Type: Int32) {

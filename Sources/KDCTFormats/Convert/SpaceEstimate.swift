@@ -25,7 +25,14 @@ public struct SpaceMeasurement: Sendable, Equatable {
 public struct MeasureOptions: Sendable {
     /// How the output is allocated (`-o preallocation=`).
     public enum Preallocation: String, Sendable, CaseIterable {
-        case off, metadata, falloc, full
+        /// Nothing allocated ahead: only what data and metadata need.
+        case off
+        /// QCOW2 metadata (tables, refcounts) allocated up front; data clusters as written.
+        case metadata
+        /// Every byte reserved with `fallocate`, read as zeros.
+        case falloc
+        /// Every byte written (zeros where the source has none).
+        case full
     }
 
     /// RAW or QCOW2.

@@ -562,7 +562,22 @@ public enum FilePaths {
 public struct FileStatus: Sendable, Equatable {
     /// The kinds of file a destination may be.
     public enum Kind: Sendable, Equatable {
-        case regularFile, directory, blockDevice, characterDevice, symbolicLink, fifo, socket, other
+        /// A regular file (`S_IFREG`).
+        case regularFile
+        /// A directory (`S_IFDIR`).
+        case directory
+        /// A block device node (`S_IFBLK`): an LVM volume, a LUN, a loop or nbd device.
+        case blockDevice
+        /// A character device node (`S_IFCHR`).
+        case characterDevice
+        /// A symbolic link itself (only `lstat` reports one).
+        case symbolicLink
+        /// A named pipe (`S_IFIFO`).
+        case fifo
+        /// A Unix-domain socket (`S_IFSOCK`).
+        case socket
+        /// Any other `st_mode` type.
+        case other
     }
 
     /// The file's kind.
@@ -575,8 +590,9 @@ public struct FileStatus: Sendable, Equatable {
     public var deviceNumber: UInt64
     /// The permission bits (`st_mode & 07777`).
     public var permissions: mode_t
-    /// The owner and group.
+    /// The owning user (`st_uid`).
     public var owner: uid_t
+    /// The owning group (`st_gid`).
     public var group: gid_t
 
     init(_ st: stat) {

@@ -14,7 +14,9 @@ import CKDCTShims
 public final class InPlaceTarget: OutputTarget {
     /// What is being written.
     public enum Kind: Sendable, Equatable {
+        /// A block device node, written in place up to its `capacity`.
         case blockDevice
+        /// An existing image file written into (`-n`); it may grow.
         case existingFile
     }
 
