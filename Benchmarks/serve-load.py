@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Load benchmark of `kdct-native serve` (not a test): the service against the CLI on bench.py's workload.
 
-1. Conversion speed: the same conversion through the service (POST /jobs, polled until it ends) and with the CLI,
-   alternately, `sync` before every run, medians of --runs; an I/O-bound case (qcow2 -> qcow2) and a CPU-bound one
+1. Conversion speed: the same conversion through the service (POST /jobs, its event stream followed to the final
+   event, as the web pages do; polling at 50 Hz would add the polls' CPU, about 2 ms each) and with the CLI,
+   alternately, `sync` before every run, medians of --runs of wall time and of CPU seconds (the CLI's rusage; the
+   server's own CPU over the job, measured from /proc); an I/O-bound case (qcow2 -> qcow2) and a CPU-bound one
    (qcow2 -> qcow2 with zstd compression).
 2. Load: for --seconds, 2 conversions run at all times (`--jobs 2`; each restarts when it ends) while 8 client
    threads list a folder, inspect a VMDK, poll a running job and list jobs, as fast as they get answers; latency
@@ -11,7 +13,7 @@
 
 Only the standard library. usage: Benchmarks/serve-load.py [--kdct PATH] [--runs 5] [--seconds 60]
 """
-import argparse, http.client, json, os, shutil, statistics, subprocess, sys, tempfile, threading, time
+import argparse, http.client, json, os, resource, shutil, statistics, subprocess, sys, tempfile, threading, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -56,6 +58,22 @@ class Server:
             raise SystemExit(f"POST /jobs: {status} {job}")
         return job["id"]
 
+    def wait_for_events(self, job_id):
+        """Follows the job's event stream (as the web pages do) to its final event, then returns the job."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        connection.request("GET", f"/api/v1/jobs/{job_id}/events", headers={"Authorization": f"Bearer {self.token}"})
+        answer = connection.getresponse()
+        if answer.status == 200:
+            event = None
+            for raw in answer:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    event = line[len("event: "):]
+                elif line == "" and event == "state":
+                    break
+        connection.close()
+        return self.wait(job_id)
+
     def wait(self, job_id, interval=0.02):
         while True:
             status, job = self.request("GET", f"/jobs/{job_id}")
@@ -92,6 +110,7 @@ def speed(kdct, runs):
             bench.warm(source)
             out = {"cli": os.path.join(WORK, "serve-bench-cli.qcow2"), "service": os.path.join(WORK, "serve-bench-service.qcow2")}
             times = {"cli": [], "service": [], "service-job": []}
+            cpu = {"cli": [], "service": []}
             for run in range(runs):
                 for tool in (("cli", "service") if run % 2 == 0 else ("service", "cli")):
                     if os.path.exists(out[tool]):
@@ -99,20 +118,30 @@ def speed(kdct, runs):
                     subprocess.run(["sync"], check=True)
                     start = time.monotonic()
                     if tool == "cli":
+                        before = resource.getrusage(resource.RUSAGE_CHILDREN)
                         subprocess.run([kdct, "convert", "-O", "qcow2", *cli_options, source, out[tool]], check=True,
                                        stdout=subprocess.DEVNULL)
+                        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                        cpu[tool].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
                     else:
-                        job = server.wait(server.convert(source, out[tool], job_options))
+                        # The server's own CPU seconds over the job (it does nothing else meanwhile).
+                        before = server.cpu_seconds()
+                        job = server.wait_for_events(server.convert(source, out[tool], job_options))
+                        cpu[tool].append(server.cpu_seconds() - before)
                         times["service-job"].append(job["result"]["elapsed-seconds"])
                     times[tool].append(time.monotonic() - start)
             same = subprocess.run(["qemu-img", "compare", out["cli"], out["service"]], capture_output=True).returncode == 0
             for path in out.values():
                 os.unlink(path)
             median = {tool: statistics.median(values) for tool, values in times.items()}
+            cpu_median = {tool: statistics.median(values) for tool, values in cpu.items()}
             rows.append((case, median, times, same))
             print(f"{case}: cli {median['cli']:.2f} s, service {median['service']:.2f} s "
-                  f"(job {median['service-job']:.2f} s), ratio {median['service'] / median['cli']:.3f}, identical={same}",
-                  flush=True)
+                  f"(job {median['service-job']:.2f} s), ratio {median['service'] / median['cli']:.3f}; "
+                  f"CPU cli {cpu_median['cli']:.2f} s, service {cpu_median['service']:.2f} s, "
+                  f"ratio {cpu_median['service'] / cpu_median['cli']:.3f}; identical={same}", flush=True)
+            print(f"  wall s, in run order: cli {' '.join(f'{t:.2f}' for t in times['cli'])}; "
+                  f"service {' '.join(f'{t:.2f}' for t in times['service'])}", flush=True)
     finally:
         server.stop()
     return rows
@@ -201,12 +230,16 @@ def main():
     parser.add_argument("--kdct", default=os.path.join(ROOT, ".build/release/kdct-native"))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--part", choices=["all", "speed", "load"], default="all", help="run one part only")
     args = parser.parse_args()
     bench.build_workload()
     print(f"machine: {bench.machine()}", flush=True)
-    print(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), flush=True)
-    speed(args.kdct, args.runs)
-    load(args.kdct, args.seconds)
+    print(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), f"load average {os.getloadavg()}", flush=True)
+    if args.part in ("all", "speed"):
+        speed(args.kdct, args.runs)
+    if args.part in ("all", "load"):
+        load(args.kdct, args.seconds)
+    print(f"load average after: {os.getloadavg()}", flush=True)
 
 
 if __name__ == "__main__":
