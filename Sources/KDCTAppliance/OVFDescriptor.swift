@@ -67,42 +67,15 @@ enum OVFDescriptor {
         }
 
         mutating func parse() throws -> VirtualMachineDescription {
-            guard root.name == "Envelope" else {
-                throw KDCTError(.invalidFormat, "root element is <\(root.name)>, not an OVF <Envelope>", file: file,
-                                field: "Envelope")
-            }
-            let version: String
-            switch root.namespace {
-            case "http://schemas.dmtf.org/ovf/envelope/1": version = "1.x"
-            case "http://schemas.dmtf.org/ovf/envelope/2": version = "2.0"
-            case let other?:
-                if other.contains("vmware.com/schema/ovf/1/envelope") {
-                    throw KDCTError(.unsupported, "OVF 0.9 descriptors (namespace \(other)) are not supported; re-export as OVF 1.0 or later",
-                                    file: file, field: "Envelope")
-                }
-                throw KDCTError(.invalidFormat, "envelope namespace \(other) is not OVF 1.x or 2.0", file: file,
-                                field: "Envelope")
-            case nil:
-                throw KDCTError(.invalidFormat, "<Envelope> has no namespace; not an OVF descriptor", file: file,
-                                field: "Envelope")
-            }
-
+            let version = try envelopeVersion()
             let files = try parseFiles()
             let configurations = parseConfigurations()
             let selected = try selectConfiguration(configurations)
             let system = try findVirtualSystem()
             let systemID = system.attribute("id") ?? "vm"
             let name = system.childText("Name").flatMap { $0.isEmpty ? nil : $0 } ?? systemID
-
-            var os = GuestOperatingSystem()
-            if let section = system.child("OperatingSystemSection") {
-                os.cimID = section.attribute("id").flatMap { Int($0.trimmingWhitespace) }
-                os.vmwareType = section.attribute("osType", prefix: "vmw") ?? section.attribute("osType")
-                os.virtualBoxType = section.child("OSType")?.trimmedText
-                os.description = section.childText("Description")
-            }
             let vboxMachine = system.child("Machine").flatMap { $0.namespace?.contains("virtualbox") == true ? $0 : nil }
-            if os.virtualBoxType == nil, let type = vboxMachine?.attribute("OSType") { os.virtualBoxType = type }
+            let os = operatingSystem(system, vboxMachine: vboxMachine)
 
             let hardwareSections = system.children("VirtualHardwareSection")
             guard let hardware = hardwareSections.first else {
@@ -115,40 +88,96 @@ enum OVFDescriptor {
             let systemType = hardware.child("System").flatMap { $0.childText("VirtualSystemType") }
             let items = try selectItems(hardware, configuration: selected)
 
-            // CPUs and memory.
-            var cpuCount = 1
-            var coresPerSocket: Int?
-            if let cpu = items.last(where: { $0.resourceType == ResourceType.processor }) {
-                guard let quantity = cpu.text("VirtualQuantity").flatMap({ Int($0) }), quantity >= 1, quantity <= 4096 else {
-                    throw corrupt("processor item \(cpu.instanceID) has VirtualQuantity \"\(cpu.text("VirtualQuantity") ?? "")\", not a CPU count between 1 and 4096",
-                                  field: "VirtualQuantity")
-                }
-                cpuCount = quantity
-                if let cores = cpu.element.child("CoresPerSocket").flatMap({ Int($0.trimmedText) }), cores >= 1,
-                   cores <= quantity, quantity % cores == 0 {
-                    coresPerSocket = cores
-                }
-            } else {
-                notes.append("no processor item: 1 vCPU assumed")
-            }
-            var memoryBytes: UInt64 = 1 << 30
-            if let memory = items.last(where: { $0.resourceType == ResourceType.memory }) {
-                let quantity = memory.text("VirtualQuantity") ?? ""
-                var units = memory.text("AllocationUnits") ?? ""
-                if units.isEmpty {
-                    units = "byte * 2^20"
-                    notes.append("memory item has no AllocationUnits: MiB assumed")
-                }
-                guard let bytes = OVFUnits.bytes(quantity: quantity, units: units), bytes > 0, bytes <= 64 << 40 else {
-                    throw corrupt("memory item \(memory.instanceID): \"\(quantity)\" of \"\(units)\" is not a memory size up to 64 TiB",
-                                  field: "VirtualQuantity")
-                }
-                memoryBytes = bytes
-            } else {
-                notes.append("no memory item: 1 GiB assumed")
+            let (cpuCount, coresPerSocket) = try processors(items)
+            let memoryBytes = try memorySize(items)
+            let devices = try attachDevices(items, files: files, controllers: controllers(items))
+            let boot = firmware(hardware, vboxMachine: vboxMachine, systemType: systemType)
+            if os.isARM64 {
+                notes.append("the guest is 64-bit ARM (\(os.displayName)); the generated domain is x86-64 and will not boot it")
             }
 
-            // Controllers, disks, NICs.
+            return VirtualMachineDescription(
+                name: name, systemID: systemID, ovfVersion: version, producer: producer(vboxMachine: vboxMachine, systemType: systemType),
+                virtualSystemType: systemType, operatingSystem: os, cpuCount: cpuCount, coresPerSocket: coresPerSocket,
+                memoryBytes: memoryBytes, firmware: boot.firmware, firmwareSource: boot.source, secureBoot: boot.secureBoot,
+                disks: devices.disks, networkAdapters: devices.adapters, configurations: configurations,
+                selectedConfiguration: selected, files: files, notes: notes)
+        }
+
+        /// The OVF version the envelope's namespace names (DSP0243 section 7): "1.x" or "2.0".
+        func envelopeVersion() throws -> String {
+            guard root.name == "Envelope" else {
+                throw KDCTError(.invalidFormat, "root element is <\(root.name)>, not an OVF <Envelope>", file: file,
+                                field: "Envelope")
+            }
+            switch root.namespace {
+            case "http://schemas.dmtf.org/ovf/envelope/1": return "1.x"
+            case "http://schemas.dmtf.org/ovf/envelope/2": return "2.0"
+            case let other?:
+                if other.contains("vmware.com/schema/ovf/1/envelope") {
+                    throw KDCTError(.unsupported, "OVF 0.9 descriptors (namespace \(other)) are not supported; re-export as OVF 1.0 or later",
+                                    file: file, field: "Envelope")
+                }
+                throw KDCTError(.invalidFormat, "envelope namespace \(other) is not OVF 1.x or 2.0", file: file,
+                                field: "Envelope")
+            case nil:
+                throw KDCTError(.invalidFormat, "<Envelope> has no namespace; not an OVF descriptor", file: file,
+                                field: "Envelope")
+            }
+        }
+
+        /// The guest OS from `OperatingSystemSection` (CIM id, VMware's `vmw:osType`, VirtualBox's `OSType`), with
+        /// VirtualBox's machine section as a fallback for its type.
+        func operatingSystem(_ system: XMLTreeElement, vboxMachine: XMLTreeElement?) -> GuestOperatingSystem {
+            var os = GuestOperatingSystem()
+            if let section = system.child("OperatingSystemSection") {
+                os.cimID = section.attribute("id").flatMap { Int($0.trimmingWhitespace) }
+                os.vmwareType = section.attribute("osType", prefix: "vmw") ?? section.attribute("osType")
+                os.virtualBoxType = section.child("OSType")?.trimmedText
+                os.description = section.childText("Description")
+            }
+            if os.virtualBoxType == nil, let type = vboxMachine?.attribute("OSType") { os.virtualBoxType = type }
+            return os
+        }
+
+        /// The vCPU count and cores per socket from the last processor item (1 when there is none).
+        mutating func processors(_ items: [HardwareItem]) throws -> (count: Int, coresPerSocket: Int?) {
+            guard let cpu = items.last(where: { $0.resourceType == ResourceType.processor }) else {
+                notes.append("no processor item: 1 vCPU assumed")
+                return (1, nil)
+            }
+            guard let quantity = cpu.text("VirtualQuantity").flatMap({ Int($0) }), quantity >= 1, quantity <= 4096 else {
+                throw corrupt("processor item \(cpu.instanceID) has VirtualQuantity \"\(cpu.text("VirtualQuantity") ?? "")\", not a CPU count between 1 and 4096",
+                              field: "VirtualQuantity")
+            }
+            if let cores = cpu.element.child("CoresPerSocket").flatMap({ Int($0.trimmedText) }), cores >= 1,
+               cores <= quantity, quantity % cores == 0 {
+                return (quantity, cores)
+            }
+            return (quantity, nil)
+        }
+
+        /// The memory size in bytes from the last memory item (1 GiB when there is none; MiB when it has no units).
+        mutating func memorySize(_ items: [HardwareItem]) throws -> UInt64 {
+            guard let memory = items.last(where: { $0.resourceType == ResourceType.memory }) else {
+                notes.append("no memory item: 1 GiB assumed")
+                return 1 << 30
+            }
+            let quantity = memory.text("VirtualQuantity") ?? ""
+            var units = memory.text("AllocationUnits") ?? ""
+            if units.isEmpty {
+                units = "byte * 2^20"
+                notes.append("memory item has no AllocationUnits: MiB assumed")
+            }
+            guard let bytes = OVFUnits.bytes(quantity: quantity, units: units), bytes > 0, bytes <= 64 << 40 else {
+                throw corrupt("memory item \(memory.instanceID): \"\(quantity)\" of \"\(units)\" is not a memory size up to 64 TiB",
+                              field: "VirtualQuantity")
+            }
+            return bytes
+        }
+
+        /// The storage controllers by InstanceID: IDE, SCSI, and "other storage" told apart by ResourceSubType.
+        func controllers(_ items: [HardwareItem]) -> [String: DiskController] {
             var controllers: [String: DiskController] = [:]
             for item in items {
                 guard let type = item.resourceType else { continue }
@@ -170,6 +199,13 @@ enum OVFDescriptor {
                                                                   address: item.text("Address"))
                 }
             }
+            return controllers
+        }
+
+        /// The disks in hardware-item order (each DiskSection disk attached at most once; declared but unattached
+        /// disks after them) and the network adapters; removable media are noted, not converted.
+        mutating func attachDevices(_ items: [HardwareItem], files: [ApplianceFile], controllers: [String: DiskController])
+            throws -> (disks: [VirtualDisk], adapters: [NetworkAdapter]) {
             var disksByID: [String: VirtualDisk] = [:]
             var diskOrder: [String] = []
             for disk in try parseDisks(files: files) {
@@ -243,8 +279,13 @@ enum OVFDescriptor {
                     disks.append(disk)
                 }
             }
+            return (disks, adapters)
+        }
 
-            // Firmware: VMware's config keys, VirtualBox's machine section, then type hints.
+        /// The firmware: VMware's config keys first, then VirtualBox's machine section, then hints in the virtual
+        /// system type; BIOS when none says. Secure boot only with EFI.
+        mutating func firmware(_ hardware: XMLTreeElement, vboxMachine: XMLTreeElement?, systemType: String?)
+            -> (firmware: Firmware, source: FirmwareSource, secureBoot: Bool) {
             var firmware = Firmware.bios
             var firmwareSource = FirmwareSource.defaulted
             var secureBoot = false
@@ -286,16 +327,7 @@ enum OVFDescriptor {
                 notes.append("secure boot is requested but the firmware is BIOS; ignored")
                 secureBoot = false
             }
-            if os.isARM64 {
-                notes.append("the guest is 64-bit ARM (\(os.displayName)); the generated domain is x86-64 and will not boot it")
-            }
-
-            return VirtualMachineDescription(
-                name: name, systemID: systemID, ovfVersion: version, producer: producer(vboxMachine: vboxMachine, systemType: systemType),
-                virtualSystemType: systemType, operatingSystem: os, cpuCount: cpuCount, coresPerSocket: coresPerSocket,
-                memoryBytes: memoryBytes, firmware: firmware, firmwareSource: firmwareSource, secureBoot: secureBoot,
-                disks: disks, networkAdapters: adapters, configurations: configurations,
-                selectedConfiguration: selected, files: files, notes: notes)
+            return (firmware, firmwareSource, secureBoot)
         }
 
         func parseFiles() throws -> [ApplianceFile] {

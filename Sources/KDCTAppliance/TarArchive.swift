@@ -47,44 +47,28 @@ final class TarArchive: Sendable {
         var members: [TarMember] = []
         var notes: [String] = []
         var offset: UInt64 = 0
-        var pendingPax: [(String, String)] = []
-        var pendingLongName: String?
-        var pendingLongLink: String?
-        var pendingHeaderOffset: UInt64?
+        var pending = PendingExtendedHeaders()
         let blockSize = UInt64(TarHeader.blockSize)
         walk: while true {
             if offset >= file.size {
                 if offset == 0 {
                     throw KDCTError(.invalidFormat, "empty file, not a tar archive", file: file.path)
                 }
-                if pendingHeaderOffset != nil {
+                if pending.headerOffset != nil {
                     throw KDCTError(.truncated, "archive ends after an extended header, before the member it describes",
                                     file: file.path, field: "tar header")
                 }
                 notes.append("the archive ends without its end-of-archive blocks")
                 break walk
             }
-            var block = [UInt8](repeating: 0, count: TarHeader.blockSize)
-            let got = try block.withUnsafeMutableBytes { try file.readAvailable(into: $0, at: offset) }
-            if got < TarHeader.blockSize {
-                throw KDCTError(.truncated,
-                                "tar header at archive offset \(offset) is cut off: the file ends after \(got) of its 512 bytes",
-                                file: file.path, field: "tar header")
-            }
+            let block = try Self.headerBlock(file, at: offset)
             if TarHeader.isZeroBlock(block) {
-                if pendingHeaderOffset != nil {
+                if pending.headerOffset != nil {
                     throw KDCTError(.corrupt, "end-of-archive block at offset \(offset) right after an extended header",
                                     file: file.path, field: "tar header")
                 }
                 if offset == 0 { throw KDCTError(.invalidFormat, "starts with an empty block, not a tar archive", file: file.path) }
-                let after = offset + blockSize
-                if after < file.size {
-                    let tailCount = Int(min(file.size - after, UInt64(TarHeader.blockSize)))
-                    let next = try file.readBytes(count: tailCount, at: after, what: "end-of-archive block")
-                    if !TarHeader.isZeroBlock(next) {
-                        notes.append("a single end-of-archive block at offset \(offset) is followed by data; the rest is ignored")
-                    }
-                }
+                if let note = try Self.trailingDataNote(file, endBlockAt: offset) { notes.append(note) }
                 break walk
             }
             let header: TarHeader
@@ -94,17 +78,7 @@ final class TarArchive: Sendable {
                 throw KDCTError(.corrupt, "tar header at archive offset \(offset) is damaged: \(error.message)",
                                 file: file.path, field: "tar header")
             }
-            var size = header.size
-            let headerOffset = pendingHeaderOffset ?? offset
-            if !header.kind.isMetadata {
-                for (key, value) in pendingPax where key == "size" {
-                    guard let parsed = UInt64(value) else {
-                        throw KDCTError(.corrupt, "pax size \"\(value)\" for the member at offset \(offset) is not a number",
-                                        file: file.path, field: "pax size")
-                    }
-                    size = parsed
-                }
-            }
+            let size = try header.kind.isMetadata ? header.size : pending.size(default: header.size, file: file.path, at: offset)
             let dataOffset = offset + blockSize
             let (dataEnd, overflow) = dataOffset.addingReportingOverflow(size)
             if overflow || dataEnd > file.size {
@@ -116,34 +90,13 @@ final class TarArchive: Sendable {
             case .paxExtended, .paxGlobal, .gnuLongName, .gnuLongLink:
                 try ImageLimits.check("tar extended header size", size, max: Self.maxMetadataBytes, file: file.path)
                 let data = try file.readBytes(count: Int(size), at: dataOffset, what: "tar extended header")
-                switch header.kind {
-                case .paxExtended:
-                    pendingPax += try PaxRecords.decode(data, file: file.path, at: offset)
-                    if pendingPax.contains(where: { $0.0.hasPrefix("GNU.sparse.") }) {
-                        throw KDCTError(.unsupported, "member after offset \(offset) is a GNU sparse file (pax GNU.sparse.*); repack it without tar's --sparse",
-                                        file: file.path, field: "GNU.sparse")
-                    }
-                    pendingHeaderOffset = pendingHeaderOffset ?? offset
-                case .paxGlobal:
-                    _ = try PaxRecords.decode(data, file: file.path, at: offset)  // validated, not applied
-                case .gnuLongName:
-                    pendingLongName = TarHeader.string(data, 0, data.count)
-                    pendingHeaderOffset = pendingHeaderOffset ?? offset
-                default:
-                    pendingLongLink = TarHeader.string(data, 0, data.count)
-                    pendingHeaderOffset = pendingHeaderOffset ?? offset
-                }
+                try pending.record(header.kind, data: data, file: file.path, at: offset)
             case .gnuSparse:
                 throw KDCTError(.unsupported, "member \"\(header.name)\" is a GNU sparse file; repack it without tar's --sparse",
                                 file: file.path, field: header.name)
             default:
-                var name = pendingLongName ?? header.name
-                var linkName = pendingLongLink ?? header.linkName
-                for (key, value) in pendingPax {
-                    if key == "path" { name = value }
-                    if key == "linkpath" { linkName = value }
-                }
-                while name.hasPrefix("./") { name.removeFirst(2) }
+                let headerOffset = pending.headerOffset ?? offset
+                let (name, linkName) = pending.names(for: header)
                 if members.count >= Self.maxMembers {
                     throw KDCTError.limit("tar member count", value: UInt64(members.count + 1),
                                           limit: UInt64(Self.maxMembers), file: file.path)
@@ -154,10 +107,7 @@ final class TarArchive: Sendable {
                 }
                 members.append(TarMember(name: name, size: size, dataOffset: dataOffset, headerOffset: headerOffset,
                                          kind: header.kind, linkName: linkName))
-                pendingPax = []
-                pendingLongName = nil
-                pendingLongLink = nil
-                pendingHeaderOffset = nil
+                pending = PendingExtendedHeaders()
             }
             // The data is padded to a whole block; a last member whose padding is missing is still complete.
             let padded = (size % blockSize == 0) ? size : size + (blockSize - size % blockSize)
@@ -167,6 +117,88 @@ final class TarArchive: Sendable {
         }
         self.members = members
         self.notes = notes
+    }
+
+    /// The 512-byte header block at `offset`; a block cut off by the end of the file is `truncated`.
+    private static func headerBlock(_ file: ReadOnlyFile, at offset: UInt64) throws -> [UInt8] {
+        var block = [UInt8](repeating: 0, count: TarHeader.blockSize)
+        let got = try block.withUnsafeMutableBytes { try file.readAvailable(into: $0, at: offset) }
+        if got < TarHeader.blockSize {
+            throw KDCTError(.truncated,
+                            "tar header at archive offset \(offset) is cut off: the file ends after \(got) of its 512 bytes",
+                            file: file.path, field: "tar header")
+        }
+        return block
+    }
+
+    /// A note when the zero block at `offset` (POSIX wants two) is followed by data, which is then ignored.
+    private static func trailingDataNote(_ file: ReadOnlyFile, endBlockAt offset: UInt64) throws -> String? {
+        let after = offset + UInt64(TarHeader.blockSize)
+        guard after < file.size else { return nil }
+        let tailCount = Int(min(file.size - after, UInt64(TarHeader.blockSize)))
+        let next = try file.readBytes(count: tailCount, at: after, what: "end-of-archive block")
+        return TarHeader.isZeroBlock(next) ? nil
+            : "a single end-of-archive block at offset \(offset) is followed by data; the rest is ignored"
+    }
+
+    /// What pax extended headers and GNU long-name/long-link members said about the member that follows them
+    /// (POSIX.1-2001 pax; GNU tar's `L`/`K` types).
+    private struct PendingExtendedHeaders {
+        /// pax records (`path`, `linkpath`, `size`, ...) in order.
+        var pax: [(String, String)] = []
+        /// A GNU long name (`L`).
+        var longName: String?
+        /// A GNU long link target (`K`).
+        var longLink: String?
+        /// Where the first of these headers starts: the member's header offset.
+        var headerOffset: UInt64?
+
+        /// Records the extended header of `kind` whose data is `data`, read at archive offset `offset`.
+        mutating func record(_ kind: TarHeader.Kind, data: [UInt8], file: String, at offset: UInt64) throws {
+            switch kind {
+            case .paxExtended:
+                pax += try PaxRecords.decode(data, file: file, at: offset)
+                if pax.contains(where: { $0.0.hasPrefix("GNU.sparse.") }) {
+                    throw KDCTError(.unsupported, "member after offset \(offset) is a GNU sparse file (pax GNU.sparse.*); repack it without tar's --sparse",
+                                    file: file, field: "GNU.sparse")
+                }
+                headerOffset = headerOffset ?? offset
+            case .paxGlobal:
+                _ = try PaxRecords.decode(data, file: file, at: offset)  // validated, not applied
+            case .gnuLongName:
+                longName = TarHeader.string(data, 0, data.count)
+                headerOffset = headerOffset ?? offset
+            default:
+                longLink = TarHeader.string(data, 0, data.count)
+                headerOffset = headerOffset ?? offset
+            }
+        }
+
+        /// The member's size: a pax `size` record overrides the header's (members of 8 GiB and more).
+        func size(default headerSize: UInt64, file: String, at offset: UInt64) throws -> UInt64 {
+            var size = headerSize
+            for (key, value) in pax where key == "size" {
+                guard let parsed = UInt64(value) else {
+                    throw KDCTError(.corrupt, "pax size \"\(value)\" for the member at offset \(offset) is not a number",
+                                    file: file, field: "pax size")
+                }
+                size = parsed
+            }
+            return size
+        }
+
+        /// The member's name and link target: pax records override GNU long names, which override the header's;
+        /// leading `./` removed.
+        func names(for header: TarHeader) -> (name: String, linkName: String) {
+            var name = longName ?? header.name
+            var linkName = longLink ?? header.linkName
+            for (key, value) in pax {
+                if key == "path" { name = value }
+                if key == "linkpath" { linkName = value }
+            }
+            while name.hasPrefix("./") { name.removeFirst(2) }
+            return (name, linkName)
+        }
     }
 
     /// True when `bytes` (the first 512 bytes of a file) hold a tar header with a valid checksum.
