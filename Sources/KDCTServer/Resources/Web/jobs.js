@@ -57,13 +57,25 @@ export function initJobs({ onActiveCount }) {
     onActiveCount(active);
   }
 
-  /// Stores `job` and redraws its card (newest first).
+  /// Stores `job` and redraws its card (newest first). While a job only makes progress (same state), only its
+  /// progress bar and line are redrawn: its buttons stay the same elements, so a click or the keyboard focus is
+  /// never lost to a redraw.
   function update(job) {
     const known = jobs.get(job.id);
     if (known && known.revision > job.revision && known.state === job.state) return;
     jobs.set(job.id, job);
-    const card = renderCard(job, actions);
     const existing = list.querySelector(`li[data-job="${job.id}"]`);
+    const progressOnly = existing && known && known.state === job.state && (job.state === "queued" || job.state === "running")
+      && Boolean(known.resumable) === Boolean(job.resumable);
+    if (progressOnly) {
+      const shown = existing.querySelector(".progress");
+      const fresh = renderProgress(job);
+      if (shown) shown.replaceWith(fresh);
+      else existing.append(fresh);
+      openStream(job.id);
+      return;
+    }
+    const card = renderCard(job, actions);
     if (existing) {
       // Keep the focus on the same button across redraws (keyboard users).
       const focused = existing.contains(document.activeElement) ? document.activeElement.dataset.action : null;
