@@ -17,6 +17,10 @@ int kdct_punch_hole(int fd, off_t offset, off_t length);
 /* sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE): start writeback early. */
 int kdct_start_writeback(int fd, off_t offset, off_t length);
 
+/* sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WAIT_BEFORE): waits for the writeback already started on the
+   range to finish (starts none). */
+int kdct_wait_writeback(int fd, off_t offset, off_t length);
+
 /* renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE): atomic rename that fails with EEXIST
    instead of replacing; EINVAL/ENOSYS where the filesystem or kernel lacks it. */
 int kdct_rename_noreplace(const char *from, const char *to);
@@ -49,6 +53,10 @@ int kdct_claim_image(int fd);
 
 /* posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL). */
 int kdct_advise_sequential(int fd);
+
+/* posix_fadvise(fd, offset, length, POSIX_FADV_WILLNEED): starts reading the range into the page cache without
+   waiting for it (a hint; 0 or an error number, never errno). */
+int kdct_advise_willneed(int fd, off_t offset, off_t length);
 
 /* Terminal width of fd via TIOCGWINSZ, or 0 when it is not a terminal. */
 int kdct_terminal_columns(int fd);

@@ -111,10 +111,12 @@ public final class LocalFileTarget: OutputTarget {
     private let flush: Bool
     private var finished = false
     // Writeback is started every `writebackInterval` bytes so the final fsync has little left to do.
-    private let writebackInterval: UInt64 = 64 << 20
+    private let writebackInterval: UInt64
+    private let waitForOldWriteback: Bool
     private var unhintedBytes: UInt64 = 0
     private var lowestUnhinted = UInt64.max
     private var highestWritten: UInt64 = 0
+    private var previousKick: (offset: UInt64, length: UInt64)?
 
     /// Prepares to write `destination`. Fails with `alreadyExists` if it exists and `overwrite` is false, and
     /// with `invalidArgument` when it is not a regular file (a directory, a device: see `InPlaceTarget`).
@@ -135,6 +137,14 @@ public final class LocalFileTarget: OutputTarget {
         self.destination = destination
         self.finalPath = path.resolved
         self.overwrite = overwrite
+        // MEASUREMENT ONLY (removed before merge): KDCT_WRITEBACK=kick:MiB | none | bounded:MiB
+        let policy = getenv("KDCT_WRITEBACK").map { String(cString: $0) } ?? "kick:64"
+        let parts = policy.split(separator: ":")
+        switch parts.first {
+        case "none": writebackInterval = .max; waitForOldWriteback = false
+        case "bounded": writebackInterval = UInt64(parts.last.flatMap { UInt64($0) } ?? 64) << 20; waitForOldWriteback = true
+        default: writebackInterval = UInt64(parts.last.flatMap { UInt64($0) } ?? 64) << 20; waitForOldWriteback = false
+        }
         self.flush = flush
         let directory = FilePaths.directory(of: path.resolved)
         guard FilePaths.isDirectory(directory) else {
@@ -189,7 +199,12 @@ public final class LocalFileTarget: OutputTarget {
         highestWritten = max(highestWritten, offset + count)
         unhintedBytes += count
         if unhintedBytes >= writebackInterval {
-            file.startWriteback(offset: lowestUnhinted, length: highestWritten - lowestUnhinted)
+            let kick = (offset: lowestUnhinted, length: highestWritten - lowestUnhinted)
+            file.startWriteback(offset: kick.offset, length: kick.length)
+            if waitForOldWriteback, let previous = previousKick {
+                file.waitForWriteback(offset: previous.offset, length: previous.length)
+            }
+            previousKick = kick
             unhintedBytes = 0
             lowestUnhinted = .max
         }
