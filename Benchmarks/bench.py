@@ -13,7 +13,7 @@ usage: Benchmarks/bench.py [--runs N] [--cases a,b,...] [--kdct PATH] [--out Ben
 puts the input on a read-only loop device (direct I/O, so the loop's own reads bypass the page cache) whose reads
 are throttled to MBPS MB/s for the tools (a cgroup: v2 `io.max rbps`, or v1 `blkio.throttle.read_bps_device`);
 implies --cold. --variants adds kdct-native runs with extra arguments (e.g. 'ra0:--read-ahead 0'), alternated with
-the others. --floor adds two timed steps on the same data: `cat` of the input to /dev/null and a sequential write
+the others; leading NAME=VALUE words set environment variables. --floor adds two timed steps on the same data: `cat` of the input to /dev/null and a sequential write
 of as many bytes as kdct-native's output allocates (dd, fsync), the hardware floor of a cold conversion.
 """
 import argparse, os, platform, shutil, statistics, subprocess, sys, time
@@ -264,7 +264,10 @@ def run_case(case, src, qfmt, kextra, qextra, ofmt, args, variants, slow):
     # qemu-img followed by an fsync of its output, i.e. until the data is on disk too.
     cmds = {"kdct": [args.kdct, "convert", "--force", "-O", ofmt] + kextra + [read_path, outs["kdct"]]}
     for name, extra in variants:
-        cmds[f"kdct-{name}"] = [args.kdct, "convert", "--force", "-O", ofmt] + kextra + extra + [read_path, outs[f"kdct-{name}"]]
+        # Leading NAME=VALUE words are environment variables (run through env(1)); the rest are arguments.
+        env = [word for word in extra if "=" in word and not word.startswith("-")]
+        rest = [word for word in extra if word not in env]
+        cmds[f"kdct-{name}"] = (["env"] + env if env else []) + [args.kdct, "convert", "--force", "-O", ofmt] + kextra + rest + [read_path, outs[f"kdct-{name}"]]
     cmds["qemu"] = ["qemu-img", "convert", "-f", qfmt, "-O", ofmt] + qextra + [read_path, outs["qemu"]]
     cmds["qemu-fsync"] = ["qemu-img", "convert", "-f", qfmt, "-O", ofmt] + qextra + [read_path, outs["qemu-fsync"]]
     tools = kdct_tools + (["qemu"] if "-c" in kextra else ["qemu", "qemu-fsync"])

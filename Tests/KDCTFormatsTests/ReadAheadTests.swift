@@ -34,7 +34,8 @@ import KDCTTestSupport
         // A chain: top.qcow2 over in-qcow2.img, with 1 MiB at 3 MiB rewritten; the reference is its flattening.
         let top = dir.file("top.qcow2")
         try qemuImg("create", "-q", "-f", "qcow2", "-b", "in-qcow2.img", "-F", "qcow2", top)
-        try qemuImg("io", "-q", "-f", "qcow2", "-c", "write -P 0x5a 3M 1M", top)
+        let write = try runProcess(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 3M 1M", top])
+        #expect(write.status == 0, "qemu-io: \(write.stderr)")
         let flat = dir.file("chain-flat.raw")
         try qemuImg("convert", "-q", "-f", "qcow2", "-O", "raw", top, flat)
         images.append(("chain", top, flat))
@@ -121,7 +122,7 @@ import KDCTTestSupport
         let dir = try TemporaryDirectory("kdct-prefetch-file")
         let path = dir.file("f.bin")
         let size = 3 << 20 + 5
-        FileManager.default.createFile(atPath: path, contents: Data(repeating: 1, count: size))
+        try Data(repeating: 1, count: size).write(to: URL(fileURLWithPath: path))
         let file = try ReadOnlyFile(path: path)
         let whole = file.prefetchPieces(offset: 0, length: .max)
         #expect(whole.reduce(0) { $0 + $1.length } == UInt64(size))
