@@ -45,10 +45,6 @@ int kdct_start_writeback(int fd, off_t offset, off_t length) {
     return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
 }
 
-int kdct_wait_writeback(int fd, off_t offset, off_t length) {
-    return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WAIT_BEFORE);
-}
-
 int kdct_rename_noreplace(const char *from, const char *to) {
     return renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE);
 }

@@ -17,10 +17,6 @@ int kdct_punch_hole(int fd, off_t offset, off_t length);
 /* sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE): start writeback early. */
 int kdct_start_writeback(int fd, off_t offset, off_t length);
 
-/* sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WAIT_BEFORE): waits for the writeback already started on the
-   range to finish (starts none). */
-int kdct_wait_writeback(int fd, off_t offset, off_t length);
-
 /* renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE): atomic rename that fails with EEXIST
    instead of replacing; EINVAL/ENOSYS where the filesystem or kernel lacks it. */
 int kdct_rename_noreplace(const char *from, const char *to);

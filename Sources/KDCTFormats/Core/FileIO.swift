@@ -455,13 +455,6 @@ public final class WritableFile: Sendable {
         _ = kdct_start_writeback(descriptor, off_t(offset), off_t(length))
     }
 
-    /// Waits until the writeback already started on `[offset, offset+length)` has finished (starts none); errors
-    /// are ignored (the final `fsync` reports them).
-    public func waitForWriteback(offset: UInt64, length: UInt64) {
-        var r: Int32
-        repeat { r = kdct_wait_writeback(descriptor, off_t(offset), off_t(length)) } while r < 0 && errno == EINTR
-    }
-
     /// Flushes data and metadata to stable storage (`fsync`).
     public func sync() throws {
         var r: Int32

@@ -110,13 +110,14 @@ public final class LocalFileTarget: OutputTarget {
     private let overwrite: Bool
     private let flush: Bool
     private var finished = false
-    // Writeback is started every `writebackInterval` bytes so the final fsync has little left to do.
-    private let writebackInterval: UInt64
-    private let waitForOldWriteback: Bool
+    // Writeback is started every `writebackInterval` bytes so the final fsync has little left to do. Measured against
+    // a 256 MiB interval, no early writeback, and a bound on dirty data (waiting for the previous interval's
+    // writeback, SYNC_FILE_RANGE_WAIT_BEFORE): none won both cold and warm, and 64 MiB was the fastest warm
+    // (Benchmarks/RESULTS.md, "Write scheduling").
+    private let writebackInterval: UInt64 = 64 << 20
     private var unhintedBytes: UInt64 = 0
     private var lowestUnhinted = UInt64.max
     private var highestWritten: UInt64 = 0
-    private var previousKick: (offset: UInt64, length: UInt64)?
 
     /// Prepares to write `destination`. Fails with `alreadyExists` if it exists and `overwrite` is false, and
     /// with `invalidArgument` when it is not a regular file (a directory, a device: see `InPlaceTarget`).
@@ -137,14 +138,6 @@ public final class LocalFileTarget: OutputTarget {
         self.destination = destination
         self.finalPath = path.resolved
         self.overwrite = overwrite
-        // MEASUREMENT ONLY (removed before merge): KDCT_WRITEBACK=kick:MiB | none | bounded:MiB
-        let policy = getenv("KDCT_WRITEBACK").map { String(cString: $0) } ?? "kick:64"
-        let parts = policy.split(separator: ":")
-        switch parts.first {
-        case "none": writebackInterval = .max; waitForOldWriteback = false
-        case "bounded": writebackInterval = UInt64(parts.last.flatMap { UInt64($0) } ?? 64) << 20; waitForOldWriteback = true
-        default: writebackInterval = UInt64(parts.last.flatMap { UInt64($0) } ?? 64) << 20; waitForOldWriteback = false
-        }
         self.flush = flush
         let directory = FilePaths.directory(of: path.resolved)
         guard FilePaths.isDirectory(directory) else {
@@ -199,12 +192,7 @@ public final class LocalFileTarget: OutputTarget {
         highestWritten = max(highestWritten, offset + count)
         unhintedBytes += count
         if unhintedBytes >= writebackInterval {
-            let kick = (offset: lowestUnhinted, length: highestWritten - lowestUnhinted)
-            file.startWriteback(offset: kick.offset, length: kick.length)
-            if waitForOldWriteback, let previous = previousKick {
-                file.waitForWriteback(offset: previous.offset, length: previous.length)
-            }
-            previousKick = kick
+            file.startWriteback(offset: lowestUnhinted, length: highestWritten - lowestUnhinted)
             unhintedBytes = 0
             lowestUnhinted = .max
         }
