@@ -6,6 +6,15 @@ converted once with qemu-img into every input format. Each case runs the two too
 timed run, at least 3 times each, and reports medians, the ratio kdct/qemu, output sizes and peak RSS (wait4).
 
 usage: Benchmarks/bench.py [--runs N] [--cases a,b,...] [--kdct PATH] [--out Benchmarks/RESULTS.md]
+                          [--cold] [--slow-source MBPS] [--variants 'name:args;name:args'] [--floor]
+
+--cold evicts the input (and its chain) from the page cache before every timed run of every tool: as root
+`sync; echo 3 > /proc/sys/vm/drop_caches`, otherwise posix_fadvise(DONTNEED) on each input file. --slow-source
+puts the input on a read-only loop device (direct I/O, so the loop's own reads bypass the page cache) whose reads
+are throttled to MBPS MB/s for the tools (a cgroup: v2 `io.max rbps`, or v1 `blkio.throttle.read_bps_device`);
+implies --cold. --variants adds kdct-native runs with extra arguments (e.g. 'ra0:--read-ahead 0'), alternated with
+the others; leading NAME=VALUE words set environment variables. --floor adds two timed steps on the same data: `cat` of the input to /dev/null and a sequential write
+of as many bytes as kdct-native's output allocates (dd, fsync), the hardware floor of a cold conversion.
 """
 import argparse, os, platform, shutil, statistics, subprocess, sys, time
 
@@ -30,6 +39,14 @@ CASES = {
     "qcow-qcow2":       ("workload.qcow", "qcow", [], [], "qcow2"),
     "qed-qcow2":        ("workload.qed", "qed", [], [], "qcow2"),
     "empty2t-qcow2":    ("empty-2t.qcow2", "qcow2", [], [], "qcow2"),
+    # Every input format to raw too (the cold-cache table: `--cold --cases` with these and the -qcow2 cases).
+    "vmdk-raw":         ("workload.vmdk", "vmdk", [], [], "raw"),
+    "vmdk-stream-raw":  ("workload-stream.vmdk", "vmdk", [], [], "raw"),
+    "vhd-raw":          ("workload.vhd", "vpc", [], [], "raw"),
+    "vhdx-raw":         ("workload.vhdx", "vhdx", [], [], "raw"),
+    "vdi-raw":          ("workload.vdi", "vdi", [], [], "raw"),
+    "qcow-raw":         ("workload.qcow", "qcow", [], [], "raw"),
+    "qed-raw":          ("workload.qed", "qed", [], [], "raw"),
     # Copy offloading (-C, both tools): the data goes through copy_file_range instead of read+write. Each has a
     # base case without -C above (raw-raw below), so the table's copy offloading section shows the time saved.
     "raw-raw":          ("workload.raw", "raw", [], [], "raw"),
@@ -37,6 +54,9 @@ CASES = {
     "raw-qcow2-C":      ("workload.raw", "raw", ["-C"], ["-C"], "qcow2"),
     "qcow2-raw-C":      ("workload.qcow2", "qcow2", ["-C"], ["-C"], "raw"),
 }
+# Not run unless named with --cases (the raw-output cases of the cold table, the copy offloading ones).
+EXTRA_CASES = {"vmdk-raw", "vmdk-stream-raw", "vhd-raw", "vhdx-raw", "vdi-raw", "qcow-raw", "qed-raw",
+               "raw-raw", "raw-raw-C", "raw-qcow2-C", "qcow2-raw-C"}
 INPUTS = {
     "workload.qcow2": ["-O", "qcow2"],
     "workload.vmdk": ["-O", "vmdk", "-o", "subformat=monolithicSparse"],
@@ -99,12 +119,85 @@ def warm(path):
             pass
 
 
-def timed(cmd, fsync_output=None):
-    """Runs cmd after sync; returns (seconds, peak RSS in KiB, CPU seconds). With `fsync_output`, the time also
-    covers an fsync of that file after the command exits (the durability kdct-native gives before its rename)."""
+def chain_files(path):
+    """The input and every file it references (backing chain, VMDK extents), as qemu-img info reports them."""
+    files = {os.path.realpath(path)}
+    try:
+        import json
+        info = json.loads(subprocess.run(["qemu-img", "info", "--backing-chain", "--output=json", path],
+                                         capture_output=True, text=True, check=True).stdout)
+        for image in info if isinstance(info, list) else [info]:
+            files.add(os.path.realpath(image["filename"]))
+            for extent in image.get("format-specific", {}).get("data", {}).get("extents", []):
+                files.add(os.path.realpath(extent["filename"]))
+    except (subprocess.CalledProcessError, KeyError, ValueError):
+        pass
+    return sorted(f for f in files if os.path.exists(f))
+
+
+def evict(paths):
+    """Drops the inputs from the page cache: all caches as root, else posix_fadvise(DONTNEED) on each file."""
     run(["sync"])
+    if os.geteuid() == 0:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+class SlowSource:
+    """A read-only loop device over `path` (direct I/O) with reads throttled to `mbps` MB/s for the processes
+    put in its cgroup (v2 io.max, else v1 blkio)."""
+
+    def __init__(self, path, mbps):
+        self.loop = subprocess.run(["losetup", "--find", "--show", "--read-only", "--direct-io=on", path],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+        st = os.stat(self.loop)
+        device = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+        rate = int(mbps * 1_000_000)
+        if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+            self.cgroup = "/sys/fs/cgroup/kdct-bench-slow"
+            os.makedirs(self.cgroup, exist_ok=True)
+            with open(os.path.join(self.cgroup, "io.max"), "w") as f:
+                f.write(f"{device} rbps={rate}\n")
+            self.tasks = os.path.join(self.cgroup, "cgroup.procs")
+        else:
+            self.cgroup = "/sys/fs/cgroup/blkio/kdct-bench-slow"
+            os.makedirs(self.cgroup, exist_ok=True)
+            with open(os.path.join(self.cgroup, "blkio.throttle.read_bps_device"), "w") as f:
+                f.write(f"{device} {rate}\n")
+            self.tasks = os.path.join(self.cgroup, "tasks")
+        self.description = (f"{self.loop} (losetup --read-only --direct-io=on), reads limited to {mbps:g} MB/s by "
+                            f"{'io.max rbps' if self.tasks.endswith('procs') else 'blkio.throttle.read_bps_device'} "
+                            f"in cgroup {self.cgroup}")
+
+    def enter(self):
+        """Runs in the child before exec: joins the throttled cgroup."""
+        with open(self.tasks, "w") as f:
+            f.write(f"{os.getpid()}\n")
+
+    def close(self):
+        subprocess.run(["losetup", "-d", self.loop])
+        try:
+            os.rmdir(self.cgroup)
+        except OSError:
+            pass
+
+
+def timed(cmd, fsync_output=None, before=None, preexec=None):
+    """Runs cmd after sync (and `before`, e.g. evicting the input); returns (seconds, peak RSS in KiB, CPU seconds).
+    With `fsync_output`, the time also covers an fsync of that file after the command exits (the durability
+    kdct-native gives before its rename). `preexec` runs in the child (joining a cgroup)."""
+    run(["sync"])
+    if before:
+        before()
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=preexec)
     _, status, usage = os.wait4(proc.pid, 0)
     if fsync_output and os.waitstatus_to_exitcode(status) == 0:
         fd = os.open(fsync_output, os.O_RDONLY)
@@ -135,66 +228,108 @@ def machine():
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default=",".join(c for c in CASES if c not in EXTRA_CASES))
     parser.add_argument("--kdct", default=os.path.join(ROOT, ".build/release/kdct-native"))
-    parser.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    parser.add_argument("--out", default=None, help="default: RESULTS.md, or RESULTS-cold.md / RESULTS-slow.md")
     parser.add_argument("--build-only", action="store_true", help="only make the workload files")
+    parser.add_argument("--cold", action="store_true", help="evict the input before every timed run")
+    parser.add_argument("--slow-source", type=float, metavar="MBPS", help="input on a loop device throttled to MBPS MB/s")
+    parser.add_argument("--variants", default="", help="extra kdct-native runs: 'name:args;name:args'")
+    parser.add_argument("--floor", action="store_true", help="also time cat of the input and a sequential write")
     args = parser.parse_args()
+    if args.slow_source:
+        args.cold = True
+    mode = "slow" if args.slow_source else "cold" if args.cold else "warm"
+    out_path = args.out or os.path.join(HERE, {"warm": "RESULTS.md", "cold": "RESULTS-cold.md", "slow": "RESULTS-slow.md"}[mode])
+    variants = [(v.split(":", 1)[0], v.split(":", 1)[1].split()) for v in args.variants.split(";") if v.strip()]
     build_workload()
     if args.build_only:
         return
     rows = []
+    slow_description = None
     for case in args.cases.split(","):
         src, qfmt, kextra, qextra, ofmt = CASES[case]
         src = os.path.join(WORK, src)
         if not os.path.exists(src):
             print(f"skip {case}: {src} missing", flush=True)
             continue
-        outs = {t: os.path.join(WORK, f"out-{t}.{ofmt}") for t in ("kdct", "qemu", "qemu-fsync")}
-        # qemu-img convert leaves its output's writeback to the kernel after it exits (no fsync at the end, in
-        # any cache mode, as strace shows); kdct-native fsyncs before renaming into place. "qemu-fsync" times
-        # qemu-img followed by an fsync of its output, i.e. until the data is on disk too.
-        cmds = {
-            "kdct": [args.kdct, "convert", "--force", "-O", ofmt] + kextra + [src, outs["kdct"]],
-            "qemu": ["qemu-img", "convert", "-f", qfmt, "-O", ofmt] + qextra + [src, outs["qemu"]],
-            "qemu-fsync": ["qemu-img", "convert", "-f", qfmt, "-O", ofmt] + qextra + [src, outs["qemu-fsync"]],
-        }
-        tools = ["kdct", "qemu"] if "-c" in kextra else ["kdct", "qemu", "qemu-fsync"]
-        times = {t: [] for t in tools}
-        cpu = {t: [] for t in tools}
-        rss = {t: 0 for t in tools}
+        slow = SlowSource(src, args.slow_source) if args.slow_source else None
+        try:
+            rows.append(run_case(case, src, qfmt, kextra, qextra, ofmt, args, variants, slow))
+            if slow:
+                slow_description = slow.description
+        finally:
+            if slow:
+                slow.close()
+    write_results(out_path, rows, args.runs, mode, variants, slow_description)
+
+
+def run_case(case, src, qfmt, kextra, qextra, ofmt, args, variants, slow):
+    """Times every tool on one case, alternating, and returns the table row."""
+    files = chain_files(src)
+    read_path = slow.loop if slow else src
+    kdct_tools = ["kdct"] + [f"kdct-{name}" for name, _ in variants]
+    outs = {t: os.path.join(WORK, f"out-{t}.{ofmt}") for t in kdct_tools + ["qemu", "qemu-fsync"]}
+    # qemu-img convert leaves its output's writeback to the kernel after it exits (no fsync at the end, in
+    # any cache mode, as strace shows); kdct-native fsyncs before renaming into place. "qemu-fsync" times
+    # qemu-img followed by an fsync of its output, i.e. until the data is on disk too.
+    cmds = {"kdct": [args.kdct, "convert", "--force", "-O", ofmt] + kextra + [read_path, outs["kdct"]]}
+    for name, extra in variants:
+        # Leading NAME=VALUE words are environment variables (run through env(1)); the rest are arguments.
+        env = [word for word in extra if "=" in word and not word.startswith("-")]
+        rest = [word for word in extra if word not in env]
+        cmds[f"kdct-{name}"] = (["env"] + env if env else []) + [args.kdct, "convert", "--force", "-O", ofmt] + kextra + rest + [read_path, outs[f"kdct-{name}"]]
+    cmds["qemu"] = ["qemu-img", "convert", "-f", qfmt, "-O", ofmt] + qextra + [read_path, outs["qemu"]]
+    cmds["qemu-fsync"] = ["qemu-img", "convert", "-f", qfmt, "-O", ofmt] + qextra + [read_path, outs["qemu-fsync"]]
+    tools = kdct_tools + (["qemu"] if "-c" in kextra else ["qemu", "qemu-fsync"])
+    if args.floor:
+        # The floor on the same data: reading the input (cold) and writing as many bytes as the output holds.
+        blocks = max(1, os.stat(src).st_blocks * 512 // (4 << 20))
+        outs["write"] = os.path.join(WORK, "out-floor.bin")
+        cmds["cat"] = ["cat", read_path]
+        cmds["write"] = ["dd", "if=/dev/zero", f"of={outs['write']}", "bs=4M", f"count={blocks}", "conv=fsync", "status=none"]
+        tools += ["cat", "write"]
+    times = {t: [] for t in tools}
+    cpu = {t: [] for t in tools}
+    rss = {t: 0 for t in tools}
+    if not args.cold:
         warm(src)
-        for i in range(args.runs):
-            order = tools if i % 2 == 0 else list(reversed(tools))
-            for tool in order:
-                if os.path.exists(outs[tool]):
-                    os.unlink(outs[tool])
-                seconds, peak, cpu_seconds = timed(cmds[tool], outs[tool] if tool == "qemu-fsync" else None)
-                times[tool].append(seconds)
-                cpu[tool].append(cpu_seconds)
-                rss[tool] = max(rss[tool], peak)
-        sizes = {t: os.stat(outs[t]).st_blocks * 512 for t in tools}
-        same = subprocess.run(["qemu-img", "compare", "-f", ofmt, "-F", ofmt, outs["kdct"], outs["qemu"]],
-                              capture_output=True).returncode == 0
-        med = {t: statistics.median(times[t]) for t in times}
-        row = {
-            "case": case, "kdct": med["kdct"], "qemu": med["qemu"], "ratio": med["kdct"] / med["qemu"],
-            "qemu_wb": med.get("qemu-fsync"), "ratio_wb": med["kdct"] / med["qemu-fsync"] if "qemu-fsync" in med else None,
-            "kdct_cpu": statistics.median(cpu["kdct"]), "qemu_cpu": statistics.median(cpu["qemu"]),
-            "runs": times, "kdct_rss": rss["kdct"], "qemu_rss": rss["qemu"],
-            "kdct_size": sizes["kdct"], "qemu_size": sizes["qemu"], "identical": same,
-            "cmds": {t: " ".join(cmds[t]).replace(ROOT + "/", "") for t in tools},
-        }
-        rows.append(row)
-        print(f"{case}: kdct {med['kdct']:.2f}s qemu {med['qemu']:.2f}s ratio {row['ratio']:.2f} wb {row['ratio_wb']} "
-              f"rss {rss['kdct'] // 1024}/{rss['qemu'] // 1024} MiB size {sizes['kdct'] / 1e6:.0f}/{sizes['qemu'] / 1e6:.0f} MB "
-              f"identical={same}", flush=True)
-        for tool in tools:
+    before = (lambda: evict(files)) if args.cold else None
+    for i in range(args.runs):
+        order = tools if i % 2 == 0 else list(reversed(tools))
+        for tool in order:
+            if tool in outs and os.path.exists(outs[tool]):
+                os.unlink(outs[tool])
+            seconds, peak, cpu_seconds = timed(cmds[tool], outs[tool] if tool == "qemu-fsync" else None, before,
+                                               slow.enter if slow and tool != "write" else None)
+            times[tool].append(seconds)
+            cpu[tool].append(cpu_seconds)
+            rss[tool] = max(rss[tool], peak)
+    converters = [t for t in tools if t not in ("cat", "write")]
+    sizes = {t: os.stat(outs[t]).st_blocks * 512 for t in converters}
+    same = all(subprocess.run(["qemu-img", "compare", "-f", ofmt, "-F", ofmt, outs[t], outs["qemu"]],
+                              capture_output=True).returncode == 0 for t in kdct_tools)
+    med = {t: statistics.median(times[t]) for t in times}
+    row = {
+        "case": case, "med": med, "cpu": {t: statistics.median(cpu[t]) for t in tools},
+        "kdct": med["kdct"], "qemu": med["qemu"], "ratio": med["kdct"] / med["qemu"],
+        "qemu_wb": med.get("qemu-fsync"), "ratio_wb": med["kdct"] / med["qemu-fsync"] if "qemu-fsync" in med else None,
+        "kdct_cpu": statistics.median(cpu["kdct"]), "qemu_cpu": statistics.median(cpu["qemu"]),
+        "runs": times, "kdct_rss": rss["kdct"], "qemu_rss": rss["qemu"], "rss": rss,
+        "kdct_size": sizes["kdct"], "qemu_size": sizes["qemu"], "identical": same,
+        "cmds": {t: " ".join(cmds[t]).replace(ROOT + "/", "") for t in tools},
+    }
+    print(f"{case}: " + " ".join(f"{t} {med[t]:.2f}s/{row['cpu'][t]:.1f}cpu" for t in tools) +
+          f" rss {rss['kdct'] // 1024}/{rss['qemu'] // 1024} MiB identical={same}", flush=True)
+    for tool in tools:
+        if tool in outs and os.path.exists(outs[tool]):
             os.unlink(outs[tool])
-    write_results(args.out, rows, args.runs)
+    return row
 
 
-def write_results(path, rows, runs):
+def write_results(path, rows, runs, mode="warm", variants=(), slow_description=None):
+    if mode != "warm":
+        return write_cold_results(path, rows, runs, mode, variants, slow_description)
     lines = [
         "# Benchmark results", "",
         f"Recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `Benchmarks/bench.py --runs {runs}`.", "",
@@ -227,11 +362,55 @@ def write_results(path, rows, runs):
             without = f"{base['kdct']:.2f}" if base else "-"
             saved = f"{base['kdct'] - r['kdct']:.2f}" if base else "-"
             lines.append(f"| {r['case']} | {without} | {r['kdct']:.2f} | {saved} | {r['qemu']:.2f} |")
-    lines += ["", "## Runs and commands", ""]
+    lines += runs_and_commands(rows)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+def runs_and_commands(rows):
+    lines = ["", "## Runs and commands", ""]
     for r in rows:
         lines.append(f"- **{r['case']}**: " + "; ".join(f"{t} {', '.join(f'{x:.2f}' for x in r['runs'][t])} s" for t in r["runs"]))
         for command in r["cmds"].values():
             lines.append(f"  - `{command}`")
+    return lines
+
+
+def write_cold_results(path, rows, runs, mode, variants, slow_description):
+    """The cold-cache (or slow-source) table: every tool's median wall and CPU seconds, kdct-native against
+    qemu-img + fsync (the durable baseline), and the floor when measured."""
+    names = ["kdct"] + [f"kdct-{name}" for name, _ in variants]
+    has_floor = any("cat" in r["med"] for r in rows)
+    title = "Cold cache" if mode == "cold" else "Slow source"
+    lines = [f"# Benchmark results: {title.lower()}", "",
+             f"Recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `Benchmarks/bench.py --runs {runs} "
+             f"{'--cold' if mode == 'cold' else '--slow-source ...'}`.", "",
+             f"Machine: {machine()}.", "",
+             "Before every timed run of every tool: `sync`, then the input and its chain evicted "
+             "(`echo 3 > /proc/sys/vm/drop_caches` as root, else posix_fadvise DONTNEED). Tools alternate; medians.",
+             "qemu-img + fsync is the durable baseline (kdct-native fsyncs before its rename)."]
+    if slow_description:
+        lines += ["", f"Slow source: the input on {slow_description}."]
+    if variants:
+        lines += ["", "Variants: " + "; ".join(f"`kdct-{name}` = `{' '.join(extra)}`" for name, extra in variants) + "."]
+    header = ["case"] + [f"{n} (s)" for n in names] + ["qemu-img (s)", "qemu-img + fsync (s)"] + \
+             [f"{n} / (qemu+fsync)" for n in names] + ["CPU " + " / ".join(names + ["qemu"]) + " (s)",
+                                                        "peak RSS kdct / qemu (MiB)", "identical"]
+    if has_floor:
+        header += ["floor: cat input (s)", "floor: write + fsync (s)"]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for r in rows:
+        med, cpu = r["med"], r["cpu"]
+        wb = med.get("qemu-fsync")
+        cells = [r["case"]] + [f"{med[n]:.2f}" for n in names] + [f"{med['qemu']:.2f}", f"{wb:.2f}" if wb else "-"]
+        cells += [f"{med[n] / wb:.2f}" if wb else "-" for n in names]
+        cells += [" / ".join(f"{cpu[n]:.1f}" for n in names + ["qemu"]), f"{r['kdct_rss'] // 1024} / {r['qemu_rss'] // 1024}",
+                  "yes" if r["identical"] else "NO"]
+        if has_floor:
+            cells += [f"{med['cat']:.2f}" if "cat" in med else "-", f"{med['write']:.2f}" if "write" in med else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += runs_and_commands(rows)
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {path}")

@@ -51,6 +51,10 @@ int kdct_rename_noreplace(const char *from, const char *to) {
 
 int kdct_advise_sequential(int fd) { return posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL); }
 
+int kdct_advise_willneed(int fd, off_t offset, off_t length) {
+    return posix_fadvise(fd, offset, length, POSIX_FADV_WILLNEED);
+}
+
 int kdct_terminal_columns(int fd) {
     struct winsize ws;
     if (ioctl(fd, TIOCGWINSZ, &ws) != 0) return 0;

@@ -29,6 +29,7 @@ public enum DiskExporter {
         if options.resume && options.transferProtocol == .scp {
             throw KDCTError(.unsupported, "--resume needs SFTP: the scp protocol cannot continue a partial file", field: "--resume")
         }
+        try ReadAheadStage.validate(depth: options.readAhead, field: "readAhead")
         guard (1...ExportOptions.maximumStreams).contains(options.streams) else {
             throw KDCTError(.invalidArgument, "streams must be between 1 and \(ExportOptions.maximumStreams), not \(options.streams)",
                             field: "--streams")

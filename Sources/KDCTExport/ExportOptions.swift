@@ -1,3 +1,5 @@
+import KDCTFormats
+
 /// Progress of an export or of a conversion to a host, reported as it goes.
 public struct ExportProgress: Sendable, Equatable {
     /// What is being done. The phases come in this order (a fresh upload skips `checking`).
@@ -71,6 +73,10 @@ public struct ExportOptions: Sendable {
     /// SFTP connections writing disjoint chunks of the file at once (`--streams`). Each is its own SSH
     /// connection (its own encryption thread here and its own sshd and sftp-server on the host).
     public var streams = ExportOptions.defaultStreams
+    /// Pieces of 4 MiB of the local file requested from its disk ahead of the streams' reads
+    /// (`posix_fadvise(WILLNEED)`), whatever the number of streams: 0 turns read-ahead off, at most
+    /// `PipelineOptions.maxReadAhead`; default `PipelineOptions.defaultReadAhead`, as for conversions.
+    public var readAhead = PipelineOptions.defaultReadAhead
     /// Called with progress, from the exporting thread.
     public var progress: (@Sendable (ExportProgress) -> Void)?
 

@@ -30,6 +30,8 @@ struct StreamSender {
     let minimumHole: UInt64
     let counters: UploadCounters
     let cancellation: CancellationToken?
+    /// Told of every byte of the file this sender deals with, so the read-ahead stays a window ahead.
+    var readAhead: ReadAheadStage.Cursor?
     /// Zero detection granularity.
     static let blockSize = 64 << 10
     /// Bytes read from the local file at a time.
@@ -44,6 +46,7 @@ struct StreamSender {
         var pendingZeros: (start: UInt64, length: UInt64)?
 
         func processed(_ count: UInt64) { counters.processed.add(count, ordering: .relaxed) }
+        func started(_ count: UInt64) { readAhead?.advance(by: count) }
         // A run of zeros ends: skipped when long enough, else sent (from the zero-filled tail of `buffer`).
         func endZeroRun() throws {
             guard let run = pendingZeros else { return }
@@ -60,12 +63,14 @@ struct StreamSender {
                 let length = dataStart - position
                 pendingZeros = pendingZeros.map { ($0.start, $0.length + length) } ?? (position, length)
                 processed(length)
+                started(length)
                 position = dataStart
                 continue
             }
             let dataEnd = unit.sendZeros ? end : min(max(try file.nextHole(from: position), position + 1), end)
             let count = Int(min(UInt64(Self.readSize), dataEnd - position))
             let data = UnsafeMutableRawBufferPointer(rebasing: buffer[room..<(room + count)])
+            started(UInt64(count))
             let got = try file.readAvailable(into: data, at: position)
             guard got == count else {
                 throw KDCTError(.truncated, "the file shrank while being exported (read \(got) of \(count) bytes at offset \(position))",
@@ -138,6 +143,8 @@ final class ParallelUpload: Sendable {
     private let abort: CancellationToken
     private let failures = Mutex<[any Error]>([])
     private let extraConnectNotes = Mutex<[String]>([])
+    /// The read-ahead stage's cursor while `run` runs.
+    private let readAheadCursor = Mutex<ReadAheadStage.Cursor?>(nil)
 
     init(file: ReadOnlyFile, units: [UploadUnit], temporary: String, options: ExportOptions) {
         self.file = file
@@ -152,6 +159,12 @@ final class ParallelUpload: Sendable {
     /// not connect.
     func run(primary: SFTPFile, report: () -> Void) throws -> (streams: Int, notes: [String]) {
         let wanted = max(1, min(options.streams, units.count))
+        // Read-ahead: the units in their order, in pieces of `readSize`, a window ahead of what the streams read.
+        let readAhead = options.readAhead == 0 ? nil : try ReadAheadStage(
+            budget: UInt64(options.readAhead * StreamSender.readSize), ranges: Self.pieces(of: units),
+            prefetch: { [file] in file.prefetch(offset: $0, length: $1) })
+        defer { readAhead?.stop() }
+        readAheadCursor.withLock { $0 = readAhead?.cursor }
         let primaryConnection = primary.session.connection
         let savedPolicy = primaryConnection.policy
         primaryConnection.policy.cancellation = abort
@@ -196,7 +209,7 @@ final class ParallelUpload: Sendable {
             zeros.deallocate()
         }
         let sender = StreamSender(file: file, remote: remote, minimumHole: options.minimumHole, counters: counters,
-                                  cancellation: abort)
+                                  cancellation: abort, readAhead: readAheadCursor.withLock { $0 })
         var sentAny = false
         do {
             while true {
@@ -232,6 +245,25 @@ final class ParallelUpload: Sendable {
         let sentAny = try stream(remote: remote)
         try remote.close()
         return sentAny
+    }
+
+    /// The units' ranges in file order, in pieces of at most `StreamSender.readSize` bytes, one at a time.
+    private static func pieces(of units: [UploadUnit]) -> () -> (offset: UInt64, length: UInt64)? {
+        var index = 0
+        var position = units.first?.range.start ?? 0
+        return {
+            while index < units.count {
+                let range = units[index].range
+                if position < range.end {
+                    let length = min(UInt64(StreamSender.readSize), range.end - position)
+                    defer { position += length }
+                    return (position, length)
+                }
+                index += 1
+                if index < units.count { position = units[index].range.start }
+            }
+            return nil
+        }
     }
 
     private func fail(_ error: any Error) {

@@ -8,12 +8,26 @@ struct Checksum: ParsableCommand {
 
     @OptionGroup var source: SourceOptions
 
+    @OptionGroup var readAhead: ReadAheadOption
+
     @Argument(help: "The image.")
     var image: String
 
     func run() throws {
         let device = try ImageOpener.open(image, options: source.openOptions)
-        print("\(try GuestDigest.sha256(of: device))  \(image)")
+        print("\(try GuestDigest.sha256(of: device, readAhead: readAhead.depth, progress: nil))  \(image)")
+    }
+}
+
+/// `--read-ahead N`, for the commands that read a disk from start to end (convert, checksum, export).
+struct ReadAheadOption: ParsableArguments {
+    @Option(name: .customLong("read-ahead"), help: ArgumentHelp("Pieces of 4 MiB requested from the disk ahead of the reads, whatever the number of threads reading (default \(PipelineOptions.defaultReadAhead); 0 turns read-ahead off; at most \(PipelineOptions.maxReadAhead)).", valueName: "n"))
+    var depth: Int = PipelineOptions.defaultReadAhead
+
+    func validate() throws {
+        guard (0...PipelineOptions.maxReadAhead).contains(depth) else {
+            throw ValidationError("--read-ahead must be between 0 (off) and \(PipelineOptions.maxReadAhead), not \(depth)")
+        }
     }
 }
 

@@ -55,6 +55,8 @@ struct Convert: ParsableCommand {
     @Option(name: .customShort("m"), help: "Worker threads (default: the number of CPUs).")
     var workers: Int?
 
+    @OptionGroup var readAhead: ReadAheadOption
+
     @Flag(name: .customShort("p"), help: "Show a progress bar on a terminal.")
     var progressBar = false
 
@@ -237,6 +239,7 @@ struct Convert: ParsableCommand {
     private func configure(_ options: inout ConvertOptions, reporter: ProgressReporter) {
         options.overwrite = force
         if let workers { options.pipeline.workers = workers }
+        options.pipeline.readAhead = readAhead.depth
         options.pipeline.progress = { reporter.report($0) }
         options.pipeline.isCancelled = { Interruption.requested }
     }

@@ -76,6 +76,8 @@ struct Export: ParsableCommand {
     @Option(name: .customLong("streams"), help: ArgumentHelp("SFTP connections writing chunks of the file at once (1 to \(ExportOptions.maximumStreams), default \(ExportOptions.defaultStreams)).", valueName: "n"))
     var streams: Int = ExportOptions.defaultStreams
 
+    @OptionGroup var readAhead: ReadAheadOption
+
     @Flag(name: .customShort("p"), help: "Show progress on a terminal.")
     var progressBar = false
 
@@ -112,6 +114,7 @@ struct Export: ParsableCommand {
             options.resume = resume
             options.verify = !noVerify
             options.streams = transferProtocol == .scp ? 1 : streams
+            options.readAhead = readAhead.depth
             options.progress = { printer.report($0) }
             result = try DiskExporter.export(localPath: local, to: location, options: options)
         } catch {

@@ -50,6 +50,10 @@ int kdct_claim_image(int fd);
 /* posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL). */
 int kdct_advise_sequential(int fd);
 
+/* posix_fadvise(fd, offset, length, POSIX_FADV_WILLNEED): starts reading the range into the page cache without
+   waiting for it (a hint; 0 or an error number, never errno). */
+int kdct_advise_willneed(int fd, off_t offset, off_t length);
+
 /* Terminal width of fd via TIOCGWINSZ, or 0 when it is not a terminal. */
 int kdct_terminal_columns(int fd);
 

@@ -81,6 +81,8 @@ final class OverlaySource: BlockDevice {
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
         try source.read(into: buffer, at: offset)
     }
+
+    func prefetch(at offset: UInt64, length: UInt64) { source.prefetch(at: offset, length: length) }
 }
 
 /// The QCOW2 writer of an overlay: zero clusters above the backing file are written as zero clusters (an

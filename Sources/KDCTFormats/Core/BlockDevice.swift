@@ -19,9 +19,18 @@ public protocol BlockDevice: Sendable {
     /// `virtualSize` is allowed), else the call throws `invalidArgument`. Ranges not present read as zeros (or from
     /// the parent, in a chain).
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws
+    /// Hints that guest bytes `[offset, offset + length)` are about to be read: starts reading the host ranges
+    /// holding them (data, compressed units, in whichever layer of a chain) into the page cache without waiting,
+    /// so a later `read` finds them there. Reads metadata (tables) as `extent` does, but never guest data into
+    /// memory. A hint only: it never fails (errors surface in the `read` that follows), and it is clipped to the
+    /// disk and to each host file, so nothing outside them is read. The default does nothing.
+    func prefetch(at offset: UInt64, length: UInt64)
 }
 
 extension BlockDevice {
+    /// Does nothing: a device with no host files to read ahead.
+    public func prefetch(at offset: UInt64, length: UInt64) {}
+
     /// Throws `invalidArgument` unless `[offset, offset + length)` lies within the guest.
     public func checkRange(_ offset: UInt64, _ length: Int) throws {
         let (end, overflow) = offset.addingReportingOverflow(UInt64(length))

@@ -140,6 +140,35 @@ public final class ReadOnlyFile: Sendable {
         return bytes
     }
 
+    /// The most bytes one `posix_fadvise(WILLNEED)` call is given: Linux reads at most the larger of the device's
+    /// readahead window and its largest request per call (1.25 MiB and more with its defaults) and silently drops
+    /// the rest, so `prefetch` asks in pieces of this size.
+    static let prefetchPiece: UInt64 = 1 << 20
+
+    /// Asks the kernel to start reading `[offset, offset + length)` into the page cache without waiting for it
+    /// (`posix_fadvise(WILLNEED)`): a read-ahead hint, errors ignored. The range is clipped to the file (to the
+    /// window, for a window), so nothing outside it is ever read.
+    public func prefetch(offset: UInt64, length: UInt64) {
+        for piece in prefetchPieces(offset: offset, length: length) {
+            _ = kdct_advise_willneed(descriptor, off_t(piece.offset), off_t(piece.length))
+        }
+    }
+
+    /// The absolute ranges of the underlying file `prefetch(offset:length:)` advises: `[offset, offset + length)`
+    /// clipped to the file (or window), moved by the window's offset, in pieces of at most `prefetchPiece` bytes.
+    func prefetchPieces(offset: UInt64, length: UInt64) -> [(offset: UInt64, length: UInt64)] {
+        guard offset < size, length > 0 else { return [] }
+        let end = offset + min(length, size - offset)
+        var pieces: [(offset: UInt64, length: UInt64)] = []
+        var position = offset
+        while position < end {
+            let count = min(Self.prefetchPiece, end - position)
+            pieces.append((windowOffset + position, count))
+            position += count
+        }
+        return pieces
+    }
+
     /// The first offset at or after `offset` holding data (SEEK_DATA), or nil when only a hole follows.
     /// Filesystems without hole support report the whole file as data. For a window, offsets are relative to it
     /// and answers past its end are clipped.

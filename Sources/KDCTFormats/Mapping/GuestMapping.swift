@@ -86,6 +86,15 @@ struct CompressedUnit {
     /// Offset of the run's first byte inside the decompressed unit.
     var within: Int
     var label: Label
+
+    /// Host bytes a read of this unit may touch from `hostOffset` (the bound, or for a grain marker the marker and a
+    /// stream no longer than the grain plus a sector), for read-ahead; the file's end clips it.
+    var prefetchLength: UInt64 {
+        switch framing {
+        case let .bounded(bound): return bound
+        case .grainMarker: return UInt64(unitBytes) + 1024
+        }
+    }
 }
 
 /// A file that runs point into: an image file, a VMDK extent file, or a VHDX file seen through its replayed log.
@@ -98,6 +107,9 @@ protocol HostFile: AnyObject, Sendable {
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, what: @autoclosure () -> String) throws
     /// Reads up to `buffer.count` bytes at `offset`, fewer only at the end of the file; returns the count.
     func readAvailable(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int
+    /// Starts reading `[offset, offset + length)` into the page cache without waiting (a hint; clipped to the file,
+    /// never fails).
+    func prefetch(offset: UInt64, length: UInt64)
 }
 
 extension ReadOnlyFile: HostFile {}

@@ -81,6 +81,29 @@ extension MappedDevice {
         try pending.flush(into: buffer)
     }
 
+    /// Walks the mapping of `[offset, offset + length)` (clipped to the disk) and prefetches the host ranges of its
+    /// data and compressed runs, neighbours in one file joined; stops quietly at the first mapping error (the read
+    /// reports it).
+    func prefetch(at offset: UInt64, length: UInt64) {
+        guard offset < virtualSize, length > 0 else { return }
+        let end = offset + min(length, virtualSize - offset)
+        var pending = JoinedPrefetch()
+        var position = offset
+        while position < end {
+            guard let run = try? checkedMapping(at: position, upTo: end) else { break }
+            switch run.mapping {
+            case .absent, .zero:
+                break
+            case let .data(location):
+                pending.add(location.file, offset: location.offset, length: run.length)
+            case let .compressed(unit):
+                pending.add(unit.file, offset: unit.hostOffset, length: unit.prefetchLength)
+            }
+            position += run.length
+        }
+        pending.flush()
+    }
+
     /// `mapping(at:upTo:)`, checked to keep its promise (a reader bug becomes an error, never a loop or a trap).
     @inline(__always)
     func checkedMapping(at offset: UInt64, upTo end: UInt64) throws -> MappedRun {
@@ -150,6 +173,37 @@ extension Optional {
     fileprivate mutating func take() -> Wrapped? {
         defer { self = nil }
         return self
+    }
+}
+
+/// Host ranges to prefetch, joined while they follow each other in one file (overlapping or at most `gap` bytes
+/// apart, as compressed units stored back to back are), so a run of clusters is one hint.
+struct JoinedPrefetch {
+    private var file: (any HostFile)?
+    private var start: UInt64 = 0
+    private var end: UInt64 = 0
+    /// Largest hole between two ranges that still joins them (reading it costs less than a second request).
+    static let gap: UInt64 = 64 << 10
+
+    /// Adds `length` bytes at `offset` of `file`, prefetching what was pending first when they do not join it.
+    mutating func add(_ file: any HostFile, offset: UInt64, length: UInt64) {
+        let (rangeEnd, overflow) = offset.addingReportingOverflow(length)
+        let clippedEnd = overflow ? UInt64.max : rangeEnd
+        if let current = self.file, current === file, offset >= start, offset <= (end > UInt64.max - Self.gap ? UInt64.max : end + Self.gap) {
+            end = max(end, clippedEnd)
+            return
+        }
+        flush()
+        self.file = file
+        start = offset
+        end = clippedEnd
+    }
+
+    /// Prefetches what is pending.
+    mutating func flush() {
+        guard let file, end > start else { return }
+        self.file = nil
+        file.prefetch(offset: start, length: end - start)
     }
 }
 

@@ -110,7 +110,10 @@ public final class LocalFileTarget: OutputTarget {
     private let overwrite: Bool
     private let flush: Bool
     private var finished = false
-    // Writeback is started every `writebackInterval` bytes so the final fsync has little left to do.
+    // Writeback is started every `writebackInterval` bytes so the final fsync has little left to do. Measured against
+    // a 256 MiB interval, no early writeback, and a bound on dirty data (waiting for the previous interval's
+    // writeback, SYNC_FILE_RANGE_WAIT_BEFORE): none won both cold and warm, and 64 MiB was the fastest warm
+    // (Benchmarks/RESULTS.md, "Write scheduling").
     private let writebackInterval: UInt64 = 64 << 20
     private var unhintedBytes: UInt64 = 0
     private var lowestUnhinted = UInt64.max

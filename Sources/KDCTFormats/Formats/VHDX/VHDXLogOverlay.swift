@@ -188,6 +188,9 @@ final class VHDXFileView: HostFile {
         return wanted.count
     }
 
+    /// Prefetches the file's own bytes (the log's are in memory; past the real end there is nothing to read).
+    func prefetch(offset: UInt64, length: UInt64) { file.prefetch(offset: offset, length: length) }
+
     /// Reads `count` bytes at `offset` into a new array (`count` already checked against a limit).
     func readBytes(count: Int, at offset: UInt64, what: @autoclosure () -> String) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
