@@ -148,7 +148,7 @@ public final class ReadOnlyFile: Sendable {
     /// Asks the kernel to start reading `[offset, offset + length)` into the page cache without waiting for it
     /// (`posix_fadvise(WILLNEED)`): a read-ahead hint, errors ignored. The range is clipped to the file (to the
     /// window, for a window), so nothing outside it is ever read.
-    public func prefetch(offset: UInt64, length: UInt64) {
+    package func prefetch(offset: UInt64, length: UInt64) {
         for piece in prefetchPieces(offset: offset, length: length) {
             _ = kdct_advise_willneed(descriptor, off_t(piece.offset), off_t(piece.length))
         }
