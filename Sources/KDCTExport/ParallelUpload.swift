@@ -143,8 +143,6 @@ final class ParallelUpload: Sendable {
     private let abort: CancellationToken
     private let failures = Mutex<[any Error]>([])
     private let extraConnectNotes = Mutex<[String]>([])
-    /// The read-ahead stage's cursor while `run` runs.
-    private let readAheadCursor = Mutex<ReadAheadStage.Cursor?>(nil)
 
     init(file: ReadOnlyFile, units: [UploadUnit], temporary: String, options: ExportOptions) {
         self.file = file
@@ -164,7 +162,7 @@ final class ParallelUpload: Sendable {
             budget: UInt64(options.readAhead * StreamSender.readSize), ranges: Self.pieces(of: units),
             prefetch: { [file] in file.prefetch(offset: $0, length: $1) })
         defer { readAhead?.stop() }
-        readAheadCursor.withLock { $0 = readAhead?.cursor }
+        let cursor = readAhead?.cursor
         let primaryConnection = primary.session.connection
         let savedPolicy = primaryConnection.policy
         primaryConnection.policy.cancellation = abort
@@ -174,9 +172,9 @@ final class ParallelUpload: Sendable {
         let primaryFile = HandOver(value: primary)
         let primaryPeer = HandOver(value: primaryConnection)
         do {
-            workers.append(try BackgroundWork { [self] in try self.stream(remote: primaryFile.value) })
+            workers.append(try BackgroundWork { [self] in try self.stream(remote: primaryFile.value, readAhead: cursor) })
             for index in 1..<wanted {
-                workers.append(try BackgroundWork { [self] in try self.extraStream(number: index + 1, of: primaryPeer.value) })
+                workers.append(try BackgroundWork { [self] in try self.extraStream(number: index + 1, of: primaryPeer.value, readAhead: cursor) })
             }
         } catch {
             abort.cancel()
@@ -200,7 +198,7 @@ final class ParallelUpload: Sendable {
     }
 
     /// One stream's loop; true when it sent at least one unit.
-    private func stream(remote: SFTPFile) throws -> Bool {
+    private func stream(remote: SFTPFile, readAhead: ReadAheadStage.Cursor?) throws -> Bool {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: SFTPFile.headerRoom + StreamSender.readSize, alignment: 4096)
         let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: SFTPFile.headerRoom + StreamSender.zeroSize, alignment: 4096)
         zeros.initializeMemory(as: UInt8.self, repeating: 0)
@@ -209,7 +207,7 @@ final class ParallelUpload: Sendable {
             zeros.deallocate()
         }
         let sender = StreamSender(file: file, remote: remote, minimumHole: options.minimumHole, counters: counters,
-                                  cancellation: abort, readAhead: readAheadCursor.withLock { $0 })
+                                  cancellation: abort, readAhead: readAhead)
         var sentAny = false
         do {
             while true {
@@ -228,7 +226,7 @@ final class ParallelUpload: Sendable {
 
     /// A stream on a connection of its own. A stream that cannot connect (a host limiting sessions per user)
     /// leaves its share to the others.
-    private func extraStream(number: Int, of primary: SSHConnection) throws -> Bool {
+    private func extraStream(number: Int, of primary: SSHConnection, readAhead: ReadAheadStage.Cursor?) throws -> Bool {
         var connectionOptions = primary.reconnectOptions
         connectionOptions.cancellation = abort
         let remote: SFTPFile
@@ -242,7 +240,7 @@ final class ParallelUpload: Sendable {
             return false
         }
         defer { connection.disconnect() }
-        let sentAny = try stream(remote: remote)
+        let sentAny = try stream(remote: remote, readAhead: readAhead)
         try remote.close()
         return sentAny
     }
