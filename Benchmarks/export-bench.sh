@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Export throughput on loopback: `kdct-native export` against OpenSSH's `sftp -b` put of the same file to the same
 # private sshd: with sftp's default cipher and MAC, and forced to the ones libssh2 negotiates (aes128-ctr,
-# hmac-sha2-256). Every configuration runs RUNS times, the configurations alternating, `sync` before each run;
+# hmac-sha2-256). The export flushes the file to the host's disk before renaming it (fsync@openssh.com), which a
+# plain `put` does not: `put -f` (fsync after the transfer) is the baseline of equal durability, and
+# `export -t unsafe` (no flush) is the one to hold against a plain `put`. Every configuration runs RUNS times, the configurations alternating, `sync` before each run;
 # the table shows medians of the wall time, the client's CPU seconds (user+sys of the process and its children:
 # sftp's ssh) and the server's (sshd and sftp-server: the children the listening sshd reaped).
 # Writes Benchmarks/RESULTS-export.md (keeping its "## Analysis" section, written by hand). Needs root (it starts sshd and logs in as root with a generated key).
@@ -66,9 +68,9 @@ measure() {
     s1=$(server_cpu)
     awk -v a="$t0" -v b="$t1" -v s0="$s0" -v s1="$s1" '{ printf "%.3f %.3f %.3f\n", b - a, $1 + $2, s1 - s0 }' "$WORK/time"
 }
-run_sftp() { # $@: extra ssh options
+run_sftp() { # $@: extra ssh options; PUT_FLAGS: flags of put (-f: fsync the file on the host)
     rm -f "$WORK/remote/s.raw"
-    STDIN_TEXT="put $SRC $WORK/remote/s.raw" measure env SSH_AUTH_SOCK= sftp -q -P "$PORT" "${SSH_OPTS[@]}" "$@" -b - root@127.0.0.1
+    STDIN_TEXT="put ${PUT_FLAGS:-} $SRC $WORK/remote/s.raw" measure env SSH_AUTH_SOCK= sftp -q -P "$PORT" "${SSH_OPTS[@]}" "$@" -b - root@127.0.0.1
 }
 run_kdct() { # $@: extra flags
     rm -f "$WORK/remote/k.raw" "$WORK/remote/.k.raw.kdct-export.part"
@@ -77,14 +79,17 @@ run_kdct() { # $@: extra flags
 }
 
 run_kdct_plain() { PLAIN_CTR=1 run_kdct "$@"; }
+run_sftp_fsync() { PUT_FLAGS=-f run_sftp "$@"; }
 
 # The configurations, in the order they alternate.
 declare -a NAMES CMDS
 NAMES+=("OpenSSH \`sftp -b\` put, default cipher and MAC"); CMDS+=("run_sftp")
 NAMES+=("OpenSSH \`sftp -b\` put, aes128-ctr + hmac-sha2-256"); CMDS+=("run_sftp -c aes128-ctr -o MACs=hmac-sha2-256")
+NAMES+=("OpenSSH \`sftp -b\` put -f (fsync on the host), aes128-ctr + hmac-sha2-256"); CMDS+=("run_sftp_fsync -c aes128-ctr -o MACs=hmac-sha2-256")
 for n in $STREAMS; do
     NAMES+=("\`kdct-native export --no-verify --streams $n\`"); CMDS+=("run_kdct --no-verify --streams $n")
 done
+NAMES+=("\`kdct-native export --no-verify -t unsafe\` (default streams, no fsync on the host)"); CMDS+=("run_kdct --no-verify -t unsafe")
 NAMES+=("\`kdct-native export --no-verify --streams 1\`, OpenSSL's per-block AES-CTR (KDCT_SSH_PLAIN_CTR=1)")
 CMDS+=("run_kdct_plain --no-verify --streams 1")
 NAMES+=("\`kdct-native export\` (default streams, SHA-256 verified on the host)"); CMDS+=("run_kdct")
@@ -104,6 +109,7 @@ rate() { awk -v s="$SIZE_MIB" -v t="$1" 'BEGIN { printf "%.1f", s / t }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 SAME=$(echo "${WALL[1]}" | median)
+SAME_FSYNC=$(echo "${WALL[2]}" | median)
 DEFAULT=$(echo "${WALL[0]}" | median)
 {
     echo "# Export throughput (loopback)"
@@ -112,13 +118,15 @@ DEFAULT=$(echo "${WALL[0]}" | median)
     echo "$SIZE_MIB MiB of random data, $RUNS runs of each configuration, configurations alternated, \`sync\` before each run;"
     echo "medians. Client CPU: user+sys of the command and its children (sftp's ssh); server CPU: sshd and sftp-server."
     echo "OpenSSH $(ssh -V 2>&1 | cut -d, -f1), libssh2 $(dpkg-query -W -f='${Version}' libssh2-1 2>/dev/null || echo '?'),"
-    echo "kdct-native negotiates aes128-ctr + hmac-sha2-256."
+    echo "kdct-native negotiates aes128-ctr + hmac-sha2-256 and, unless \`-t unsafe\`, flushes the file on the host."
+    echo "Throughput ratios: the row's MiB/s over the baseline's (above 1 is faster); compare flushing rows with"
+    echo "\`put -f\` and \`-t unsafe\` with \`put\`."
     echo
-    echo "| tool | wall s | MiB/s | throughput vs sftp, same cipher | vs sftp, default cipher | client CPU s | server CPU s |"
-    echo "| --- | --- | --- | --- | --- | --- | --- |"
+    echo "| tool | wall s | MiB/s | vs sftp put, same cipher | vs sftp put -f, same cipher | vs sftp put, default cipher | client CPU s | server CPU s |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
     for k in "${!CMDS[@]}"; do
         w=$(echo "${WALL[$k]}" | median)
-        echo "| ${NAMES[$k]} | $w | $(rate "$w") | $(ratio "$SAME" "$w")x | $(ratio "$DEFAULT" "$w")x | $(echo "${CLIENT[$k]}" | median) | $(echo "${SERVER[$k]}" | median) |"
+        echo "| ${NAMES[$k]} | $w | $(rate "$w") | $(ratio "$SAME" "$w")x | $(ratio "$SAME_FSYNC" "$w")x | $(ratio "$DEFAULT" "$w")x | $(echo "${CLIENT[$k]}" | median) | $(echo "${SERVER[$k]}" | median) |"
     done
     echo
     echo "Raw wall times (s), in run order:"

@@ -10,7 +10,7 @@ import Glibc
 /// SFTP (the default): the file is written under a temporary name beside the destination
 /// (`.NAME.kdct-export.part`, created exclusively), on `streams` connections at once, each writing its own
 /// chunks; all-zero runs are not sent (the remote file gets holes). The file is flushed with
-/// `fsync@openssh.com` when the server offers it, its chunks' SHA-256 digests are compared with the local
+/// `fsync@openssh.com` when the server offers it (unless `flush` is false), its chunks' SHA-256 digests are compared with the local
 /// file's, and only then is it renamed to the destination name (atomically replacing an old file with
 /// `overwrite`). An interrupted upload stays under the temporary name; `resume` keeps every chunk of it that
 /// matches the local file and sends the rest.
@@ -158,9 +158,15 @@ private struct SFTPUpload {
                                     sftp: sftp, notes: &notes)
                 sha256 = whole
             }
-            // Flushed before the rename, so a crash of the host never leaves a partly written file under the name.
+            // Flushed before the rename, so a crash of the host never leaves a partly written file under the name
+            // (unless the user chose `-t unsafe`).
             report(.committing, 0, of: size, sent: sent, resumed: kept)
-            flushed = try plan.remote.sync()
+            if options.flush {
+                flushed = try plan.remote.sync()
+            } else {
+                try plan.remote.flush()
+                flushed = false
+            }
             try plan.remote.close()
             placement = try RemotePlacement.place(temporary, at: path, overwrite: options.overwrite, sftp: sftp, notes: &notes)
             report(.committing, size, of: size, sent: sent, resumed: kept)
@@ -172,7 +178,7 @@ private struct SFTPUpload {
             throw error
         }
         let sent = counters.sent.load(ordering: .relaxed)
-        if !flushed {
+        if options.flush && !flushed {
             notes.append("the server does not offer fsync@openssh.com: the data was not flushed to stable storage on the host")
         }
         var destination = location

@@ -68,6 +68,10 @@ public struct ExportOptions: Sendable {
     /// All-zero runs at least this long are not sent (the remote file gets a hole). Zero detection works on
     /// 64 KiB blocks, so this is rounded up to a multiple of that.
     public var minimumHole: UInt64 = 64 << 10
+    /// Flush the file to stable storage on the host before it gets its name (`fsync@openssh.com`, or `sync` for
+    /// scp). False only for `-t unsafe`: faster by the time the host's disk takes to write the file, but a crash
+    /// of the host soon after may leave the name on a partly written file.
+    public var flush = true
     /// Bytes of SFTP writes kept in flight on each stream.
     public var pipelineWindow = 8 << 20
     /// SFTP connections writing disjoint chunks of the file at once (`--streams`). Each is its own SSH

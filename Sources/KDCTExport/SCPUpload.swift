@@ -94,8 +94,8 @@ struct SCPUpload {
         }
 
         report(.committing, 0, of: size, sent: sent)
-        let flushed = (try? connection.run("sync -- \(tq)", longOperation: true).status) == 0
-        if !flushed { notes.append("`sync FILE` did not run on the host: the data was not explicitly flushed to stable storage") }
+        let flushed = options.flush && (try? connection.run("sync -- \(tq)", longOperation: true).status) == 0
+        if options.flush && !flushed { notes.append("`sync FILE` did not run on the host: the data was not explicitly flushed to stable storage") }
         let pq = TextEncoding.shellQuoted(path)
         let rename = options.overwrite
             ? "mv -f -- \(tq) \(pq)"

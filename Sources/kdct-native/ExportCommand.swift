@@ -78,6 +78,9 @@ struct Export: ParsableCommand {
 
     @OptionGroup var readAhead: ReadAheadOption
 
+    @Option(name: .customShort("t"), help: ArgumentHelp("Destination cache mode, as convert's -t: unsafe skips the flush to the host's disk before the rename (a host crash soon after may leave a partly written file under the name); every other mode flushes.", valueName: "cache"))
+    var cache: CacheMode?
+
     @Flag(name: .customShort("p"), help: "Show progress on a terminal.")
     var progressBar = false
 
@@ -115,6 +118,7 @@ struct Export: ParsableCommand {
             options.verify = !noVerify
             options.streams = transferProtocol == .scp ? 1 : streams
             options.readAhead = readAhead.depth
+            options.flush = cache != .unsafe
             options.progress = { printer.report($0) }
             result = try DiskExporter.export(localPath: local, to: location, options: options)
         } catch {
@@ -161,6 +165,7 @@ enum RemoteConvert {
             let remote = try SFTPFileTarget(location: location, connectionOptions: ssh.connectionOptions,
                                             overwrite: options.overwrite, verify: true, mode: mode,
                                             expectedSize: device.virtualSize, progress: { printer.report($0) })
+            remote.flush = options.destination.flush
             target = remote
             var options = options
             let sentBytes = remote.sentBytesReader

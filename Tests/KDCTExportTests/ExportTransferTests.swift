@@ -258,6 +258,26 @@ struct ExportTransferTests {
         try export(source, to: server, as: "disk.raw") { $0.transferProtocol = .scp; $0.overwrite = true }
         #expect(try fileSHA256(remote) == fileSHA256(source))
     }
+
+    @Test("flush false (-t unsafe) skips the host's fsync: not flushed, and no note about a server without fsync@openssh.com (which one flushing export gets)")
+    func unsafeSkipsTheFlush() throws {
+        let work = try TemporaryDirectory("kdct-export")
+        let source = work.file("disk.raw")
+        try writeRandomFile(source, size: 3 << 20, seed: 61)
+        let server = try TestSSHServer()
+        #expect(try export(source, to: server, as: "flushed.raw").flushed)
+        let unflushed = try export(source, to: server, as: "unsafe.raw") { $0.flush = false }
+        #expect(!unflushed.flushed)
+        #expect(try fileSHA256(server.remoteDirectory + "/unsafe.raw") == fileSHA256(source))
+
+        // sftp-server -P fsync does not offer the extension: a flushing export says so, an unsafe one has nothing to say.
+        let withoutFsync = try TestSSHServer(sftpServerArguments: "-P fsync")
+        let noted = try export(source, to: withoutFsync, as: "flushed.raw")
+        #expect(!noted.flushed && noted.notes.contains { $0.contains("fsync@openssh.com") }, "\(noted.notes)")
+        let quiet = try export(source, to: withoutFsync, as: "unsafe.raw") { $0.flush = false }
+        #expect(!quiet.notes.contains { $0.contains("fsync") }, "\(quiet.notes)")
+        #expect(try fileSHA256(withoutFsync.remoteDirectory + "/unsafe.raw") == fileSHA256(source))
+    }
 }
 
 /// Writes `data` as a partial upload owned by the test user (as the interrupted exporter would have).

@@ -117,6 +117,33 @@ struct RemoteConvertTests {
         #expect(again.stderr.contains("already exists"), "\(again.stderr)")
     }
 
+    @Test("CLI: -t unsafe skips the host's fsync for convert to sftp:// and for export (no note about a server without fsync@openssh.com, which a flushing run prints)")
+    func cliUnsafeCacheMode() throws {
+        let server = try TestSSHServer(sftpServerArguments: "-P fsync")
+        let work = try TemporaryDirectory("kdct-convert")
+        let source = try makeSource(in: work, size: 8 << 20)
+        let knownHosts = try server.writeKnownHosts()
+        let ssh = ["-i", server.clientKey, "--known-hosts", knownHosts]
+        let url = { (name: String) in "sftp://\(TestSSHServer.user)@127.0.0.1:\(server.port)\(server.remoteDirectory)/\(name)" }
+        let destination = { (name: String) in "\(TestSSHServer.user)@127.0.0.1:\(server.remoteDirectory)/\(name)" }
+        let runs: [(name: String, arguments: [String], unsafe: Bool)] = [
+            ("flushed.qcow2", ["convert", "-O", "qcow2", source, url("flushed.qcow2")], false),
+            ("unsafe.qcow2", ["convert", "-t", "unsafe", "-O", "qcow2", source, url("unsafe.qcow2")], true),
+            ("exported.qcow2", ["export", "-P", "\(server.port)", source, destination("exported.qcow2")], false),
+            ("exported-unsafe.qcow2", ["export", "-P", "\(server.port)", "-t", "unsafe", source, destination("exported-unsafe.qcow2")], true),
+        ]
+        for run in runs {
+            let result = try CLI.run(run.arguments + ssh, environment: isolatedEnvironment(work))
+            #expect(result.status == 0, "\(run.arguments): \(result.stderr)")
+            let output = result.stdout + result.stderr
+            #expect(output.contains("fsync@openssh.com") != run.unsafe, "\(run.arguments): \(output)")
+            try expectQemuIdentical(source, server.remoteDirectory + "/" + run.name, formatA: "qcow2", formatB: "qcow2")
+            try expectQemuCheckClean(server.remoteDirectory + "/" + run.name)
+        }
+        let left = try FileManager.default.contentsOfDirectory(atPath: server.remoteDirectory).sorted()
+        #expect(left == runs.map(\.name).sorted(), "\(left)")
+    }
+
     @Test("CLI: export by --password-env and --password-stdin, JSON progress, unknown host refused with its fingerprint")
     func cliExport() throws {
         let server = try TestSSHServer(passwordAuthentication: true)
