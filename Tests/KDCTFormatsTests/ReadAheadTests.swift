@@ -91,6 +91,36 @@ import KDCTTestSupport
         }
     }
 
+    /// The writeback schedule's signal: read-ahead samples mostly not cached mean the source comes from storage;
+    /// the average follows the samples back when they are cached again.
+    @Test func sourceCacheMonitorFollowsTheSamples() {
+        let monitor = SourceCacheMonitor()
+        #expect(!monitor.readsComeFromStorage)
+        for _ in 0..<8 { monitor.record(uncached: 0, of: 1 << 20) }
+        #expect(!monitor.readsComeFromStorage)
+        for _ in 0..<16 { monitor.record(uncached: 1 << 20, of: 1 << 20) }
+        #expect(monitor.readsComeFromStorage, "nothing was cached")
+        for _ in 0..<16 { monitor.record(uncached: 64 << 10, of: 1 << 20) }
+        #expect(!monitor.readsComeFromStorage, "cached again")
+    }
+
+    /// `mincore` through a temporary mapping: a file just written is cached; after `posix_fadvise(DONTNEED)` on
+    /// the synced file, its range is not.
+    @Test func uncachedBytesSeesThePageCache() throws {
+        let dir = try TemporaryDirectory("kdct-cache")
+        let path = dir.file("data.bin")
+        try writeRandomFile(path, size: 4 << 20, seed: 3)
+        let fd = open(path, O_RDONLY)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        let cached = try #require(SourceCacheMonitor.uncachedBytes(descriptor: fd, offset: 4096, length: 2 << 20))
+        #expect(cached == 0, "just written, \(cached) bytes not cached")
+        fsync(fd)
+        #expect(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0)
+        let evicted = try #require(SourceCacheMonitor.uncachedBytes(descriptor: fd, offset: 4096, length: 2 << 20))
+        #expect(evicted >= 2 << 20, "evicted, only \(evicted) bytes not cached")
+    }
+
     @Test func readAheadDepthIsValidated() throws {
         let dir = try TemporaryDirectory("kdct-readahead-flag")
         let source = try TestPattern.writeRaw(to: dir.file("src.raw"), size: 2 << 20)

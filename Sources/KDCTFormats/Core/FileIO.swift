@@ -148,8 +148,12 @@ public final class ReadOnlyFile: Sendable {
     /// Asks the kernel to start reading `[offset, offset + length)` into the page cache without waiting for it
     /// (`posix_fadvise(WILLNEED)`): a read-ahead hint, errors ignored. The range is clipped to the file (to the
     /// window, for a window), so nothing outside it is ever read.
+    /// Each piece is a sample for `SourceCacheMonitor.shared` (how much of it was not cached yet).
     package func prefetch(offset: UInt64, length: UInt64) {
         for piece in prefetchPieces(offset: offset, length: length) {
+            if let uncached = SourceCacheMonitor.uncachedBytes(descriptor: descriptor, offset: piece.offset, length: piece.length) {
+                SourceCacheMonitor.shared.record(uncached: uncached, of: piece.length)
+            }
             _ = kdct_advise_willneed(descriptor, off_t(piece.offset), off_t(piece.length))
         }
     }

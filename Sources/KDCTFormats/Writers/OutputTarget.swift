@@ -110,11 +110,13 @@ public final class LocalFileTarget: OutputTarget {
     private let overwrite: Bool
     private let flush: Bool
     private var finished = false
-    // Writeback is started every `writebackInterval` bytes so the final fsync has little left to do. Measured against
-    // a 256 MiB interval, no early writeback, and a bound on dirty data (waiting for the previous interval's
-    // writeback, SYNC_FILE_RANGE_WAIT_BEFORE): none won both cold and warm, and 64 MiB was the fastest warm
-    // (Benchmarks/RESULTS.md, "Write scheduling").
+    // Writeback is started every `writebackInterval` bytes so the final fsync has little left to do, or every
+    // `waitingWritebackInterval` bytes while the source comes from storage rather than the page cache
+    // (`SourceCacheMonitor`), where early writes would make its reads wait. Measured against 256 and 512 MiB
+    // intervals, no early writeback, and a bound on dirty data (SYNC_FILE_RANGE_WAIT_BEFORE): 64 MiB was the
+    // fastest with a cached source, 512 MiB and none with a cold one (Benchmarks/RESULTS.md, "Write scheduling").
     private let writebackInterval: UInt64 = 64 << 20
+    private let waitingWritebackInterval: UInt64 = 512 << 20
     private var unhintedBytes: UInt64 = 0
     private var lowestUnhinted = UInt64.max
     private var highestWritten: UInt64 = 0
@@ -191,7 +193,7 @@ public final class LocalFileTarget: OutputTarget {
         lowestUnhinted = min(lowestUnhinted, offset)
         highestWritten = max(highestWritten, offset + count)
         unhintedBytes += count
-        if unhintedBytes >= writebackInterval {
+        if unhintedBytes >= (SourceCacheMonitor.shared.readsComeFromStorage ? waitingWritebackInterval : writebackInterval) {
             file.startWriteback(offset: lowestUnhinted, length: highestWritten - lowestUnhinted)
             unhintedBytes = 0
             lowestUnhinted = .max
