@@ -12,9 +12,11 @@ import Synchronization
 /// behind it. `LocalFileTarget` asks the shared monitor's `readsComeFromStorage` to choose its writeback interval.
 ///
 /// The samples come from `ReadOnlyFile.prefetch`: before each range is hinted, `mincore` tells how much of it is
-/// already cached. The time of the reads themselves would not do: the read-ahead exists to make a cold source's
-/// reads find their data cached. The fraction not cached joins a running average (each sample weighs 1/8), so
-/// with no read-ahead there are no samples and the writer keeps its cached-source schedule.
+/// cached (a read probe would not do: `preadv2(RWF_NOWAIT)` starts the kernel's read-ahead at the probe, which
+/// made most later ranges look cached, 16 writeback kicks on a cold conversion against 3 with `mincore`; nor would
+/// the reads' own time: the read-ahead exists to make a cold source's reads find their data cached).
+/// The fraction not cached joins a running average (each sample weighs 1/8), so with no read-ahead there are no
+/// samples and the writer keeps its cached-source schedule.
 package final class SourceCacheMonitor: Sendable {
     /// The process's monitor, fed by every `ReadOnlyFile.prefetch`.
     package static let shared = SourceCacheMonitor()
@@ -39,19 +41,18 @@ package final class SourceCacheMonitor: Sendable {
     }
 
     /// The bytes of `[offset, offset + length)` of the open file `descriptor` that are not in the page cache
-    /// (`mincore` over a temporary read-only mapping), or nil when it cannot tell.
+    /// (`mincore` over a temporary read-only mapping, which reads nothing), or nil when it cannot tell.
     static func uncachedBytes(descriptor: Int32, offset: UInt64, length: UInt64) -> UInt64? {
         let page = UInt64(sysconf(Int32(_SC_PAGESIZE)))
         guard page > 0, length > 0 else { return nil }
         let start = offset / page * page
         let span = offset + length - start
         let pages = Int((span + page - 1) / page)
-        guard let mapping = mmap(nil, Int(span), PROT_READ, MAP_SHARED, descriptor, off_t(start)),
-              mapping != MAP_FAILED else { return nil }
+        guard let mapping = mmap(nil, Int(span), PROT_READ, MAP_SHARED, descriptor, off_t(start)), mapping != MAP_FAILED else { return nil }
         defer { munmap(mapping, Int(span)) }
         var resident = [UInt8](repeating: 0, count: pages)
         guard mincore(mapping, Int(span), &resident) == 0 else { return nil }
-        let cachedPages = resident.reduce(0) { $0 + UInt64($1 & 1) }
-        return UInt64(pages) * page - min(cachedPages * page, UInt64(pages) * page)
+        let uncachedPages = resident.reduce(UInt64(0)) { $0 + UInt64(~$1 & 1) }
+        return min(uncachedPages * page, length)
     }
 }
