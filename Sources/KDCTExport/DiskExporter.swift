@@ -10,8 +10,8 @@ import Glibc
 /// SFTP (the default): the file is written under a temporary name beside the destination
 /// (`.NAME.kdct-export.part`, created exclusively), on `streams` connections at once, each writing its own
 /// chunks; all-zero runs are not sent (the remote file gets holes). The file is flushed with
-/// `fsync@openssh.com` when the server offers it (unless `flush` is false), its chunks' SHA-256 digests are compared with the local
-/// file's, and only then is it renamed to the destination name (atomically replacing an old file with
+/// `fsync@openssh.com` when the server offers it (unless `flush` is false), its chunks' SHA-256 digests are
+/// compared with the local file's, and only then is it renamed to the destination name (atomically replacing an old file with
 /// `overwrite`). An interrupted upload stays under the temporary name; `resume` keeps every chunk of it that
 /// matches the local file and sends the rest.
 ///
@@ -161,12 +161,7 @@ private struct SFTPUpload {
             // Flushed before the rename, so a crash of the host never leaves a partly written file under the name
             // (unless the user chose `-t unsafe`).
             report(.committing, 0, of: size, sent: sent, resumed: kept)
-            if options.flush {
-                flushed = try plan.remote.sync()
-            } else {
-                try plan.remote.flush()
-                flushed = false
-            }
+            flushed = try plan.remote.sync(toDisk: options.flush)
             try plan.remote.close()
             placement = try RemotePlacement.place(temporary, at: path, overwrite: options.overwrite, sftp: sftp, notes: &notes)
             report(.committing, size, of: size, sent: sent, resumed: kept)

@@ -505,11 +505,12 @@ final class SFTPFile {
                              "setting the size to \(size)", path: path)
     }
 
-    /// Flushes the file to stable storage on the host (`fsync@openssh.com`); false when the server does not
-    /// offer that extension. The host may take long: keepalives show it is still there.
-    func sync() throws -> Bool {
+    /// Waits for every write's acknowledgement, then, with `toDisk`, flushes the file to stable storage on the host
+    /// (`fsync@openssh.com`). True when the data is on stable storage: false without `toDisk` (`-t unsafe`) or
+    /// when the server does not offer the extension. The host may take long: keepalives show it is still there.
+    func sync(toDisk: Bool) throws -> Bool {
         try flush()
-        guard session.extensions.contains("fsync@openssh.com") else { return false }
+        guard toDisk, session.extensions.contains("fsync@openssh.com") else { return false }
         let id = session.newRequestID()
         var packet = SFTPPacketWriter(type: SFTPProtocol.extended, id: id)
         packet.string("fsync@openssh.com")

@@ -164,13 +164,7 @@ public final class SFTPFileTarget: OutputTarget {
                 method = how
             }
             announce(.committing, 0, of: size)
-            let flushed: Bool
-            if flush {
-                flushed = try file.sync()
-            } else {
-                try file.flush()
-                flushed = false
-            }
+            let flushed = try file.sync(toDisk: flush)
             if flush && !flushed {
                 notes.append("the server does not offer fsync@openssh.com: the image was not flushed to stable storage on the host")
             }

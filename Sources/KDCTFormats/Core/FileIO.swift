@@ -147,13 +147,17 @@ public final class ReadOnlyFile: Sendable {
 
     /// Asks the kernel to start reading `[offset, offset + length)` into the page cache without waiting for it
     /// (`posix_fadvise(WILLNEED)`): a read-ahead hint, errors ignored. The range is clipped to the file (to the
-    /// window, for a window), so nothing outside it is ever read.
-    /// Each piece is a sample for `SourceCacheMonitor.shared` (how much of it was not cached yet).
+    /// window, for a window), so nothing outside it is ever read. The range is one sample for
+    /// `SourceCacheMonitor.shared` (how much of it was not cached yet), taken before the hints.
     package func prefetch(offset: UInt64, length: UInt64) {
-        for piece in prefetchPieces(offset: offset, length: length) {
-            if let uncached = SourceCacheMonitor.uncachedBytes(descriptor: descriptor, offset: piece.offset, length: piece.length) {
-                SourceCacheMonitor.shared.record(uncached: uncached, of: piece.length)
+        let pieces = prefetchPieces(offset: offset, length: length)
+        if let first = pieces.first, let last = pieces.last {
+            let span = last.offset + last.length - first.offset
+            if let uncached = SourceCacheMonitor.uncachedBytes(descriptor: descriptor, offset: first.offset, length: span) {
+                SourceCacheMonitor.shared.record(uncached: uncached, of: span)
             }
+        }
+        for piece in pieces {
             _ = kdct_advise_willneed(descriptor, off_t(piece.offset), off_t(piece.length))
         }
     }
