@@ -336,21 +336,41 @@ enum HeldImage {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["qemu-io", path]
         let input = Pipe()
+        let errors = Pipe()
         process.standardInput = input
         process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
+        process.standardError = errors
         try process.run()
         defer {
             try? input.fileHandleForWriting.close()
             process.waitUntilExit()
         }
-        // qemu-io takes its locks when it opens the image; wait until they show (a loaded machine may take seconds).
+        // qemu-io takes its locks (open file description locks) when it opens the image; wait until they show
+        // in /proc/locks (a loaded machine may take seconds). Watching passively matters: probing with
+        // `qemu-img info` opens the image too, and a probe that holds it at the moment qemu-io opens makes
+        // qemu-io's own lock fail, after which it sits at its prompt without the image.
         var held = false
-        for _ in 0..<600 where !held {
-            held = try runProcess(["qemu-img", "info", path]).status != 0
+        for _ in 0..<600 where !held && process.isRunning {
+            held = try hasOFDLocks(path)
             if !held { usleep(100_000) }
         }
-        #expect(held, "qemu-io never took its locks on \(path)")
+        if !held { try? input.fileHandleForWriting.close() }
+        let reason = held ? "" : String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(held, "qemu-io never took its locks on \(path): \(reason)")
         try body()
+    }
+
+    /// Whether any open file description lock is held on the file (qemu's image locking uses them).
+    static func hasOFDLocks(_ path: String) throws -> Bool {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw KDCTError(.io, "stat \(path)") }
+        // A /proc/locks line: "1: OFDLCK ADVISORY READ -1 fd:01:1234 100 100"; the device is
+        // major:minor in hex, the inode in decimal.
+        let suffix = ":\(st.st_ino)"
+        let locks = try String(contentsOfFile: "/proc/locks", encoding: .utf8)
+        return locks.split(separator: "\n").contains { line in
+            let fields = line.split(separator: " ")
+            return fields.count > 5 && fields[1] == "OFDLCK" && fields[5].hasSuffix(suffix)
+        }
     }
 }
