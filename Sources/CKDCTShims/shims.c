@@ -8,6 +8,8 @@
 #include <unistd.h>
 #include <pthread.h>
 #include <linux/fs.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
 
 off_t kdct_seek_data(int fd, off_t offset) { return lseek(fd, offset, SEEK_DATA); }
 off_t kdct_seek_hole(int fd, off_t offset) { return lseek(fd, offset, SEEK_HOLE); }
@@ -128,4 +130,18 @@ int kdct_claim_image(int fd) {
     claim.l_len = 200;
     if (fcntl(fd, F_OFD_SETLK, &claim) != 0) return (errno == EAGAIN || errno == EACCES) ? 1 : -1;
     return 0;
+}
+
+unsigned int kdct_device_major(dev_t device) { return major(device); }
+
+unsigned int kdct_device_minor(dev_t device) { return minor(device); }
+
+uint64_t kdct_file_system_type(int fd) {
+    struct statfs fs;
+    return fstatfs(fd, &fs) == 0 ? (uint64_t)fs.f_type : 0;
+}
+
+uint64_t kdct_file_system_type_at(const char *path) {
+    struct statfs fs;
+    return statfs(path, &fs) == 0 ? (uint64_t)fs.f_type : 0;
 }

@@ -95,13 +95,42 @@ import KDCTTestSupport
     /// the average follows the samples back when they are cached again.
     @Test func sourceCacheMonitorFollowsTheSamples() {
         let monitor = SourceCacheMonitor()
-        #expect(!monitor.readsComeFromStorage)
-        for _ in 0..<8 { monitor.record(uncached: 0, of: 1 << 20) }
-        #expect(!monitor.readsComeFromStorage)
-        for _ in 0..<16 { monitor.record(uncached: 1 << 20, of: 1 << 20) }
-        #expect(monitor.readsComeFromStorage, "nothing was cached")
-        for _ in 0..<16 { monitor.record(uncached: 64 << 10, of: 1 << 20) }
-        #expect(!monitor.readsComeFromStorage, "cached again")
+        let source = FileIdentity(device: 1, inode: 1)
+        let vda: Set<String> = ["vda"]
+        #expect(!monitor.readsFromStorageContend(withDisks: vda))
+        for _ in 0..<8 { monitor.record(uncached: 0, of: 1 << 20, source: source) { vda } }
+        #expect(!monitor.readsFromStorageContend(withDisks: vda))
+        for _ in 0..<16 { monitor.record(uncached: 1 << 20, of: 1 << 20, source: source) { vda } }
+        #expect(monitor.readsFromStorageContend(withDisks: vda), "nothing was cached")
+        #expect(monitor.readsFromStorageContend(withDisks: nil), "the output's disks are unknown: may share")
+        #expect(monitor.readsFromStorageContend(withDisks: ["sda", "vda"]))
+        #expect(!monitor.readsFromStorageContend(withDisks: ["sdb"]), "the output is on another disk")
+        #expect(!monitor.readsFromStorageContend(withDisks: []), "the output is on no disk (tmpfs)")
+        for _ in 0..<16 { monitor.record(uncached: 64 << 10, of: 1 << 20, source: source) { vda } }
+        #expect(!monitor.readsFromStorageContend(withDisks: vda), "cached again")
+        // A source whose disks are unknown (btrfs, FUSE) may share any disk.
+        let unknown = FileIdentity(device: 2, inode: 7)
+        for _ in 0..<16 { monitor.record(uncached: 1 << 20, of: 1 << 20, source: unknown) { nil } }
+        #expect(monitor.readsFromStorageContend(withDisks: ["sdb"]))
+    }
+
+    /// A source stops counting when its samples stop (a finished conversion), and a long-running process
+    /// remembers a bounded number of sources.
+    @Test func sourceCacheMonitorForgets() {
+        let monitor = SourceCacheMonitor(sampleLifetime: 50_000_000)
+        let source = FileIdentity(device: 1, inode: 1)
+        for _ in 0..<16 { monitor.record(uncached: 1 << 20, of: 1 << 20, source: source) { ["vda"] } }
+        #expect(monitor.readsFromStorageContend(withDisks: ["vda"]))
+        usleep(120_000)
+        #expect(!monitor.readsFromStorageContend(withDisks: ["vda"]), "the samples stopped 120 ms ago")
+        var asked = 0
+        for inode in 0..<UInt64(1000) {
+            monitor.record(uncached: 0, of: 1, source: FileIdentity(device: 9, inode: inode)) { asked += 1; return [] }
+        }
+        #expect(monitor.rememberedSources <= SourceCacheMonitor.maximumSources)
+        #expect(asked == 1000, "the disks are asked once per new source")
+        monitor.record(uncached: 0, of: 1, source: FileIdentity(device: 9, inode: 999)) { asked += 1; return [] }
+        #expect(asked == 1000, "a known source is not asked again")
     }
 
     /// `mincore` through a temporary read-only mapping: a file just written is cached; after fsync and

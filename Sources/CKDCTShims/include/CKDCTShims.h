@@ -54,6 +54,14 @@ int kdct_advise_sequential(int fd);
    waiting for it (a hint; 0 or an error number, never errno). */
 int kdct_advise_willneed(int fd, off_t offset, off_t length);
 
+/* major(device) and minor(device) of a device number (macros in C). */
+unsigned int kdct_device_major(dev_t device);
+unsigned int kdct_device_minor(dev_t device);
+
+/* The file system type (statfs(2) f_type magic) of the open file fd, or of the file at path; 0 on failure. */
+uint64_t kdct_file_system_type(int fd);
+uint64_t kdct_file_system_type_at(const char *path);
+
 /* Terminal width of fd via TIOCGWINSZ, or 0 when it is not a terminal. */
 int kdct_terminal_columns(int fd);
 

@@ -154,7 +154,9 @@ public final class ReadOnlyFile: Sendable {
         if let first = pieces.first, let last = pieces.last {
             let span = last.offset + last.length - first.offset
             if let uncached = SourceCacheMonitor.uncachedBytes(descriptor: descriptor, offset: first.offset, length: span) {
-                SourceCacheMonitor.shared.record(uncached: uncached, of: span)
+                SourceCacheMonitor.shared.record(uncached: uncached, of: span, source: identity) {
+                    StorageDisks.of(descriptor: descriptor)
+                }
             }
         }
         for piece in pieces {

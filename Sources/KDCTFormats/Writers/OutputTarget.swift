@@ -111,12 +111,15 @@ public final class LocalFileTarget: OutputTarget {
     private let flush: Bool
     private var finished = false
     // Writeback is started every `writebackInterval` bytes so the final fsync has little left to do, or every
-    // `waitingWritebackInterval` bytes while the source comes from storage rather than the page cache
+    // `waitingWritebackInterval` bytes while the source comes from storage on a disk the output may share
     // (`SourceCacheMonitor`), where early writes would make its reads wait. Measured against 256 and 512 MiB
     // intervals, no early writeback, and a bound on dirty data (SYNC_FILE_RANGE_WAIT_BEFORE): 64 MiB was the
-    // fastest with a cached source, 512 MiB and none with a cold one (Benchmarks/RESULTS.md, "Write scheduling").
+    // fastest with a cached source or one on another disk, 512 MiB and none with a cold one on the same disk
+    // (Benchmarks/RESULTS.md, "Write scheduling").
     private let writebackInterval: UInt64 = 64 << 20
     private let waitingWritebackInterval: UInt64 = 512 << 20
+    /// The disks the output is on (`StorageDisks`), to compare with the sources'.
+    private let outputDisks: Set<String>?
     private var unhintedBytes: UInt64 = 0
     private var lowestUnhinted = UInt64.max
     private var highestWritten: UInt64 = 0
@@ -148,6 +151,7 @@ public final class LocalFileTarget: OutputTarget {
         removedStaleFiles = TemporaryOutputName.removeStale(for: path.resolved)
         do {
             (file, temporaryPath) = try Self.createLockedTemporary(for: path.resolved)
+            outputDisks = StorageDisks.of(descriptor: file.descriptor)
             if case let .regularFile(status) = path.kind { file.copyOwnership(of: status) }
         } catch let error as KDCTError {
             throw error.naming(destination)
@@ -193,7 +197,9 @@ public final class LocalFileTarget: OutputTarget {
         lowestUnhinted = min(lowestUnhinted, offset)
         highestWritten = max(highestWritten, offset + count)
         unhintedBytes += count
-        if unhintedBytes >= (SourceCacheMonitor.shared.readsComeFromStorage ? waitingWritebackInterval : writebackInterval) {
+        guard unhintedBytes >= writebackInterval else { return }
+        if unhintedBytes >= waitingWritebackInterval
+            || !SourceCacheMonitor.shared.readsFromStorageContend(withDisks: outputDisks) {
             file.startWriteback(offset: lowestUnhinted, length: highestWritten - lowestUnhinted)
             unhintedBytes = 0
             lowestUnhinted = .max
