@@ -6,13 +6,16 @@ converted once with qemu-img into every input format. Each case runs the two too
 timed run, at least 3 times each, and reports medians, the ratio kdct/qemu, output sizes and peak RSS (wait4).
 
 usage: Benchmarks/bench.py [--runs N] [--cases a,b,...] [--kdct PATH] [--out Benchmarks/RESULTS.md]
-                          [--cold] [--slow-source MBPS] [--variants 'name:args;name:args'] [--floor]
+                          [--cold] [--slow-source MBPS [--source-in-ram]] [--variants 'name:args;name:args']
+                          [--floor]
 
 --cold evicts the input (and its chain) from the page cache before every timed run of every tool: as root
 `sync; echo 3 > /proc/sys/vm/drop_caches`, otherwise posix_fadvise(DONTNEED) on each input file. --slow-source
 puts the input on a read-only loop device (direct I/O, so the loop's own reads bypass the page cache) whose reads
 are throttled to MBPS MB/s for the tools (a cgroup: v2 `io.max rbps`, or v1 `blkio.throttle.read_bps_device`);
-implies --cold. --variants adds kdct-native runs with extra arguments (e.g. 'ra0:--read-ahead 0'), alternated with
+implies --cold; MBPS 0 sets no limit. --source-in-ram backs that loop device with a copy of the input in /dev/shm,
+so the input's reads never touch the disk the output is written to: a migration reading from another device (an NFS
+share, a USB disk, a datastore's LUN) onto a local one. --variants adds kdct-native runs with extra arguments (e.g. 'ra0:--read-ahead 0'), alternated with
 the others; leading NAME=VALUE words set environment variables. --floor adds two timed steps on the same data: `cat` of the input to /dev/null and a sequential write
 of as many bytes as kdct-native's output allocates (dd, fsync), the hardware floor of a cold conversion.
 """
@@ -154,12 +157,23 @@ class SlowSource:
     """A read-only loop device over `path` (direct I/O) with reads throttled to `mbps` MB/s for the processes
     put in its cgroup (v2 io.max, else v1 blkio)."""
 
-    def __init__(self, path, mbps):
+    def __init__(self, path, mbps, in_ram=False):
+        # In RAM: a copy in /dev/shm backs the loop device, so reading it never touches the output's disk.
+        self.copy = None
+        if in_ram:
+            self.copy = os.path.join("/dev/shm", "kdct-bench-" + os.path.basename(path))
+            run(["cp", "--sparse=always", path, self.copy])
+            path = self.copy
         self.loop = subprocess.run(["losetup", "--find", "--show", "--read-only", "--direct-io=on", path],
                                    capture_output=True, text=True, check=True).stdout.strip()
         st = os.stat(self.loop)
         device = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
         rate = int(mbps * 1_000_000)
+        backing = " over a copy in /dev/shm (RAM)" if in_ram else ""
+        if mbps <= 0:
+            self.cgroup = self.tasks = None
+            self.description = f"{self.loop} (losetup --read-only --direct-io=on){backing}, reads not limited"
+            return
         if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
             self.cgroup = "/sys/fs/cgroup/kdct-bench-slow"
             os.makedirs(self.cgroup, exist_ok=True)
@@ -172,19 +186,24 @@ class SlowSource:
             with open(os.path.join(self.cgroup, "blkio.throttle.read_bps_device"), "w") as f:
                 f.write(f"{device} {rate}\n")
             self.tasks = os.path.join(self.cgroup, "tasks")
-        self.description = (f"{self.loop} (losetup --read-only --direct-io=on), reads limited to {mbps:g} MB/s by "
+        self.description = (f"{self.loop} (losetup --read-only --direct-io=on){backing}, reads limited to {mbps:g} MB/s by "
                             f"{'io.max rbps' if self.tasks.endswith('procs') else 'blkio.throttle.read_bps_device'} "
                             f"in cgroup {self.cgroup}")
 
     def enter(self):
         """Runs in the child before exec: joins the throttled cgroup."""
+        if self.tasks is None:
+            return
         with open(self.tasks, "w") as f:
             f.write(f"{os.getpid()}\n")
 
     def close(self):
         subprocess.run(["losetup", "-d", self.loop])
+        if self.copy:
+            os.unlink(self.copy)
         try:
-            os.rmdir(self.cgroup)
+            if self.cgroup:
+                os.rmdir(self.cgroup)
         except OSError:
             pass
 
@@ -234,12 +253,15 @@ def main():
     parser.add_argument("--build-only", action="store_true", help="only make the workload files")
     parser.add_argument("--cold", action="store_true", help="evict the input before every timed run")
     parser.add_argument("--slow-source", type=float, metavar="MBPS", help="input on a loop device throttled to MBPS MB/s")
+    parser.add_argument("--source-in-ram", action="store_true", help="with --slow-source: the loop device over a copy in /dev/shm")
     parser.add_argument("--variants", default="", help="extra kdct-native runs: 'name:args;name:args'")
     parser.add_argument("--floor", action="store_true", help="also time cat of the input and a sequential write")
     args = parser.parse_args()
-    if args.slow_source:
+    if args.source_in_ram and args.slow_source is None:
+        parser.error("--source-in-ram needs --slow-source MBPS (0: no limit)")
+    if args.slow_source is not None:
         args.cold = True
-    mode = "slow" if args.slow_source else "cold" if args.cold else "warm"
+    mode = "slow" if args.slow_source is not None else "cold" if args.cold else "warm"
     out_path = args.out or os.path.join(HERE, {"warm": "RESULTS.md", "cold": "RESULTS-cold.md", "slow": "RESULTS-slow.md"}[mode])
     variants = [(v.split(":", 1)[0], v.split(":", 1)[1].split()) for v in args.variants.split(";") if v.strip()]
     build_workload()
@@ -248,20 +270,26 @@ def main():
     rows = []
     slow_description = None
     for case in args.cases.split(","):
-        src, qfmt, kextra, qextra, ofmt = CASES[case]
-        src = os.path.join(WORK, src)
-        if not os.path.exists(src):
-            print(f"skip {case}: {src} missing", flush=True)
-            continue
-        slow = SlowSource(src, args.slow_source) if args.slow_source else None
-        try:
-            rows.append(run_case(case, src, qfmt, kextra, qextra, ofmt, args, variants, slow))
-            if slow:
-                slow_description = slow.description
-        finally:
-            if slow:
-                slow.close()
+        run_one_case(case, args, variants, rows)
+        slow_description = rows[-1].get("slow") if rows else slow_description
     write_results(out_path, rows, args.runs, mode, variants, slow_description)
+
+
+def run_one_case(case, args, variants, rows):
+    """Times one case (on its slow source when asked) and appends its row."""
+    src, qfmt, kextra, qextra, ofmt = CASES[case]
+    src = os.path.join(WORK, src)
+    if not os.path.exists(src):
+        print(f"skip {case}: {src} missing", flush=True)
+        return
+    slow = SlowSource(src, args.slow_source, args.source_in_ram) if args.slow_source is not None else None
+    try:
+        rows.append(run_case(case, src, qfmt, kextra, qextra, ofmt, args, variants, slow))
+        if slow:
+            rows[-1]["slow"] = slow.description
+    finally:
+        if slow:
+            slow.close()
 
 
 def run_case(case, src, qfmt, kextra, qextra, ofmt, args, variants, slow):
