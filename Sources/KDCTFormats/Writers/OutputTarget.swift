@@ -110,19 +110,8 @@ public final class LocalFileTarget: OutputTarget {
     private let overwrite: Bool
     private let flush: Bool
     private var finished = false
-    // Writeback is started every `writebackInterval` bytes so the final fsync has little left to do, or every
-    // `waitingWritebackInterval` bytes while the source comes from storage on a disk the output may share
-    // (`SourceCacheMonitor`), where early writes would make its reads wait. Measured against 256 and 512 MiB
-    // intervals, no early writeback, and a bound on dirty data (SYNC_FILE_RANGE_WAIT_BEFORE): 64 MiB was the
-    // fastest with a cached source or one on another disk, 512 MiB and none with a cold one on the same disk
-    // (Benchmarks/RESULTS.md, "Write scheduling").
-    private let writebackInterval: UInt64 = 64 << 20
-    private let waitingWritebackInterval: UInt64 = 512 << 20
-    /// The disks the output is on (`StorageDisks`), to compare with the sources'.
-    private let outputDisks: Set<String>?
-    private var unhintedBytes: UInt64 = 0
-    private var lowestUnhinted = UInt64.max
-    private var highestWritten: UInt64 = 0
+    /// When to start writing back what was written.
+    private var writeback: WritebackSchedule
 
     /// Prepares to write `destination`. Fails with `alreadyExists` if it exists and `overwrite` is false, and
     /// with `invalidArgument` when it is not a regular file (a directory, a device: see `InPlaceTarget`).
@@ -151,7 +140,7 @@ public final class LocalFileTarget: OutputTarget {
         removedStaleFiles = TemporaryOutputName.removeStale(for: path.resolved)
         do {
             (file, temporaryPath) = try Self.createLockedTemporary(for: path.resolved)
-            outputDisks = StorageDisks.of(descriptor: file.descriptor)
+            writeback = WritebackSchedule(output: file.descriptor)
             if case let .regularFile(status) = path.kind { file.copyOwnership(of: status) }
         } catch let error as KDCTError {
             throw error.naming(destination)
@@ -190,19 +179,8 @@ public final class LocalFileTarget: OutputTarget {
 
     public func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
         try naming { try file.write(bytes, at: offset) }
-        noteWritten(offset: offset, count: UInt64(bytes.count))
-    }
-
-    private func noteWritten(offset: UInt64, count: UInt64) {
-        lowestUnhinted = min(lowestUnhinted, offset)
-        highestWritten = max(highestWritten, offset + count)
-        unhintedBytes += count
-        guard unhintedBytes >= writebackInterval else { return }
-        if unhintedBytes >= waitingWritebackInterval
-            || !SourceCacheMonitor.shared.readsFromStorageContend(withDisks: outputDisks) {
-            file.startWriteback(offset: lowestUnhinted, length: highestWritten - lowestUnhinted)
-            unhintedBytes = 0
-            lowestUnhinted = .max
+        if let range = writeback.noteWritten(offset: offset, count: UInt64(bytes.count)) {
+            file.startWriteback(offset: range.offset, length: range.length)
         }
     }
 

@@ -1,0 +1,75 @@
+import Foundation
+import Testing
+@testable import KDCTFormats
+import KDCTTestSupport
+
+/// `WritebackSchedule`: writeback every 64 MiB, or every 512 MiB while a cold source may share the output's disk.
+@Suite struct WritebackScheduleTests {
+    /// Writes `count` MiB one after the other from `start` and returns the ranges the schedule starts.
+    static func kicks(_ schedule: inout WritebackSchedule, mebibytes count: Int, from start: UInt64 = 0) -> [(UInt64, UInt64)] {
+        var ranges: [(UInt64, UInt64)] = []
+        for index in 0..<UInt64(count) {
+            if let range = schedule.noteWritten(offset: start + (index << 20), count: 1 << 20) {
+                ranges.append((range.offset, range.length))
+            }
+        }
+        return ranges
+    }
+
+    static func coldSource(_ monitor: SourceCacheMonitor, on disks: Set<String>?) {
+        for _ in 0..<16 {
+            monitor.record(uncached: 1 << 20, of: 1 << 20, source: FileIdentity(device: 1, inode: 2)) { disks }
+        }
+    }
+
+    @Test func everySixtyFourMebibytesWithNoColdSource() throws {
+        let dir = try TemporaryDirectory("kdct-writeback")
+        let output = try WritableFile(creatingExclusively: dir.file("out.bin"))
+        defer { try? output.close() }
+        var schedule = WritebackSchedule(output: output.descriptor, monitor: SourceCacheMonitor())
+        let ranges = Self.kicks(&schedule, mebibytes: 200)
+        #expect(ranges.map(\.0) == [0, 64 << 20, 128 << 20])
+        #expect(ranges.allSatisfy { $0.1 == 64 << 20 })
+    }
+
+    @Test func waitsWhileAColdSourceSharesTheDisk() throws {
+        let dir = try TemporaryDirectory("kdct-writeback-shared")
+        let output = try WritableFile(creatingExclusively: dir.file("out.bin"))
+        defer { try? output.close() }
+        let monitor = SourceCacheMonitor()
+        var schedule = WritebackSchedule(output: output.descriptor, monitor: monitor)
+        let disks = try #require(schedule.outputDisks, "the disks under \(dir.path) are unknown")
+        Self.coldSource(monitor, on: disks)
+        let ranges = Self.kicks(&schedule, mebibytes: 1100)
+        #expect(ranges.map(\.0) == [0, 512 << 20], "\(ranges)")
+        #expect(ranges.allSatisfy { $0.1 == 512 << 20 })
+    }
+
+    @Test func keepsItsPaceWhenTheColdSourceIsOnAnotherDisk() throws {
+        let dir = try TemporaryDirectory("kdct-writeback-other")
+        let output = try WritableFile(creatingExclusively: dir.file("out.bin"))
+        defer { try? output.close() }
+        let monitor = SourceCacheMonitor()
+        var schedule = WritebackSchedule(output: output.descriptor, monitor: monitor)
+        try #require(schedule.outputDisks != nil, "the disks under \(dir.path) are unknown")
+        Self.coldSource(monitor, on: ["kdct-test-no-such-disk"])
+        #expect(Self.kicks(&schedule, mebibytes: 130).map(\.0) == [0, 64 << 20])
+        // The same source on unknown disks may share the output's: the schedule waits.
+        let unknown = SourceCacheMonitor()
+        var waiting = WritebackSchedule(output: output.descriptor, monitor: unknown)
+        Self.coldSource(unknown, on: nil)
+        #expect(Self.kicks(&waiting, mebibytes: 130).isEmpty)
+    }
+
+    /// Writes out of order: each range covers everything written since the last one.
+    @Test func theRangeCoversWhatWasWritten() throws {
+        let dir = try TemporaryDirectory("kdct-writeback-range")
+        let output = try WritableFile(creatingExclusively: dir.file("out.bin"))
+        defer { try? output.close() }
+        var schedule = WritebackSchedule(output: output.descriptor, monitor: SourceCacheMonitor())
+        #expect(schedule.noteWritten(offset: 100 << 20, count: 32 << 20) == nil)
+        let started = schedule.noteWritten(offset: 10 << 20, count: 32 << 20)
+        let range = try #require(started)
+        #expect(range.offset == 10 << 20 && range.length == 122 << 20)
+    }
+}
