@@ -107,7 +107,8 @@ let package = Package(
         ),
         .testTarget(
             name: "KDCTServerTests",
-            dependencies: ["KDCTServer", "KDCTFormats", "KDCTAppliance", "KDCTExport", "KDCTTestSupport"],
+            dependencies: ["KDCTServer", "KDCTFormats", "KDCTAppliance", "KDCTExport", "KDCTTestSupport",
+                           .product(name: "NIOEmbedded", package: "swift-nio")],
             path: "Tests/KDCTServerTests"
         ),
         .testTarget(

@@ -229,8 +229,9 @@ struct APIHandlers: Sendable {
             }
             return value
         }
-        return try await EventStream.response(for: id, lastEventID: lastEventID, events: events, queue: queue,
-                                        channel: context.channel)
+        let queue = self.queue
+        return try await EventStream.response(for: id, lastEventID: lastEventID, events: events,
+                                              stored: { try await queue.current($0) }, channel: context.channel)
     }
 
     /// A resume's or retry's body: only the secrets that were not stored.

@@ -14,19 +14,28 @@ enum EventStream {
     /// How long one write may wait for a client that does not read.
     static let writeTimeout: TimeAmount = .seconds(30)
 
-    static func response(for id: String, lastEventID: Int64?, events: JobEvents, queue: JobQueue,
+    /// The response to a client that has seen events up to `lastEventID`. `stored` reads a job's record from the
+    /// store (`JobQueue.current`), for a job whose channel is closed.
+    static func response(for id: String, lastEventID: Int64?, events: JobEvents,
+                         stored: @escaping @Sendable (String) async throws -> JobRecord?,
                          channel: any Channel) async throws -> Response {
         let headers: HTTPFields = [.contentType: "text/event-stream", .cacheControl: "no-store"]
         let last = lastEventID ?? -1
         guard let subscription = try events.subscribe(id, counted: true) else {
             // Finished (its events channel is closed): the final event, unless the client already has it.
-            guard let record = try await queue.current(id) else { throw Problem.notFound("no job \(id)") }
+            guard let record = try await stored(id) else { throw Problem.notFound("no job \(id)") }
             guard record.state.isFinished else {
                 throw Problem(.serviceUnavailable, code: "unavailable", "the job's events are not available; poll GET /api/v1/jobs/\(record.id)")
             }
             guard last < record.revision else { return Response(status: .noContent, headers: headers) }
             let text = format(JobEvents.Event(revision: record.revision, name: "state", data: record.finalEvent, isFinal: true))
             return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
+        }
+        // Finished, with its channel still open for another client's stream: 204 as above when this client has
+        // the final event (otherwise its stream would wait for an event that never comes).
+        if let latest = events.latest(id), latest.isFinal, last >= latest.revision {
+            events.unsubscribe(subscription)
+            return Response(status: .noContent, headers: headers)
         }
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
             var sent = last
@@ -41,6 +50,9 @@ enum EventStream {
                             finished = true
                             break
                         }
+                    } else if let event = events.latest(id), event.isFinal {
+                        finished = true  // the client has the final event already
+                        break
                     } else {
                         try await write(": keepalive\n\n", to: &writer, channel: channel)
                     }
@@ -48,9 +60,9 @@ enum EventStream {
                 // The service is stopping: its jobs' final events were published before the streams closed.
                 if !finished, let event = events.latest(id), event.revision > sent, event.isFinal {
                     try await write(format(event), to: &writer, channel: channel)
-                } else if !finished, let stored = try? await queue.current(id), stored.state.isFinished, stored.revision > sent {
-                    try await write(format(JobEvents.Event(revision: stored.revision, name: "state",
-                                                           data: stored.finalEvent, isFinal: true)),
+                } else if !finished, let record = try? await stored(id), record.state.isFinished, record.revision > sent {
+                    try await write(format(JobEvents.Event(revision: record.revision, name: "state",
+                                                           data: record.finalEvent, isFinal: true)),
                                     to: &writer, channel: channel)
                 }
                 events.unsubscribe(subscription)
