@@ -16,6 +16,16 @@ import KDCTTestSupport
         return ranges
     }
 
+    /// A schedule for a new file in a temporary folder, following `monitor`; the file stays open while `body` runs.
+    static func withSchedule(_ monitor: SourceCacheMonitor, _ body: (inout WritebackSchedule) throws -> Void) throws {
+        let dir = try TemporaryDirectory("kdct-writeback")
+        let output = try WritableFile(creatingExclusively: dir.file("out.bin"))
+        defer { try? output.close() }
+        var schedule = WritebackSchedule(output: output.descriptor, monitor: monitor)
+        try #require(schedule.outputDisks != nil, "the disks under \(dir.path) are unknown")
+        try body(&schedule)
+    }
+
     static func coldSource(_ monitor: SourceCacheMonitor, on disks: Set<String>?) {
         for _ in 0..<16 {
             monitor.record(uncached: 1 << 20, of: 1 << 20, source: FileIdentity(device: 1, inode: 2)) { disks }
@@ -23,53 +33,44 @@ import KDCTTestSupport
     }
 
     @Test func everySixtyFourMebibytesWithNoColdSource() throws {
-        let dir = try TemporaryDirectory("kdct-writeback")
-        let output = try WritableFile(creatingExclusively: dir.file("out.bin"))
-        defer { try? output.close() }
-        var schedule = WritebackSchedule(output: output.descriptor, monitor: SourceCacheMonitor())
-        let ranges = Self.kicks(&schedule, mebibytes: 200)
-        #expect(ranges.map(\.0) == [0, 64 << 20, 128 << 20])
-        #expect(ranges.allSatisfy { $0.1 == 64 << 20 })
+        try Self.withSchedule(SourceCacheMonitor()) { schedule in
+            let ranges = Self.kicks(&schedule, mebibytes: 200)
+            #expect(ranges.map(\.0) == [0, 64 << 20, 128 << 20])
+            #expect(ranges.allSatisfy { $0.1 == 64 << 20 })
+        }
     }
 
     @Test func waitsWhileAColdSourceSharesTheDisk() throws {
-        let dir = try TemporaryDirectory("kdct-writeback-shared")
-        let output = try WritableFile(creatingExclusively: dir.file("out.bin"))
-        defer { try? output.close() }
         let monitor = SourceCacheMonitor()
-        var schedule = WritebackSchedule(output: output.descriptor, monitor: monitor)
-        let disks = try #require(schedule.outputDisks, "the disks under \(dir.path) are unknown")
-        Self.coldSource(monitor, on: disks)
-        let ranges = Self.kicks(&schedule, mebibytes: 1100)
-        #expect(ranges.map(\.0) == [0, 512 << 20], "\(ranges)")
-        #expect(ranges.allSatisfy { $0.1 == 512 << 20 })
+        try Self.withSchedule(monitor) { schedule in
+            Self.coldSource(monitor, on: schedule.outputDisks)
+            let ranges = Self.kicks(&schedule, mebibytes: 1100)
+            #expect(ranges.map(\.0) == [0, 512 << 20], "\(ranges)")
+            #expect(ranges.allSatisfy { $0.1 == 512 << 20 })
+        }
     }
 
     @Test func keepsItsPaceWhenTheColdSourceIsOnAnotherDisk() throws {
-        let dir = try TemporaryDirectory("kdct-writeback-other")
-        let output = try WritableFile(creatingExclusively: dir.file("out.bin"))
-        defer { try? output.close() }
         let monitor = SourceCacheMonitor()
-        var schedule = WritebackSchedule(output: output.descriptor, monitor: monitor)
-        try #require(schedule.outputDisks != nil, "the disks under \(dir.path) are unknown")
-        Self.coldSource(monitor, on: ["kdct-test-no-such-disk"])
-        #expect(Self.kicks(&schedule, mebibytes: 130).map(\.0) == [0, 64 << 20])
+        try Self.withSchedule(monitor) { schedule in
+            Self.coldSource(monitor, on: ["kdct-test-no-such-disk"])
+            #expect(Self.kicks(&schedule, mebibytes: 130).map(\.0) == [0, 64 << 20])
+        }
         // The same source on unknown disks may share the output's: the schedule waits.
         let unknown = SourceCacheMonitor()
-        var waiting = WritebackSchedule(output: output.descriptor, monitor: unknown)
-        Self.coldSource(unknown, on: nil)
-        #expect(Self.kicks(&waiting, mebibytes: 130).isEmpty)
+        try Self.withSchedule(unknown) { schedule in
+            Self.coldSource(unknown, on: nil)
+            #expect(Self.kicks(&schedule, mebibytes: 130).isEmpty)
+        }
     }
 
     /// Writes out of order: each range covers everything written since the last one.
     @Test func theRangeCoversWhatWasWritten() throws {
-        let dir = try TemporaryDirectory("kdct-writeback-range")
-        let output = try WritableFile(creatingExclusively: dir.file("out.bin"))
-        defer { try? output.close() }
-        var schedule = WritebackSchedule(output: output.descriptor, monitor: SourceCacheMonitor())
-        #expect(schedule.noteWritten(offset: 100 << 20, count: 32 << 20) == nil)
-        let started = schedule.noteWritten(offset: 10 << 20, count: 32 << 20)
-        let range = try #require(started)
-        #expect(range.offset == 10 << 20 && range.length == 122 << 20)
+        try Self.withSchedule(SourceCacheMonitor()) { schedule in
+            #expect(schedule.noteWritten(offset: 100 << 20, count: 32 << 20) == nil)
+            let started = schedule.noteWritten(offset: 10 << 20, count: 32 << 20)
+            let range = try #require(started)
+            #expect(range.offset == 10 << 20 && range.length == 122 << 20)
+        }
     }
 }

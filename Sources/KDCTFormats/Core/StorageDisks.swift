@@ -16,9 +16,15 @@ package enum StorageDisks {
     package static func of(descriptor: Int32) -> Set<String>? {
         var st = stat()
         guard fstat(descriptor, &st) == 0 else { return nil }
-        if st.st_mode & S_IFMT == S_IFBLK { return of(device: st.st_rdev, depth: 0) }
-        if kdct_device_major(st.st_dev) != 0 { return of(device: st.st_dev, depth: 0) }
-        return onNoDisk(kdct_file_system_type(descriptor)) ? [] : nil
+        return of(status: st, depth: 0) { kdct_file_system_type(descriptor) }
+    }
+
+    /// The disks under a file whose `stat` is `st`: its device for a block device, else its file system's, and
+    /// for a file system on no block device, none (memory, network) or unknown, by `fileSystemType`.
+    private static func of(status st: stat, depth: Int, fileSystemType: () -> UInt64) -> Set<String>? {
+        if st.st_mode & S_IFMT == S_IFBLK { return of(device: st.st_rdev, depth: depth) }
+        if kdct_device_major(st.st_dev) != 0 { return of(device: st.st_dev, depth: depth) }
+        return onNoDisk(fileSystemType()) ? [] : nil
     }
 
     /// True unless both sets are known and have no disk in common.
@@ -69,9 +75,7 @@ package enum StorageDisks {
     private static func ofFile(atPath path: String, depth: Int) -> Set<String>? {
         var st = stat()
         guard stat(path, &st) == 0 else { return nil }
-        if st.st_mode & S_IFMT == S_IFBLK { return of(device: st.st_rdev, depth: depth) }
-        if kdct_device_major(st.st_dev) != 0 { return of(device: st.st_dev, depth: depth) }
-        return onNoDisk(kdct_file_system_type_at(path)) ? [] : nil
+        return of(status: st, depth: depth) { kdct_file_system_type_at(path) }
     }
 
     private static func realPath(_ path: String) -> String? {
