@@ -11,8 +11,10 @@ import Testing
         let directory = try TemporaryDirectory("kdct-kill")
         let source = directory.file("src.raw")
         try TestPattern.writeRaw(to: source, size: 1 << 30)
-        // 768 MiB of guest data, so every conversion below takes a while.
-        _ = try runProcess(["qemu-io", "-f", "raw", "-c", "write -P 0x61 0 768M", source])
+        // 768 MiB of random guest data, so every conversion below takes a while, the compressed one too (a
+        // repeated byte compresses so fast that the conversion could finish between two polls on a loaded machine).
+        let fill = try runProcess(["dd", "if=/dev/urandom", "of=\(source)", "bs=1M", "count=768", "conv=notrunc", "status=none"])
+        try #require(fill.status == 0, "dd: \(fill.stderr)")
         let sourceBefore = try FileFingerprint(source)
         let small = try TestPattern.writeRaw(to: directory.file("small.raw"), size: 12 << 20)
 
