@@ -73,4 +73,22 @@ import KDCTTestSupport
             #expect(range.offset == 10 << 20 && range.length == 122 << 20)
         }
     }
+
+    /// `LocalFileTarget` follows the schedule when it flushes, and starts no writeback when it does not (`-t
+    /// unsafe`: early writeback only shortens the final fsync). 520 MiB, so the flushed target starts writeback
+    /// even on the 512 MiB schedule (another test's cold source may be in the shared monitor).
+    @Test(arguments: [true, false]) func anUnflushedOutputStartsNoWriteback(flush: Bool) throws {
+        let dir = try TemporaryDirectory("kdct-writeback-target")
+        let target = try LocalFileTarget(destination: dir.file("out.bin"), overwrite: false, flush: flush)
+        defer { target.abort() }
+        let chunk = [UInt8](repeating: 0xA5, count: 1 << 20)
+        try chunk.withUnsafeBytes { bytes in
+            for index in 0..<UInt64(520) { try target.write(bytes, at: index << 20) }
+        }
+        if flush {
+            #expect(target.writebackStarts >= 1)
+        } else {
+            #expect(target.writebackStarts == 0)
+        }
+    }
 }

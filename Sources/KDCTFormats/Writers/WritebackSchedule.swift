@@ -1,8 +1,9 @@
 /// When an output file starts writeback of what was written to it (`WritableFile.startWriteback`, asynchronous),
 /// so that the final `fsync` has little left to do, without making a cold source's reads wait. Used by
-/// `LocalFileTarget`. (`InPlaceTarget` leaves a device's writeback to the kernel and its final `fsync`: the same
-/// schedule on a loop device over a file, the device available on the benchmark machine, was no faster cold and
-/// slower warm, 1.23 s against 0.94 s, median of 5; Benchmarks/RESULTS.md, "Write scheduling".)
+/// `LocalFileTarget` when it flushes (with `-t unsafe` there is no final `fsync` to shorten). (`InPlaceTarget`
+/// leaves a device's writeback to the kernel and its final `fsync`: the same schedule on a loop device over a
+/// file, the device available on the benchmark machine, was no faster cold and slower warm, 1.23 s against
+/// 0.94 s, median of 5; Benchmarks/RESULTS.md, "Write scheduling".)
 ///
 /// Writeback starts every `interval` bytes, or every `waitingInterval` bytes while a source comes from storage on
 /// a disk the output may share (`SourceCacheMonitor`, `StorageDisks`), where early writes would make its reads
