@@ -52,6 +52,33 @@ import Testing
         #expect(!(listing(directory.path) + listing(directory.file("images"))).contains { $0.hasSuffix(".part") })
     }
 
+    /// `-t unsafe --force` replaces the file by exchanging names (no writeback forced by a rename over it): through
+    /// a symlink the link is kept and its target replaced, the old file is not written (a second hard link to it
+    /// keeps the old bytes, and is its only name afterwards) and no temporary file is left.
+    @Test func unsafeForceReplacesByExchangeAndLeavesNothing() throws {
+        let directory = try TemporaryDirectory("kdct-dst-unsafe")
+        let source = try makeSource(directory)
+        try FileManager.default.createDirectory(atPath: directory.file("images"), withIntermediateDirectories: false)
+        let target = directory.file("images/real.raw")
+        try writeFilled(target, size: 1 << 20, fill: 0x5A)
+        let oldName = directory.file("old.raw")
+        #expect(link(target, oldName) == 0)
+        let symlink = directory.file("disk.raw")
+        try FileManager.default.createSymbolicLink(atPath: symlink, withDestinationPath: "images/real.raw")
+
+        for destination in [symlink, target] {
+            let replaced = try CLI.run(["convert", "--force", "-t", "unsafe", "-O", "raw", source, destination])
+            #expect(replaced.status == 0, "\(replaced.stderr)")
+            try expectQemuIdentical(source, target, formatA: "raw", formatB: "raw")
+        }
+        #expect(FilePaths.status(symlink)?.kind == .symbolicLink)
+        #expect(FilePaths.readLink(symlink) == "images/real.raw")
+        var status = stat()
+        #expect(stat(oldName, &status) == 0 && status.st_nlink == 1, "the old file still has \(status.st_nlink) names")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: oldName)) == Data(repeating: 0x5A, count: 1 << 20))
+        #expect(!(listing(directory.path) + listing(directory.file("images"))).contains { $0.hasSuffix(".part") })
+    }
+
     @Test func writeIntoAnExistingRawFileInPlace() throws {
         let directory = try TemporaryDirectory("kdct-dst")
         let source = try makeSource(directory)

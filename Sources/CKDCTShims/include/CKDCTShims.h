@@ -21,6 +21,10 @@ int kdct_start_writeback(int fd, off_t offset, off_t length);
    instead of replacing; EINVAL/ENOSYS where the filesystem or kernel lacks it. */
 int kdct_rename_noreplace(const char *from, const char *to);
 
+/* renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE): swaps two existing names atomically; EINVAL/ENOSYS where
+   the filesystem or kernel lacks it, ENOENT when either is missing. */
+int kdct_rename_exchange(const char *a, const char *b);
+
 /* Block devices (ioctl): BLKGETSIZE64 (size in bytes), BLKSSZGET (logical sector size), BLKZEROOUT over
    [offset, offset+length) (aligned to the logical sector size). 0, or -1 with errno. A discard that guarantees
    zeros is fallocate(PUNCH_HOLE) on the device (kdct_punch_hole). */

@@ -208,7 +208,9 @@ public final class LocalFileTarget: OutputTarget {
         do {
             try naming {
                 if flush { try file.sync() }
-                if overwrite {
+                if overwrite && !flush {
+                    try FilePaths.replaceByExchange(finalPath, with: temporaryPath)
+                } else if overwrite {
                     try FilePaths.rename(temporaryPath, to: finalPath)
                 } else {
                     try FilePaths.renameNoReplace(temporaryPath, to: finalPath)
@@ -260,6 +262,23 @@ extension FilePaths {
     public static func isDirectory(_ path: String) -> Bool {
         var st = stat()
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// Puts `replacement` under the name `path`, as a rename over it does, by exchanging the two names and then
+    /// removing the old file from the replacement's former name; a plain rename where the exchange is not
+    /// available or `path` does not exist. For an unflushed output (`-t unsafe`): ext4 (`auto_da_alloc`) starts
+    /// writeback of a file renamed over another and the rename waits for it to be submitted (a cold 1.6 GB
+    /// conversion wrote its whole output before it ended, 2.3-5.8 s against 1.0-2.8 s onto a new name), while an
+    /// exchange replaces nothing. A crash between the two steps leaves the old file under the temporary name, which
+    /// the next conversion to `path` removes as stale.
+    static func replaceByExchange(_ path: String, with replacement: String) throws {
+        var status = stat()
+        guard lstat(path, &status) == 0, status.st_mode & S_IFMT == S_IFREG,
+              kdct_rename_exchange(replacement, path) == 0 else {
+            try rename(replacement, to: path)
+            return
+        }
+        remove(replacement)
     }
 
     /// Renames `from` to `to` unless `to` exists (`alreadyExists`), atomically where the filesystem allows.
