@@ -26,9 +26,10 @@ import KDCTTestSupport
         try body(&schedule)
     }
 
-    static func coldSource(_ monitor: SourceCacheMonitor, on disks: Set<String>?) {
+    /// Samples of one source on `disks`, all of it not cached (`cold`) or all cached.
+    static func sampleSource(_ monitor: SourceCacheMonitor, cold: Bool = true, on disks: Set<String>?) {
         for _ in 0..<16 {
-            monitor.record(uncached: 1 << 20, of: 1 << 20, source: FileIdentity(device: 1, inode: 2)) { disks }
+            monitor.record(uncached: cold ? 1 << 20 : 0, of: 1 << 20, source: FileIdentity(device: 1, inode: 2)) { disks }
         }
     }
 
@@ -44,11 +45,9 @@ import KDCTTestSupport
     @Test func waitsWhileAColdSourceSharesTheDisk() throws {
         let monitor = SourceCacheMonitor()
         try Self.withSchedule(monitor) { schedule in
-            Self.coldSource(monitor, on: schedule.outputDisks)
+            Self.sampleSource(monitor, on: schedule.outputDisks)
             #expect(Self.kicks(&schedule, mebibytes: 1100).isEmpty)
-            for _ in 0..<16 {
-                monitor.record(uncached: 0, of: 1 << 20, source: FileIdentity(device: 1, inode: 2)) { schedule.outputDisks }
-            }
+            Self.sampleSource(monitor, cold: false, on: schedule.outputDisks)
             let ranges = Self.kicks(&schedule, mebibytes: 1, from: 1100 << 20)
             #expect(ranges.map(\.0) == [0] && ranges.map(\.1) == [1101 << 20], "\(ranges)")
         }
@@ -57,13 +56,13 @@ import KDCTTestSupport
     @Test func keepsItsPaceWhenTheColdSourceIsOnAnotherDisk() throws {
         let monitor = SourceCacheMonitor()
         try Self.withSchedule(monitor) { schedule in
-            Self.coldSource(monitor, on: ["kdct-test-no-such-disk"])
+            Self.sampleSource(monitor, on: ["kdct-test-no-such-disk"])
             #expect(Self.kicks(&schedule, mebibytes: 130).map(\.0) == [0, 64 << 20])
         }
         // The same source on unknown disks may share the output's: the schedule waits.
         let unknown = SourceCacheMonitor()
         try Self.withSchedule(unknown) { schedule in
-            Self.coldSource(unknown, on: nil)
+            Self.sampleSource(unknown, on: nil)
             #expect(Self.kicks(&schedule, mebibytes: 130).isEmpty)
         }
     }

@@ -208,12 +208,12 @@ public final class LocalFileTarget: OutputTarget {
         do {
             try naming {
                 if flush { try file.sync() }
-                if overwrite && !flush {
-                    try FilePaths.replaceByExchange(finalPath, with: temporaryPath)
-                } else if overwrite {
+                if !overwrite {
+                    try FilePaths.renameNoReplace(temporaryPath, to: finalPath)
+                } else if flush {
                     try FilePaths.rename(temporaryPath, to: finalPath)
                 } else {
-                    try FilePaths.renameNoReplace(temporaryPath, to: finalPath)
+                    try FilePaths.replaceByExchange(finalPath, with: temporaryPath)
                 }
             }
             finished = true
@@ -268,8 +268,8 @@ extension FilePaths {
     /// removing the old file from the replacement's former name; a plain rename where the exchange is not
     /// available or `path` does not exist. For an unflushed output (`-t unsafe`): ext4 (`auto_da_alloc`) starts
     /// writeback of a file renamed over another and the rename waits for it to be submitted (a cold 1.6 GB
-    /// conversion wrote its whole output before it ended, 2.3-5.8 s against 1.0-2.8 s onto a new name), while an
-    /// exchange replaces nothing. A crash between the two steps leaves the old file under the temporary name, which
+    /// conversion over an existing output wrote all of it before it ended: 2.25-3.40 s with a rename, 1.44-1.69 s
+    /// with the exchange; Benchmarks/RESULTS.md, "Write scheduling"), while an exchange replaces nothing. A crash between the two steps leaves the old file under the temporary name, which
     /// the next conversion to `path` removes as stale.
     static func replaceByExchange(_ path: String, with replacement: String) throws {
         var status = stat()

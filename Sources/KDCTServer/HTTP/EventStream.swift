@@ -28,7 +28,7 @@ enum EventStream {
                 throw Problem(.serviceUnavailable, code: "unavailable", "the job's events are not available; poll GET /api/v1/jobs/\(record.id)")
             }
             guard last < record.revision else { return Response(status: .noContent, headers: headers) }
-            let text = format(JobEvents.Event(revision: record.revision, name: "state", data: record.finalEvent, isFinal: true))
+            let text = format(finalEvent(of: record))
             return Response(status: .ok, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
         }
         // Finished, with its channel still open for another client's stream: 204 as above when this client has
@@ -43,27 +43,25 @@ enum EventStream {
             do {
                 try await write("retry: 2000\n\n", to: &writer, channel: channel)
                 for await _ in subscription.wakeups {
-                    if let event = events.latest(id), event.revision > sent {
+                    guard let event = events.latest(id), event.revision > sent || event.isFinal else {
+                        try await write(": keepalive\n\n", to: &writer, channel: channel)
+                        continue
+                    }
+                    if event.revision > sent {
                         try await write(format(event), to: &writer, channel: channel)
                         sent = event.revision
-                        if event.isFinal {
-                            finished = true
-                            break
-                        }
-                    } else if let event = events.latest(id), event.isFinal {
-                        finished = true  // the client has the final event already
+                    }
+                    // Sent now, or the client had it already.
+                    if event.isFinal {
+                        finished = true
                         break
-                    } else {
-                        try await write(": keepalive\n\n", to: &writer, channel: channel)
                     }
                 }
                 // The service is stopping: its jobs' final events were published before the streams closed.
                 if !finished, let event = events.latest(id), event.revision > sent, event.isFinal {
                     try await write(format(event), to: &writer, channel: channel)
                 } else if !finished, let record = try? await stored(id), record.state.isFinished, record.revision > sent {
-                    try await write(format(JobEvents.Event(revision: record.revision, name: "state",
-                                                           data: record.finalEvent, isFinal: true)),
-                                    to: &writer, channel: channel)
+                    try await write(format(finalEvent(of: record)), to: &writer, channel: channel)
                 }
                 events.unsubscribe(subscription)
                 try await writer.finish(nil)
@@ -72,6 +70,11 @@ enum EventStream {
                 throw error
             }
         })
+    }
+
+    /// The final event of a finished job, from its stored record (for a job whose channel is gone).
+    static func finalEvent(of record: JobRecord) -> JobEvents.Event {
+        JobEvents.Event(revision: record.revision, name: "state", data: record.finalEvent, isFinal: true)
     }
 
     /// One event in the SSE wire format.
